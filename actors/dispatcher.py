@@ -1,0 +1,104 @@
+"""The job dispatcher: claims queued jobs from Postgres and runs them on the provider pools."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import ray
+from ray.actor import ActorHandle
+from ray.exceptions import RayActorError
+
+from daygen.logs import configure_logging
+from daygen.settings import Settings
+from pipelines.jobs import execute_job, settle_unsettled
+from pipelines.operations import OPERATIONS
+from pipelines.steps import StepOutcome
+from storage import jobs as job_queries
+from storage.db import make_engine, make_sessionmaker
+from storage.events import JobEvents
+from storage.redis import make_redis
+
+log = logging.getLogger("daygen.dispatcher")
+
+DISPATCHER_NAME = "daygen-dispatcher"
+POLL_SECONDS = 1.0
+RECONCILE_EVERY = 30
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class JobDispatcher:
+    def __init__(self, settings: Settings, pools: dict[str, ActorHandle], ledger: ActorHandle) -> None:
+        configure_logging(settings.log_level)
+        self.settings = settings
+        self.pools = pools
+        self.ledger = ledger
+        self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=5))
+        self.events = JobEvents(make_redis(settings.redis_url), settings.redis_namespace)
+        self.loop_task: asyncio.Task | None = None
+        self.wakeup = asyncio.Event()
+        self.running: set[asyncio.Task] = set()
+
+    async def wake(self) -> None:
+        """Called after each submit; also (re)starts the loop, e.g. after the actor restarted."""
+        if self.loop_task is None or self.loop_task.done():
+            self.loop_task = asyncio.create_task(self._loop())
+        self.wakeup.set()
+
+    async def _run_step(self, operation: str, params: dict[str, Any]) -> StepOutcome:
+        pool = self.pools[OPERATIONS[operation].provider]
+        try:
+            return await pool.run.remote(operation, params)
+        except RayActorError:
+            return StepOutcome(error_code="provider_unavailable", error_message="the provider worker stopped")
+
+    async def _settle(self, job_id: uuid.UUID, outcome: str) -> Any:
+        return await self.ledger.settle.remote(job_id, outcome)
+
+    async def _loop(self) -> None:
+        rounds = 0
+        while True:
+            try:
+                if rounds % RECONCILE_EVERY == 0:
+                    await settle_unsettled(self.sessions, self._settle)
+                rounds += 1
+                free = self.settings.dispatcher_concurrency - len(self.running)
+                if free > 0:
+                    async with self.sessions() as session:
+                        claimed = await job_queries.claim_jobs(
+                            session, limit=free, lease_seconds=self.settings.job_lease_seconds
+                        )
+                    for job in claimed:
+                        task = asyncio.create_task(self._execute(job))
+                        self.running.add(task)
+                        task.add_done_callback(self._job_done)
+                    if len(claimed) == free:
+                        continue
+            except Exception:
+                log.exception("dispatch round failed")
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), POLL_SECONDS)
+            except TimeoutError:
+                pass
+
+    def _job_done(self, task: asyncio.Task) -> None:
+        self.running.discard(task)
+        self.wakeup.set()
+
+    async def _execute(self, job: job_queries.ClaimedJob) -> None:
+        try:
+            await execute_job(
+                job,
+                sessions=self.sessions,
+                run_step=self._run_step,
+                settle=self._settle,
+                events=self.events,
+                lease_seconds=self.settings.job_lease_seconds,
+            )
+        except Exception:
+            log.exception(
+                "job execution failed; its lease will expire and it will be retried", extra={"job_id": str(job.id)}
+            )

@@ -1,0 +1,27 @@
+"""Provider pools: actors that run job steps for one provider and write outputs to the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from daygen.logs import configure_logging
+from daygen.settings import Settings
+from pipelines.steps import StepOutcome, run_step
+from storage.objects import ObjectStore
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class ProviderWorker:
+    def __init__(self, settings: Settings, provider: str) -> None:
+        configure_logging(settings.log_level)
+        self.provider = provider
+        self.store = ObjectStore(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
+
+    async def run(self, operation: str, params: dict[str, Any]) -> StepOutcome:
+        return await run_step(self.store, operation, params)
+
+
+def pool_name(provider: str) -> str:
+    return f"daygen-pool-{provider}"

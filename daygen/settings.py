@@ -1,0 +1,68 @@
+"""All configuration in one pydantic-settings class, read once at start-up and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DAYGEN_", env_file=None, extra="ignore")
+
+    mode: Literal["development", "production"] = "development"
+    home: Path = Path(".daygen")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    redis_namespace: str = "daygen"
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    public_base_url: str | None = None
+
+    jwt_secret: SecretStr | None = None
+    jwt_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    cors_origins: str = ""
+
+    ideogram_api_key: SecretStr | None = None
+    ideogram_base_url: str = "https://api.ideogram.ai"
+    dashscope_api_key: SecretStr | None = None
+    dashscope_base_url: str = "https://dashscope-intl.aliyuncs.com/api/v1"
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str = "https://api.stripe.com"
+
+    signup_credits: int = Field(20, ge=0)
+    max_json_body_bytes: int = Field(1_000_000, ge=1024)
+    job_lease_seconds: float = Field(60.0, gt=0)
+    dispatcher_concurrency: int = Field(8, ge=1)
+    ray_dashboard: bool = True
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, url: str | None) -> str | None:
+        """SQLAlchemy needs the asyncpg driver named in the URL; accept plain libpq URLs too."""
+        if url is None:
+            return None
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    def missing_required(self) -> list[str]:
+        """Env names of what the services need; `daygen up` fills these in development mode."""
+        names = ("database_url", "redis_url", "storage_url", "jwt_secret")
+        return ["DAYGEN_" + n.upper() for n in names if getattr(self, n) is None]
+
+    def require_complete(self) -> None:
+        if missing := self.missing_required():
+            raise ValueError("missing settings: " + ", ".join(missing))

@@ -1,0 +1,47 @@
+"""The FastAPI application: routers, error handlers and middleware."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from daygen.settings import Settings
+from serve_app import errors
+from serve_app.middleware import AccessLog, BodyLimit
+from serve_app.routes import auth, files, health, jobs, pages, templates
+from serve_app.services import Services
+
+CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"]
+
+
+def create_api(settings: Settings, services: Services) -> FastAPI:
+    """Built on each replica by the ingress deployment, with that replica's services."""
+    app = FastAPI(
+        title="daygen",
+        version="0.1.0",
+        description="Backend of an AI image studio: auth, templates, image jobs and credits.",
+    )
+    for router in (
+        pages.router,
+        health.router,
+        auth.v1,
+        auth.compat,
+        templates.v1,
+        templates.compat,
+        jobs.v1,
+        files.router,
+    ):
+        app.include_router(router)
+    errors.install(app)
+    app.state.services = services
+    app.add_middleware(BodyLimit, limit=settings.max_json_body_bytes)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origin_list,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=CORS_HEADERS,
+        expose_headers=["X-Request-Id", "Retry-After"],
+        max_age=600,
+    )
+    app.add_middleware(AccessLog)
+    return app

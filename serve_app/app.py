@@ -1,0 +1,48 @@
+"""The whole topology in one place: the ingress deployment and the actors it talks to."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+
+from actors.dispatcher import DISPATCHER_NAME, JobDispatcher
+from actors.ledger import LEDGER_NAME, UsageLedger
+from actors.pools import ProviderWorker, pool_name
+from daygen.logs import configure_logging
+from daygen.settings import Settings
+from pipelines.operations import OPERATIONS
+from serve_app.api import create_api
+from serve_app.services import Services
+
+
+@serve.deployment(
+    name="daygen-api",
+    max_ongoing_requests=1000,
+    ray_actor_options={"num_cpus": 0},
+    logging_config={"enable_access_log": False},
+)
+@serve.ingress()
+class Api:
+    """Thin shell: holds this replica's services and builds the FastAPI app around them."""
+
+    def __init__(self, settings: Settings, ledger, dispatcher) -> None:
+        configure_logging(settings.log_level)
+        self.settings = settings
+        self.services = Services.build(settings, ledger, dispatcher)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_api(self.settings, self.services)
+
+
+def build_app(settings: Settings) -> Application:
+    """Create (or find) the named actors, then bind the ingress to them."""
+    settings.require_complete()
+    ledger = UsageLedger.options(name=LEDGER_NAME, get_if_exists=True).remote(settings)
+    pools = {
+        provider: ProviderWorker.options(name=pool_name(provider), get_if_exists=True).remote(settings, provider)
+        for provider in sorted({op.provider for op in OPERATIONS.values()})
+    }
+    dispatcher = JobDispatcher.options(name=DISPATCHER_NAME, get_if_exists=True).remote(settings, pools, ledger)
+    dispatcher.wake.remote()
+    return Api.bind(settings, ledger, dispatcher)

@@ -1,0 +1,52 @@
+"""Route dependencies as named aliases, so each route's needs read off its signature."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from daygen.errors import NotAuthenticated, UnsupportedMediaType
+from serve_app.security import read_token
+from serve_app.services import Services
+from storage.models import User
+from storage.users import get_user
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+
+
+async def _session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
+    async with services.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(_session)]
+
+
+async def _current_user(request: Request, services: ServicesDep, session: SessionDep) -> User:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NotAuthenticated("missing bearer token")
+    user = await get_user(session, read_token(token.strip(), services.jwt_secret))
+    if user is None:
+        raise NotAuthenticated("invalid or expired access token")
+    request.state.user_id = str(user.id)
+    return user
+
+
+CurrentUser = Annotated[User, Depends(_current_user)]
+
+
+async def require_json(request: Request) -> None:
+    """Bodies must say they are JSON; anything else is a 415, not a guess."""
+    if request.method in ("POST", "PUT", "PATCH"):
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise UnsupportedMediaType("send the body as application/json")

@@ -1,0 +1,125 @@
+"""Submitting jobs and reading them back; the dispatcher does the work."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, status
+
+from daygen.errors import InsufficientCredits, NotFound
+from daygen.ids import uuid7
+from pipelines.operations import validate_request
+from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
+from serve_app.schemas import AssetOut, JobAccepted, JobCreate, JobError, JobOut, JobPage, JobResult
+from serve_app.services import Services
+from storage import jobs as queries
+from storage.models import Asset, Job
+
+v1 = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_json)])
+
+MAX_WAIT_SECONDS = 30
+
+
+def asset_url(services: Services, request: Request, key: str) -> str:
+    """The CDN URL when one is configured, else the app's own /files route."""
+    if services.settings.public_base_url:
+        return f"{services.settings.public_base_url.rstrip('/')}/{key}"
+    return f"{str(request.base_url).rstrip('/')}/files/{key}"
+
+
+def asset_out(services: Services, request: Request, asset: Asset) -> AssetOut:
+    return AssetOut(
+        id=asset.id,
+        url=asset_url(services, request, asset.key),
+        contentType=asset.content_type,
+        size=asset.size,
+        sha256=asset.sha256,
+        width=asset.width,
+        height=asset.height,
+    )
+
+
+async def job_out(services: Services, request: Request, session: SessionDep, job: Job) -> JobOut:
+    result = None
+    if job.status == "succeeded":
+        assets = await queries.job_assets(session, job.id)
+        result = JobResult(
+            assets=[asset_out(services, request, a) for a in assets], text=(job.result or {}).get("text")
+        )
+    error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    return JobOut(
+        id=job.id,
+        operation=job.operation,
+        status=job.status,
+        progress=job.progress,
+        params=job.params,
+        cost=float(job.cost),
+        attempt=job.attempt,
+        error=error,
+        result=result,
+        createdAt=job.created_at,
+        startedAt=job.started_at,
+        completedAt=job.completed_at,
+    )
+
+
+@v1.post("", status_code=status.HTTP_202_ACCEPTED)
+async def submit(
+    body: JobCreate, request: Request, user: CurrentUser, services: ServicesDep, session: SessionDep
+) -> JobAccepted:
+    """Validate, reserve the credits, queue; the answer comes before any work starts."""
+    operation, params = validate_request(body.operation, body.params)
+    job_id = uuid7()
+    request.state.job_id = str(job_id)
+    answer = await services.ledger.reserve.remote(user.id, job_id, operation.cost)
+    if not answer["accepted"]:
+        raise InsufficientCredits(
+            "not enough credits for this job",
+            details={"required": answer["required"], "balance": answer["balance"]},
+        )
+    try:
+        await queries.insert_job(
+            session, job_id=job_id, owner_id=user.id, operation=operation.name, params=params, cost=operation.cost
+        )
+    except BaseException:
+        await services.ledger.settle.remote(job_id, "release")
+        raise
+    await services.events.publish(job_id, "job.queued", {"status": "queued"})
+    services.dispatcher.wake.remote()
+    return JobAccepted(jobId=job_id, status="queued")
+
+
+@v1.get("")
+async def list_jobs(
+    request: Request,
+    user: CurrentUser,
+    services: ServicesDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[uuid.UUID | None, Query()] = None,
+) -> JobPage:
+    rows = await queries.list_jobs(session, user.id, limit=limit + 1, before=cursor)
+    items = [await job_out(services, request, session, j) for j in rows[:limit]]
+    return JobPage(items=items, nextCursor=str(rows[limit - 1].id) if len(rows) > limit else None)
+
+
+@v1.get("/{job_id}")
+async def get_job(
+    job_id: uuid.UUID,
+    request: Request,
+    user: CurrentUser,
+    services: ServicesDep,
+    session: SessionDep,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="seconds to wait for the job to end")] = 0,
+) -> JobOut:
+    """With `wait`, answers as soon as the job ends (or when the wait is over), instead of being polled."""
+    request.state.job_id = str(job_id)
+    since = await services.events.last_id(job_id) if wait else None
+    job = await queries.get_job(session, user.id, job_id)
+    if job is None:
+        raise NotFound("job not found")
+    if since is not None and job.status not in queries.TERMINAL:
+        await services.events.wait_for_end(job_id, since, wait)
+        await session.refresh(job)
+    return await job_out(services, request, session, job)

@@ -1,0 +1,221 @@
+"""Request and response bodies. /v1 inputs forbid unknown fields; /api inputs ignore them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+
+def _email(value: str) -> str:
+    value = value.strip()
+    local, at, domain = value.rpartition("@")
+    if not at or not local or "." not in domain.strip(".") or any(c.isspace() for c in value):
+        raise ValueError("not a valid email address")
+    return value
+
+
+Email = Annotated[str, StringConstraints(min_length=3, max_length=254), AfterValidator(_email)]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
+DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+
+# -- auth ---------------------------------------------------------------------------------
+
+
+class SignupIn(Strict):
+    email: Email
+    password: Password
+    displayName: DisplayName | None = None
+
+
+class LoginIn(Strict):
+    email: Annotated[str, StringConstraints(min_length=1, max_length=254)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class ApiSignupIn(Lenient):
+    email: Email
+    password: Password
+    displayName: DisplayName | None = None
+
+
+class ApiLoginIn(Lenient):
+    email: Annotated[str, StringConstraints(min_length=1, max_length=254)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class UserOut(Out):
+    id: uuid.UUID
+    email: str
+    displayName: str | None
+    role: Literal["user", "admin"]
+    credits: float
+    createdAt: datetime
+    updatedAt: datetime
+
+
+class AuthOut(Out):
+    accessToken: str
+    tokenType: Literal["bearer"] = "bearer"
+    user: UserOut
+
+
+class ApiUser(Out):
+    """The user object the daygen web frontend reads."""
+
+    id: uuid.UUID
+    authUserId: uuid.UUID
+    email: str
+    displayName: str | None
+    credits: float
+    profileImage: str | None
+    role: Literal["USER", "ADMIN"]
+    createdAt: datetime
+    updatedAt: datetime
+
+
+class ApiAuthOut(Out):
+    accessToken: str
+    user: ApiUser
+
+
+# -- templates ----------------------------------------------------------------------------
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Modality = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)]
+ShortText = Annotated[str, StringConstraints(max_length=200)]
+LongText = Annotated[str, StringConstraints(max_length=10_000)]
+
+
+class TemplateFields(BaseModel):
+    name: Name
+    modality: Modality
+    category: ShortText | None = None
+    description: LongText | None = None
+    prompt: LongText | None = None
+    params: dict[str, Any] | None = None
+
+
+class TemplateCreate(TemplateFields, Strict):
+    pass
+
+
+class TemplateChanges(BaseModel):
+    """A partial update: fields left out stay as they are; name and modality can't be cleared."""
+
+    name: Name | None = None
+    modality: Modality | None = None
+    category: ShortText | None = None
+    description: LongText | None = None
+    prompt: LongText | None = None
+    params: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _required_stay_set(self) -> TemplateChanges:
+        for field in ("name", "modality"):
+            if field in self.model_fields_set and getattr(self, field) is None:
+                raise ValueError(f"{field} cannot be null")
+        return self
+
+
+class TemplateUpdate(TemplateChanges, Strict):
+    pass
+
+
+class ApiTemplateCreate(TemplateFields, Lenient):
+    pass
+
+
+class ApiTemplateUpdate(TemplateChanges, Lenient):
+    pass
+
+
+class TemplateOut(Out):
+    id: uuid.UUID
+    name: str
+    modality: str
+    category: str | None
+    description: str | None
+    prompt: str | None
+    params: dict[str, Any] | None
+    createdAt: datetime
+    updatedAt: datetime
+
+
+class TemplatePage(Out):
+    items: list[TemplateOut]
+    nextCursor: str | None
+
+
+class ApiTemplatePage(Out):
+    templates: list[TemplateOut]
+    nextCursor: str | None
+    hasNextPage: bool
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+class JobCreate(Strict):
+    operation: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobAccepted(Out):
+    jobId: uuid.UUID
+    status: Literal["queued"]
+
+
+class AssetOut(Out):
+    id: uuid.UUID
+    url: str
+    contentType: str
+    size: int
+    sha256: str
+    width: int | None
+    height: int | None
+
+
+class JobError(Out):
+    code: str
+    message: str
+
+
+class JobResult(Out):
+    assets: list[AssetOut]
+    text: str | None = None
+
+
+class JobOut(Out):
+    id: uuid.UUID
+    operation: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    progress: int
+    params: dict[str, Any]
+    cost: float
+    attempt: int
+    error: JobError | None
+    result: JobResult | None
+    createdAt: datetime
+    startedAt: datetime | None
+    completedAt: datetime | None
+
+
+class JobPage(Out):
+    items: list[JobOut]
+    nextCursor: str | None

@@ -1,0 +1,49 @@
+"""What a replica of the ingress holds: database, Redis, object store and actor handles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ray.actor import ActorHandle
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from daygen.settings import Settings
+from serve_app.security import hash_password
+from storage.db import make_engine, make_sessionmaker
+from storage.events import JobEvents
+from storage.objects import ObjectStore
+from storage.redis import make_redis
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    redis: Redis
+    events: JobEvents
+    store: ObjectStore
+    ledger: ActorHandle
+    dispatcher: ActorHandle
+    jwt_secret: str
+    decoy_password_hash: str
+
+    @classmethod
+    def build(cls, settings: Settings, ledger: ActorHandle, dispatcher: ActorHandle) -> Services:
+        settings.require_complete()
+        engine = make_engine(settings.database_url)
+        redis = make_redis(settings.redis_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            redis=redis,
+            events=JobEvents(redis, settings.redis_namespace),
+            store=ObjectStore(settings.storage_url, endpoint_url=settings.s3_endpoint_url),
+            ledger=ledger,
+            dispatcher=dispatcher,
+            jwt_secret=settings.jwt_secret.get_secret_value(),
+            # Logins for unknown emails verify against this, so they take as long as real ones.
+            decoy_password_hash=hash_password("decoy password, never matches"),
+        )

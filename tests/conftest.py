@@ -1,0 +1,131 @@
+"""Shared fixtures: a private database, Redis namespace, object store and (for e2e) a real Serve app.
+
+The machine's Postgres and Redis are used when DAYGEN_TEST_DATABASE_URL and
+DAYGEN_TEST_REDIS_URL are set (CI sets them); otherwise the embedded servers start.
+Every session creates its own database and Redis namespace, so runs never see each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from daygen.settings import Settings
+from storage.db import make_engine, make_sessionmaker
+from storage.migrate import upgrade_to_head
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def services_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="daygen-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server_urls(services_dir: Path) -> Iterator[tuple[str, str]]:
+    """Admin URL of a Postgres server and URL of a Redis server, embedded when not given."""
+    with contextlib.ExitStack() as stack:
+        pg_url = os.environ.get("DAYGEN_TEST_DATABASE_URL")
+        redis_url = os.environ.get("DAYGEN_TEST_REDIS_URL")
+        if not pg_url or not redis_url:
+            from daygen import embedded
+
+            if not pg_url:
+                server = embedded.start_postgres(services_dir / "pg")
+                stack.callback(server.stop)
+                pg_url = server.url
+            if not redis_url:
+                server = embedded.start_redis(services_dir / "redis")
+                stack.callback(server.stop)
+                redis_url = server.url
+        yield pg_url, redis_url
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@pytest.fixture(scope="session")
+def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
+    """A fresh database for this session, migrated to head, dropped at the end."""
+    admin_url = _plain(server_urls[0])
+    name = f"daygen_test_{secrets.token_hex(6)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    base, _, _ = admin_url.rpartition("/")
+    url = f"{base}/{name}"
+    upgrade_to_head(Settings(database_url=url).database_url)
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, server_urls: tuple[str, str], services_dir: Path) -> Settings:
+    return Settings(
+        _env_file=None,
+        home=services_dir,
+        port=free_port(),
+        database_url=database_url,
+        redis_url=server_urls[1],
+        redis_namespace=f"daygen-test-{secrets.token_hex(4)}",
+        storage_url=f"file://{services_dir / 'objects'}",
+        jwt_secret=secrets.token_urlsafe(32),
+        cors_origins="https://studio.example.com",
+        ray_dashboard=False,
+        log_level="WARNING",
+    )
+
+
+@pytest.fixture
+async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = make_engine(settings.database_url, pool_size=2)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def app_url(settings: Settings) -> Iterator[str]:
+    """The whole product on a real Ray Serve app on loopback, started once per session."""
+    import ray
+
+    from daygen.runtime import deploy, start_ray
+
+    ray_dir = Path(tempfile.mkdtemp(prefix="dgr-"))
+    start_ray(temp_dir=ray_dir, dashboard=False, num_cpus=2, object_store_bytes=200 * 1024 * 1024)
+    try:
+        yield deploy(settings)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def client(app_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=app_url, timeout=30) as c:
+        yield c
