@@ -24,7 +24,7 @@ def _colour(rng: random.Random) -> tuple[int, int, int]:
     return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
 
 
-def _prompt_colours(prompt: str) -> list[tuple[int, int, int]]:
+def palette_from_prompt(prompt: str) -> list[tuple[int, int, int]]:
     """Colour words in the prompt ("a red fox in snow") steer the palette."""
     words = [w.strip(".,;:!?\"'()").lower() for w in prompt.split()]
     return [ImageColor.getrgb(w) for w in words if w in ImageColor.colormap][:2]
@@ -32,7 +32,7 @@ def _prompt_colours(prompt: str) -> list[tuple[int, int, int]]:
 
 def render_generate(prompt: str, width: int, height: int, seed: int) -> Image.Image:
     rng = _rng(prompt, seed)
-    ends = _prompt_colours(prompt) + [_colour(rng), _colour(rng)]
+    ends = palette_from_prompt(prompt) + [_colour(rng), _colour(rng)]
     gradient = Image.linear_gradient("L").rotate(rng.choice((0, 90, 180, 270)))
     gradient = gradient.resize((width, height), Image.Resampling.BILINEAR)
     image = ImageOps.colorize(gradient, ends[0], ends[1]).convert("RGB")

@@ -9,6 +9,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from daygen.errors import PayloadTooLarge
 from serve_app.errors import error_body
 
 log = logging.getLogger("daygen.access")
@@ -76,37 +77,36 @@ class BodyLimit:
             await self._refuse(scope, send)
             return
         seen = 0
-        refused = False
+        started = False
 
         async def counting_receive() -> Message:
-            nonlocal seen, refused
+            nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    refused = True
-                    return {"type": "http.disconnect"}
+                    raise PayloadTooLarge(self._message)
             return message
 
-        response_started = False
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal response_started
-            if refused and not response_started:
-                return
-            if message["type"] == "http.response.start":
-                response_started = True
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
             await send(message)
 
-        await self.app(scope, counting_receive, guarded_send)
-        if refused and not response_started:
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except PayloadTooLarge:
+            if started:
+                raise
             await self._refuse(scope, send)
+
+    @property
+    def _message(self) -> str:
+        return f"the request body is over {self.limit} bytes"
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         scope.setdefault("state", {})["error_code"] = "payload_too_large"
-        body = json.dumps(
-            error_body(scope["path"], 413, "payload_too_large", f"the request body is over {self.limit} bytes")
-        ).encode()
+        body = json.dumps(error_body(scope["path"], 413, "payload_too_large", self._message)).encode()
         await send(
             {
                 "type": "http.response.start",

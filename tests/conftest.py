@@ -64,10 +64,10 @@ def _plain(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
-@pytest.fixture(scope="session")
-def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
-    """A fresh database for this session, migrated to head, dropped at the end."""
-    admin_url = _plain(server_urls[0])
+@contextlib.contextmanager
+def private_database(admin_url: str) -> Iterator[str]:
+    """A fresh database migrated to head, dropped afterwards."""
+    admin_url = _plain(admin_url)
     name = f"daygen_test_{secrets.token_hex(6)}"
 
     async def admin(sql: str) -> None:
@@ -78,11 +78,19 @@ def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
             await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    base, _, _ = admin_url.rpartition("/")
-    url = f"{base}/{name}"
-    upgrade_to_head(Settings(database_url=url).database_url)
-    yield url
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        url = f"{admin_url.rpartition('/')[0]}/{name}"
+        upgrade_to_head(Settings(database_url=url).database_url)
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
+    """The database of this session's app."""
+    with private_database(server_urls[0]) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,162 @@
+"""The job lifecycle without Ray: claims, leases, fencing, and what execute_job records."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from sqlalchemy import select, update
+
+from daygen.ids import uuid7
+from pipelines.jobs import execute_job, settle_unsettled
+from pipelines.steps import StepOutcome, run_step
+from storage import jobs as job_queries
+from storage import ledger
+from storage.events import JobEvents
+from storage.models import Asset, Job, LedgerEntry, User
+from storage.objects import ObjectStore
+from storage.redis import make_redis
+
+
+async def make_user(sessions) -> uuid.UUID:
+    async with sessions.begin() as session:
+        user = User(id=uuid7(), email=f"{uuid.uuid4().hex}@example.com", password_hash="x", role="user")
+        session.add(user)
+        await session.flush()
+        await ledger.append_entry(
+            session, account_id=user.id, kind="grant", amount=Decimal(5), idempotency_key=f"g:{user.id}"
+        )
+        return user.id
+
+
+async def queued_job(sessions, owner: uuid.UUID, prompt: str = "lifecycle") -> uuid.UUID:
+    job_id = uuid7()
+    async with sessions.begin() as session:
+        await ledger.reserve(session, account_id=owner, job_id=job_id, amount=Decimal(1))
+    async with sessions() as session:
+        await job_queries.insert_job(
+            session,
+            job_id=job_id,
+            owner_id=owner,
+            operation="offline.generate",
+            params={"prompt": prompt, "width": 64, "height": 64, "seed": 1},
+            cost=Decimal(1),
+        )
+    return job_id
+
+
+async def claim_one(sessions, job_id: uuid.UUID, lease: float = 60) -> job_queries.ClaimedJob:
+    while True:
+        async with sessions() as session:
+            claimed = await job_queries.claim_jobs(session, limit=50, lease_seconds=lease)
+        for job in claimed:
+            if job.id == job_id:
+                return job
+        assert claimed, "job was never claimable"
+
+
+async def settle_with(sessions):
+    async def settle(job_id: uuid.UUID, outcome: str):
+        async with sessions.begin() as session:
+            return await ledger.settle(session, job_id=job_id, outcome=outcome)
+
+    return settle
+
+
+async def test_a_claimed_job_is_not_claimed_again_while_its_lease_holds(sessions):
+    owner = await make_user(sessions)
+    job_id = await queued_job(sessions, owner)
+    first = await claim_one(sessions, job_id)
+    async with sessions() as session:
+        again = await job_queries.claim_jobs(session, limit=50, lease_seconds=60)
+    assert job_id not in [j.id for j in again]
+    assert first.attempt == 1
+
+
+async def test_an_expired_lease_is_reclaimed_and_the_old_worker_is_fenced_out(sessions):
+    owner = await make_user(sessions)
+    job_id = await queued_job(sessions, owner)
+    stale = await claim_one(sessions, job_id)
+    async with sessions.begin() as session:
+        await session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=Job.created_at))
+    fresh = await claim_one(sessions, job_id)
+    assert fresh.attempt == stale.attempt + 1
+
+    async with sessions() as session:
+        assert await job_queries.finish_failed(session, stale, code="late", message="too late") is False
+        assert await job_queries.renew_lease(session, stale.id, stale.attempt, 60) is False
+        assert await job_queries.finish_succeeded(session, stale, assets=[], text=None) is None
+    async with sessions() as session:
+        assert (await session.get(Job, job_id)).status == "running"
+
+
+async def test_execute_job_stores_output_rows_commits_the_credit_and_publishes_events(sessions, settings, tmp_path):
+    owner = await make_user(sessions)
+    job_id = await queued_job(sessions, owner)
+    claimed = await claim_one(sessions, job_id)
+    store = ObjectStore(f"file://{tmp_path}")
+    redis = make_redis(settings.redis_url)
+    events = JobEvents(redis, settings.redis_namespace + ":lifecycle")
+
+    async def step(operation, params):
+        return await run_step(store, operation, params)
+
+    status = await execute_job(
+        claimed, sessions=sessions, run_step=step, settle=await settle_with(sessions), events=events, lease_seconds=60
+    )
+
+    assert status == "succeeded"
+    async with sessions() as session:
+        job = await session.get(Job, job_id)
+        [asset] = (await session.execute(select(Asset).where(Asset.job_id == job_id))).scalars().all()
+        kinds = (await session.execute(select(LedgerEntry.kind).where(LedgerEntry.job_id == job_id))).scalars().all()
+        assert await ledger.balance(session, owner) == 4
+    assert (job.status, job.progress, job.result["assetIds"]) == ("succeeded", 100, [str(asset.id)])
+    assert (asset.width, asset.height, asset.content_type, asset.source) == (64, 64, "image/png", "job")
+    assert await store.exists(asset.key)
+    assert sorted(kinds) == ["commit", "reserve"]
+    types = [fields[b"type"] for _, fields in await redis.xrange(events.stream(job_id))]
+    assert types == [b"job.started", b"job.succeeded"]
+    await redis.aclose()
+
+
+async def test_a_failed_step_fails_the_job_and_releases_the_credit(sessions, settings):
+    owner = await make_user(sessions)
+    job_id = await queued_job(sessions, owner)
+    claimed = await claim_one(sessions, job_id)
+    redis = make_redis(settings.redis_url)
+
+    async def broken_step(operation, params):
+        return StepOutcome(error_code="provider_unavailable", error_message="upstream down")
+
+    status = await execute_job(
+        claimed,
+        sessions=sessions,
+        run_step=broken_step,
+        settle=await settle_with(sessions),
+        events=JobEvents(redis, settings.redis_namespace + ":lifecycle"),
+        lease_seconds=60,
+    )
+    assert status == "failed"
+    async with sessions() as session:
+        job = await session.get(Job, job_id)
+        assert (job.status, job.error_code, job.error_message) == ("failed", "provider_unavailable", "upstream down")
+        assert await ledger.balance(session, owner) == 5
+    await redis.aclose()
+
+
+async def test_a_crash_between_finishing_and_settling_is_repaired_once(sessions):
+    owner = await make_user(sessions)
+    job_id = await queued_job(sessions, owner)
+    claimed = await claim_one(sessions, job_id)
+    async with sessions() as session:
+        await job_queries.finish_succeeded(session, claimed, assets=[], text=None)
+    settle = await settle_with(sessions)
+
+    assert await settle_unsettled(sessions, settle) >= 1
+    await settle_unsettled(sessions, settle)
+
+    async with sessions() as session:
+        kinds = (await session.execute(select(LedgerEntry.kind).where(LedgerEntry.job_id == job_id))).scalars().all()
+        assert sorted(kinds) == ["commit", "reserve"]
+        assert await ledger.balance(session, owner) == 4

@@ -1,0 +1,93 @@
+"""Ledger arithmetic on the real Postgres: reservations, settlement exactly once, no overspending."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from daygen.errors import InsufficientCredits
+from storage import ledger
+from storage.models import LedgerEntry
+
+
+async def funded_account(sessions, amount: Decimal) -> uuid.UUID:
+    account = uuid.uuid4()
+    async with sessions.begin() as session:
+        await ledger.append_entry(
+            session, account_id=account, kind="grant", amount=amount, idempotency_key=f"grant:{account}"
+        )
+    return account
+
+
+async def balance(sessions, account: uuid.UUID) -> Decimal:
+    async with sessions() as session:
+        return await ledger.balance(session, account)
+
+
+async def test_reserving_twice_for_one_job_holds_the_credit_once(sessions):
+    account = await funded_account(sessions, Decimal(5))
+    job = uuid.uuid4()
+    for _ in range(2):
+        async with sessions.begin() as session:
+            await ledger.reserve(session, account_id=account, job_id=job, amount=Decimal(2))
+    assert await balance(sessions, account) == 3
+
+
+async def test_reservation_beyond_the_balance_is_refused_with_the_numbers(sessions):
+    account = await funded_account(sessions, Decimal(1))
+    async with sessions.begin() as session:
+        with pytest.raises(InsufficientCredits) as exc:
+            await ledger.reserve(session, account_id=account, job_id=uuid.uuid4(), amount=Decimal(2))
+    assert exc.value.details == {"required": 2.0, "balance": 1.0}
+    assert await balance(sessions, account) == 1
+
+
+async def test_commit_then_release_settles_once_as_commit(sessions):
+    account = await funded_account(sessions, Decimal(3))
+    job = uuid.uuid4()
+    async with sessions.begin() as session:
+        await ledger.reserve(session, account_id=account, job_id=job, amount=Decimal(1))
+    async with sessions.begin() as session:
+        assert await ledger.settle(session, job_id=job, outcome="commit") == "commit"
+    async with sessions.begin() as session:
+        assert await ledger.settle(session, job_id=job, outcome="release") == "commit"
+    assert await balance(sessions, account) == 2
+
+
+async def test_release_gives_the_credit_back_exactly_once(sessions):
+    account = await funded_account(sessions, Decimal(3))
+    job = uuid.uuid4()
+    async with sessions.begin() as session:
+        await ledger.reserve(session, account_id=account, job_id=job, amount=Decimal("1.5"))
+    for _ in range(3):
+        async with sessions.begin() as session:
+            await ledger.settle(session, job_id=job, outcome="release")
+    assert await balance(sessions, account) == 3
+    async with sessions() as session:
+        count = await session.scalar(select(func.count()).where(LedgerEntry.job_id == job))
+    assert count == 2
+
+
+async def test_settling_a_job_that_never_reserved_does_nothing(sessions):
+    async with sessions.begin() as session:
+        assert await ledger.settle(session, job_id=uuid.uuid4(), outcome="commit") is None
+
+
+async def test_thirty_concurrent_reservations_against_ten_credits_accept_exactly_ten(sessions):
+    account = await funded_account(sessions, Decimal(10))
+
+    async def attempt() -> bool:
+        try:
+            async with sessions.begin() as session:
+                await ledger.reserve(session, account_id=account, job_id=uuid.uuid4(), amount=Decimal(1))
+            return True
+        except InsufficientCredits:
+            return False
+
+    results = await asyncio.gather(*(attempt() for _ in range(30)))
+    assert results.count(True) == 10
+    assert await balance(sessions, account) == 0
