@@ -285,7 +285,7 @@ async def test_malformed_authorization_headers_are_401_never_404_or_500(client):
     malformed = [
         "",
         "Bearer",
-        "Bearer ",
+        "Bearer a b",
         token,
         f"Token {token}",
         "Basic dXNlcjpwYXNzd29yZA==",
