@@ -11,6 +11,8 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
+from actors.ledger import LEDGER_NAME
+from actors.pools import pool_name
 from daygen.logs import configure_logging
 from daygen.settings import Settings
 from pipelines.jobs import execute_job, settle_unsettled
@@ -30,11 +32,11 @@ RECONCILE_EVERY = 30
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class JobDispatcher:
-    def __init__(self, settings: Settings, pools: dict[str, ActorHandle], ledger: ActorHandle) -> None:
+    def __init__(self, settings: Settings) -> None:
+        """Peers are found by name, so a restarted dispatcher needs nothing from its creator."""
         configure_logging(settings.log_level)
         self.settings = settings
-        self.pools = pools
-        self.ledger = ledger
+        self.peers: dict[str, ActorHandle] = {}
         self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=5))
         self.events = JobEvents(make_redis(settings.redis_url), settings.redis_namespace)
         self.loop_task: asyncio.Task | None = None
@@ -47,15 +49,20 @@ class JobDispatcher:
             self.loop_task = asyncio.create_task(self._loop())
         self.wakeup.set()
 
+    def _peer(self, name: str) -> ActorHandle:
+        if name not in self.peers:
+            self.peers[name] = ray.get_actor(name)
+        return self.peers[name]
+
     async def _run_step(self, operation: str, params: dict[str, Any]) -> StepOutcome:
-        pool = self.pools[OPERATIONS[operation].provider]
         try:
+            pool = self._peer(pool_name(OPERATIONS[operation].provider))
             return await pool.run.remote(operation, params)
-        except RayActorError:
+        except (RayActorError, ValueError):
             return StepOutcome(error_code="provider_unavailable", error_message="the provider worker stopped")
 
     async def _settle(self, job_id: uuid.UUID, outcome: str) -> Any:
-        return await self.ledger.settle.remote(job_id, outcome)
+        return await self._peer(LEDGER_NAME).settle.remote(job_id, outcome)
 
     async def _loop(self) -> None:
         rounds = 0

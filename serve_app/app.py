@@ -36,13 +36,21 @@ class Api:
 
 
 def build_app(settings: Settings) -> Application:
-    """Create (or find) the named actors, then bind the ingress to them."""
+    """Create (or find) the named actors, then bind the ingress to them.
+
+    The actors are detached: they outlive the driver that made them (a cluster keeps running
+    jobs between deploys) and end with the Ray cluster.
+    """
     settings.require_complete()
-    ledger = UsageLedger.options(name=LEDGER_NAME, get_if_exists=True).remote(settings)
-    pools = {
-        provider: ProviderWorker.options(name=pool_name(provider), get_if_exists=True).remote(settings, provider)
-        for provider in sorted({op.provider for op in OPERATIONS.values()})
-    }
-    dispatcher = JobDispatcher.options(name=DISPATCHER_NAME, get_if_exists=True).remote(settings, pools, ledger)
+    singleton = {"get_if_exists": True, "lifetime": "detached"}
+    ledger = UsageLedger.options(name=LEDGER_NAME, **singleton).remote(settings)
+    for provider in sorted({op.provider for op in OPERATIONS.values()}):
+        ProviderWorker.options(name=pool_name(provider), **singleton).remote(settings, provider)
+    dispatcher = JobDispatcher.options(name=DISPATCHER_NAME, **singleton).remote(settings)
     dispatcher.wake.remote()
     return Api.bind(settings, ledger, dispatcher)
+
+
+def from_environment(args: dict[str, str] | None = None) -> Application:
+    """Entry point for `serve deploy configs/serve.yaml`: settings from the DAYGEN_* environment."""
+    return build_app(Settings())

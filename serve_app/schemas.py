@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+
+def _no_nul(value: str) -> str:
+    """Postgres text can't hold NUL, so refuse it here rather than fail at the insert."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _storable_json(value: dict[str, Any]) -> dict[str, Any]:
+    """JSONB refuses NUL in strings and keys, and NaN or Infinity, which Python's JSON parser lets through."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key in item:
+                _no_nul(key)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            _no_nul(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
+    return value
+
+
+NoNul = AfterValidator(_no_nul)
+JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 
 
 def _email(value: str) -> str:
@@ -17,9 +47,10 @@ def _email(value: str) -> str:
     return value
 
 
-Email = Annotated[str, StringConstraints(min_length=3, max_length=254), AfterValidator(_email)]
+Email = Annotated[str, StringConstraints(min_length=3, max_length=254), NoNul, AfterValidator(_email)]
+LoginEmail = Annotated[str, StringConstraints(min_length=1, max_length=254), NoNul]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
-DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul]
 
 
 class Strict(BaseModel):
@@ -44,7 +75,7 @@ class SignupIn(Strict):
 
 
 class LoginIn(Strict):
-    email: Annotated[str, StringConstraints(min_length=1, max_length=254)]
+    email: LoginEmail
     password: Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
@@ -55,7 +86,7 @@ class ApiSignupIn(Lenient):
 
 
 class ApiLoginIn(Lenient):
-    email: Annotated[str, StringConstraints(min_length=1, max_length=254)]
+    email: LoginEmail
     password: Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
@@ -96,10 +127,10 @@ class ApiAuthOut(Out):
 
 # -- templates ----------------------------------------------------------------------------
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Modality = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)]
-ShortText = Annotated[str, StringConstraints(max_length=200)]
-LongText = Annotated[str, StringConstraints(max_length=10_000)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul]
+Modality = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), NoNul]
+ShortText = Annotated[str, StringConstraints(max_length=200), NoNul]
+LongText = Annotated[str, StringConstraints(max_length=10_000), NoNul]
 
 
 class TemplateFields(BaseModel):
@@ -108,7 +139,7 @@ class TemplateFields(BaseModel):
     category: ShortText | None = None
     description: LongText | None = None
     prompt: LongText | None = None
-    params: dict[str, Any] | None = None
+    params: JsonObject | None = None
 
 
 class TemplateCreate(TemplateFields, Strict):
@@ -123,7 +154,7 @@ class TemplateChanges(BaseModel):
     category: ShortText | None = None
     description: LongText | None = None
     prompt: LongText | None = None
-    params: dict[str, Any] | None = None
+    params: JsonObject | None = None
 
     @model_validator(mode="after")
     def _required_stay_set(self) -> TemplateChanges:

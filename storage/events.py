@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("daygen.events")
 
 TERMINAL_EVENTS = {"job.succeeded", "job.failed", "job.canceled"}
 
@@ -37,7 +41,11 @@ class JobEvents:
         deadline = time.monotonic() + timeout_s
         last = after
         while (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
-            reply = await self.redis.xread({stream: last}, block=left_ms, count=100)
+            try:
+                reply = await self.redis.xread({stream: last}, block=left_ms, count=100)
+            except RedisError:
+                log.warning("could not wait on job events", extra={"job_id": str(job_id)}, exc_info=True)
+                return False
             if not reply:
                 return False
             for event_id, fields in reply[0][1]:

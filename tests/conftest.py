@@ -135,5 +135,5 @@ def app_url(settings: Settings) -> Iterator[str]:
 
 @pytest.fixture
 async def client(app_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=app_url, timeout=30) as c:
+    async with httpx.AsyncClient(base_url=app_url, timeout=60) as c:
         yield c

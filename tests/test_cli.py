@@ -26,11 +26,11 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-async def run(*args: str, env: dict[str, str], timeout: float = 120) -> tuple[int, str, str]:
+async def run(*args: str, env: dict[str, str], seconds: float = 120) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         *DAYGEN, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    out, err = await asyncio.wait_for(process.communicate(), seconds)
     return process.returncode, out.decode(), err.decode()
 
 
@@ -39,7 +39,7 @@ async def test_up_on_a_taken_port_exits_at_once_with_a_clear_error(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code, _, err = await run("up", env=clean_env(DAYGEN_HOME=str(tmp_path), DAYGEN_PORT=str(port)), timeout=60)
+        code, _, err = await run("up", env=clean_env(DAYGEN_HOME=str(tmp_path), DAYGEN_PORT=str(port)), seconds=60)
     assert code == 2
     assert f"127.0.0.1:{port} is already in use" in err
     assert not (tmp_path / "pg").exists(), "nothing is started when the port is taken"

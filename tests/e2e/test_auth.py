@@ -379,9 +379,22 @@ async def test_wrong_types_are_422(client):
     assert_v1_error(await client.post("/v1/auth/login", json={"email": [], "password": {}}), 422, "validation_error")
 
 
+async def test_a_nul_character_in_an_email_or_name_is_422_not_500(client):
+    for body, field in (
+        ({"email": "a\u0000b@example.com", "password": PASSWORD}, "email"),
+        ({"email": new_email(), "password": PASSWORD, "displayName": "Ada\u0000"}, "displayName"),
+    ):
+        error = assert_v1_error(await client.post("/v1/auth/signup", json=body), 422, "validation_error")
+        assert [d["field"] for d in error["details"]] == [field]
+        assert_api_error(await client.post("/api/auth/signup", json=body), 422)
+    login = {"email": "a\u0000b@example.com", "password": PASSWORD}
+    assert_v1_error(await client.post("/v1/auth/login", json=login), 422, "validation_error")
+    assert_api_error(await client.post("/api/auth/login", json=login), 422)
+
+
 async def test_a_json_body_that_is_not_an_object_is_422(client):
-    for body in ([], "email", 42, None):
-        response = await client.post("/v1/auth/signup", json=body)
+    for body in (b"[]", b'"email"', b"42", b"null"):
+        response = await client.post("/v1/auth/signup", content=body, headers={"Content-Type": "application/json"})
         assert_v1_error(response, 422, "validation_error")
 
 
@@ -562,22 +575,23 @@ async def test_a_request_id_sent_is_echoed_back(client):
     ok = await client.get(
         "/v1/auth/me", headers={"X-Request-Id": request_id, **bearer((await signup(client))["accessToken"])}
     )
-    assert ok.headers["x-request-id"] == request_id
+    assert ok.headers.get_list("x-request-id") == [request_id]
     refused = await client.get("/v1/auth/me", headers={"X-Request-Id": request_id})
     assert refused.status_code == 401
-    assert refused.headers["x-request-id"] == request_id
+    assert refused.headers.get_list("x-request-id") == [request_id]
 
 
 async def test_a_request_id_is_generated_when_none_is_sent(client):
     first = await client.get("/v1/auth/me")
     second = await client.get("/v1/auth/me")
-    assert first.headers["x-request-id"]
-    assert second.headers["x-request-id"]
-    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+    [first_id] = first.headers.get_list("x-request-id")
+    [second_id] = second.headers.get_list("x-request-id")
+    assert first_id and second_id
+    assert first_id != second_id
 
 
 async def test_even_a_refused_oversized_body_carries_a_request_id(client):
     huge = {"email": new_email(), "password": PASSWORD, "displayName": "x" * 1_100_000}
     response = await client.post("/v1/auth/signup", json=huge, headers={"X-Request-Id": "big-one"})
     assert response.status_code == 413
-    assert response.headers["x-request-id"] == "big-one"
+    assert response.headers.get_list("x-request-id") == ["big-one"]

@@ -59,7 +59,7 @@ async def test_generated_png_is_stored_downloadable_and_charged_one_credit(clien
     assert accepted.json()["status"] == "queued"
 
     job = await wait_for_end(client, headers, accepted.json()["jobId"])
-    assert job["status"] == "succeeded", job
+    assert job["status"] == "succeeded", job["error"]
     assert job["progress"] == 100
     assert job["error"] is None
     [asset] = job["result"]["assets"]
