@@ -30,6 +30,21 @@ def upgrade() -> None:
     sa.UniqueConstraint('idempotency_key', name=op.f('uq_ledger_entries_idempotency_key'))
     )
     op.create_index('ix_ledger_entries_account_id', 'ledger_entries', ['account_id'], unique=False)
+    # The ledger is append-only: the database itself refuses edits and deletions.
+    op.execute(
+        """
+        CREATE FUNCTION ledger_entries_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'ledger entries are append-only' USING ERRCODE = 'restrict_violation';
+        END $$
+        """
+    )
+    op.execute(
+        """
+        CREATE TRIGGER ledger_entries_append_only BEFORE UPDATE OR DELETE ON ledger_entries
+            FOR EACH ROW EXECUTE FUNCTION ledger_entries_append_only()
+        """
+    )
     op.create_index('ix_ledger_entries_job_id', 'ledger_entries', ['job_id'], unique=False)
     op.create_table('users',
     sa.Column('id', sa.UUID(), nullable=False),
@@ -117,6 +132,8 @@ def downgrade() -> None:
     op.drop_index('ix_jobs_claimable', table_name='jobs')
     op.drop_table('jobs')
     op.drop_table('users')
+    op.execute("DROP TRIGGER ledger_entries_append_only ON ledger_entries")
+    op.execute("DROP FUNCTION ledger_entries_append_only()")
     op.drop_index('ix_ledger_entries_job_id', table_name='ledger_entries')
     op.drop_index('ix_ledger_entries_account_id', table_name='ledger_entries')
     op.drop_table('ledger_entries')

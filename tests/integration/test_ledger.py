@@ -7,7 +7,8 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import DBAPIError
 
 from daygen.errors import InsufficientCredits
 from storage import ledger
@@ -91,3 +92,15 @@ async def test_thirty_concurrent_reservations_against_ten_credits_accept_exactly
     results = await asyncio.gather(*(attempt() for _ in range(30)))
     assert results.count(True) == 10
     assert await balance(sessions, account) == 0
+
+
+async def test_the_database_refuses_to_edit_or_delete_ledger_entries(sessions):
+    account = await funded_account(sessions, Decimal(1))
+    for statement in (
+        update(LedgerEntry).where(LedgerEntry.account_id == account).values(amount=Decimal(1000)),
+        delete(LedgerEntry).where(LedgerEntry.account_id == account),
+    ):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with sessions.begin() as session:
+                await session.execute(statement)
+    assert await balance(sessions, account) == 1
