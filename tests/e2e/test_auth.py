@@ -584,10 +584,12 @@ async def test_a_request_id_sent_is_echoed_back(client):
 async def test_a_request_id_is_generated_when_none_is_sent(client):
     first = await client.get("/v1/auth/me")
     second = await client.get("/v1/auth/me")
-    [first_id] = first.headers.get_list("x-request-id")
-    [second_id] = second.headers.get_list("x-request-id")
-    assert first_id and second_id
-    assert first_id != second_id
+    first_ids = first.headers.get_list("x-request-id")
+    second_ids = second.headers.get_list("x-request-id")
+    assert len(first_ids) == 1, f"one X-Request-Id header expected, got {first_ids}"
+    assert len(second_ids) == 1, f"one X-Request-Id header expected, got {second_ids}"
+    assert first_ids[0] and second_ids[0]
+    assert first_ids[0] != second_ids[0]
 
 
 async def test_even_a_refused_oversized_body_carries_a_request_id(client):
