@@ -43,5 +43,7 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         expose_headers=["X-Request-Id", "Retry-After"],
         max_age=600,
     )
-    app.add_middleware(AccessLog)
+    # Serve's proxy already puts an x-request-id on every request (the client's or a new one)
+    # and echoes it on the response; echoing it here too would send it twice.
+    app.add_middleware(AccessLog, echo_request_id=False)
     return app

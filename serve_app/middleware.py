@@ -7,9 +7,9 @@ import logging
 import time
 import uuid
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from daygen.errors import PayloadTooLarge
 from serve_app.errors import error_body
 
 log = logging.getLogger("daygen.access")
@@ -18,8 +18,9 @@ log = logging.getLogger("daygen.access")
 class AccessLog:
     """One JSON line per request: id, route, user, job, status, latency, error code."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, echo_request_id: bool = True) -> None:
         self.app = app
+        self.echo_request_id = echo_request_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,8 +37,8 @@ class AccessLog:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
+                if self.echo_request_id:
+                    message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
@@ -61,7 +62,10 @@ class AccessLog:
 
 
 class BodyLimit:
-    """Refuse bodies over the limit with 413 as soon as the limit is passed, without buffering."""
+    """Refuse bodies over the limit with a JSON 413 as soon as the limit is passed, without buffering.
+
+    Starlette's own limiter answers in plain text, which breaks the API's error contract.
+    """
 
     def __init__(self, app: ASGIApp, limit: int, exempt_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
@@ -85,7 +89,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise PayloadTooLarge(self._message)
+                    raise HTTPException(413, self._message)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -95,8 +99,8 @@ class BodyLimit:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except PayloadTooLarge:
-            if started:
+        except HTTPException as exc:
+            if started or exc.status_code != 413:
                 raise
             await self._refuse(scope, send)
 
