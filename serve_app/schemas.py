@@ -41,8 +41,9 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 
 def _email(value: str) -> str:
     value = value.strip()
-    local, at, domain = value.rpartition("@")
-    if not at or not local or "." not in domain.strip(".") or any(c.isspace() for c in value):
+    local, at, domain = value.partition("@")
+    labels = domain.split(".")
+    if not at or not local or "@" in domain or len(labels) < 2 or not all(labels) or any(c.isspace() for c in value):
         raise ValueError("not a valid email address")
     return value
 
@@ -204,7 +205,7 @@ class ApiTemplatePage(Out):
 
 class JobCreate(Strict):
     operation: Annotated[str, StringConstraints(min_length=1, max_length=100)]
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: JsonObject = Field(default_factory=dict)
 
 
 class JobAccepted(Out):

@@ -195,3 +195,14 @@ async def test_jobs_need_a_valid_token(client):
     response = await client.post("/v1/jobs", json={"operation": "offline.generate", "params": {"prompt": "x"}})
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "not_authenticated"
+
+
+async def test_params_postgres_cannot_store_are_422_not_500(client):
+    headers = bearer((await signup(client))["accessToken"])
+    for raw in (
+        b'{"operation": "offline.generate", "params": {"prompt": "nul \\u0000 inside"}}',
+        b'{"operation": "offline.generate", "params": {"prompt": "x", "seed": NaN}}',
+    ):
+        response = await client.post("/v1/jobs", content=raw, headers={**headers, "Content-Type": "application/json"})
+        assert response.status_code == 422, response.text
+    assert await credits(client, headers) == 20
