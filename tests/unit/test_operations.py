@@ -43,15 +43,3 @@ def test_bad_params_name_the_field(params, field):
     with pytest.raises(InvalidInput) as exc:
         validate_request("offline.generate", params)
     assert field in fields_of(exc)
-
-
-@pytest.mark.parametrize(
-    "email", ["user@@example.com", "user@example..com", "user@example", "@example.com", "a b@x.io"]
-)
-def test_malformed_emails_are_refused(email):
-    from pydantic import ValidationError
-
-    from serve_app.schemas import SignupIn
-
-    with pytest.raises(ValidationError):
-        SignupIn(email=email, password="long enough")
