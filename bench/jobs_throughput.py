@@ -27,12 +27,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daygen import embedded  # noqa: E402
 from daygen.runtime import deploy, start_ray  # noqa: E402
 from daygen.settings import Settings  # noqa: E402
 from storage import ledger  # noqa: E402
 from storage.db import make_engine, make_sessionmaker  # noqa: E402
-from tests.conftest import free_port, private_database  # noqa: E402
+from tests.conftest import free_port, private_database, service_urls  # noqa: E402
 
 
 async def grant(database_url: str, user_id: str, amount: int) -> None:
@@ -103,16 +102,7 @@ def main() -> None:
 
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="daygen-bench-") as tmp:
         work = Path(tmp)
-        pg_url = os.environ.get("DAYGEN_TEST_DATABASE_URL")
-        redis_url = os.environ.get("DAYGEN_TEST_REDIS_URL")
-        if not pg_url:
-            server = embedded.start_postgres(work / "pg")
-            stack.callback(server.stop)
-            pg_url = server.url
-        if not redis_url:
-            server = embedded.start_redis(work / "redis")
-            stack.callback(server.stop)
-            redis_url = server.url
+        pg_url, redis_url = stack.enter_context(service_urls(work))
         database_url = stack.enter_context(private_database(pg_url))
         settings = Settings(
             home=work,

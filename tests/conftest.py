@@ -22,6 +22,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from daygen import embedded
 from daygen.settings import Settings
 from storage.db import make_engine, make_sessionmaker
 from storage.migrate import upgrade_to_head
@@ -40,24 +41,28 @@ def services_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def server_urls(services_dir: Path) -> Iterator[tuple[str, str]]:
-    """Admin URL of a Postgres server and URL of a Redis server, embedded when not given."""
+@contextlib.contextmanager
+def service_urls(workdir: Path) -> Iterator[tuple[str, str]]:
+    """Admin URL of a Postgres server and URL of a Redis server: the machine's when
+    DAYGEN_TEST_DATABASE_URL / DAYGEN_TEST_REDIS_URL are set, else embedded ones under workdir."""
     with contextlib.ExitStack() as stack:
         pg_url = os.environ.get("DAYGEN_TEST_DATABASE_URL")
         redis_url = os.environ.get("DAYGEN_TEST_REDIS_URL")
-        if not pg_url or not redis_url:
-            from daygen import embedded
-
-            if not pg_url:
-                server = embedded.start_postgres(services_dir / "pg")
-                stack.callback(server.stop)
-                pg_url = server.url
-            if not redis_url:
-                server = embedded.start_redis(services_dir / "redis")
-                stack.callback(server.stop)
-                redis_url = server.url
+        if not pg_url:
+            server = embedded.start_postgres(workdir / "pg")
+            stack.callback(server.stop)
+            pg_url = server.url
+        if not redis_url:
+            server = embedded.start_redis(workdir / "redis")
+            stack.callback(server.stop)
+            redis_url = server.url
         yield pg_url, redis_url
+
+
+@pytest.fixture(scope="session")
+def server_urls(services_dir: Path) -> Iterator[tuple[str, str]]:
+    with service_urls(services_dir) as urls:
+        yield urls
 
 
 def _plain(url: str) -> str:

@@ -23,3 +23,24 @@ def bearer(token: str) -> dict[str, str]:
 
 async def user_headers(client: httpx.AsyncClient) -> dict[str, str]:
     return bearer((await signup(client))["accessToken"])
+
+
+def assert_v1_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"code", "message", "details"}
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+def assert_api_error(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"statusCode", "message", "error"}
+    assert body["statusCode"] == status
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["error"], str) and body["error"]
+    return body

@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, select
 
 from serve_app.security import issue_token
 from storage.models import LedgerEntry, User
-from tests.e2e.helpers import bearer, new_email, signup
+from tests.e2e.helpers import assert_api_error, assert_v1_error, bearer, new_email, signup
 
 V1_USER_FIELDS = {"id", "email", "displayName", "role", "credits", "createdAt", "updatedAt"}
 API_USER_FIELDS = {
@@ -36,27 +36,6 @@ PASSWORD = "correct horse"
 
 def _b64(data: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
-
-def assert_v1_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
-    assert set(error) == {"code", "message", "details"}
-    assert error["code"] == code
-    assert isinstance(error["message"], str) and error["message"]
-    return error
-
-
-def assert_api_error(response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"statusCode", "message", "error"}
-    assert body["statusCode"] == status
-    assert isinstance(body["message"], str) and body["message"]
-    assert isinstance(body["error"], str) and body["error"]
-    return body
 
 
 def assert_timestamp(value: str) -> None:

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 
 from storage.models import Template
-from tests.e2e.helpers import bearer, signup
+from tests.e2e.helpers import assert_api_error, assert_v1_error, bearer, signup
 
 TEMPLATE_FIELDS = {"id", "name", "modality", "category", "description", "prompt", "params", "createdAt", "updatedAt"}
 PREFIXES = ("/v1/templates", "/api/templates")
@@ -29,24 +29,6 @@ async def create(client, headers, prefix: str = "/v1/templates", **fields) -> di
 async def db_row(sessions, template_id: str | uuid.UUID) -> Template | None:
     async with sessions() as session:
         return await session.get(Template, uuid.UUID(str(template_id)))
-
-
-def assert_v1_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"code", "message", "details"}
-    assert error["code"] == code
-    assert isinstance(error["message"], str) and error["message"]
-    return error
-
-
-def assert_api_error(response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"statusCode", "message", "error"}
-    assert body["statusCode"] == status
-    assert isinstance(body["message"], str) and body["message"]
-    return body
 
 
 def assert_error(prefix: str, response, status: int, code: str) -> None:
