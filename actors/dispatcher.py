@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import ray
@@ -19,8 +20,10 @@ from pipelines.jobs import execute_job, settle_unsettled
 from pipelines.operations import OPERATIONS
 from pipelines.steps import StepOutcome
 from storage import jobs as job_queries
+from storage.assets import prune_expired
 from storage.db import make_engine, make_sessionmaker
 from storage.events import JobEvents
+from storage.objects import ObjectStore
 from storage.redis import make_redis
 
 log = logging.getLogger("daygen.dispatcher")
@@ -28,6 +31,7 @@ log = logging.getLogger("daygen.dispatcher")
 DISPATCHER_NAME = "daygen-dispatcher"
 POLL_SECONDS = 1.0
 RECONCILE_EVERY = 30
+PRUNE_EVERY = 60
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -39,6 +43,7 @@ class JobDispatcher:
         self.peers: dict[str, ActorHandle] = {}
         self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=5))
         self.events = JobEvents(make_redis(settings.redis_url), settings.redis_namespace)
+        self.store = ObjectStore.from_settings(settings)
         self.loop_task: asyncio.Task | None = None
         self.wakeup = asyncio.Event()
         self.running: set[asyncio.Task] = set()
@@ -70,6 +75,8 @@ class JobDispatcher:
             try:
                 if rounds % RECONCILE_EVERY == 0:
                     await settle_unsettled(self.sessions, self._settle)
+                if rounds % PRUNE_EVERY == 0:
+                    await prune_expired(self.sessions, self.store, datetime.now(UTC))
                 rounds += 1
                 free = self.settings.dispatcher_concurrency - len(self.running)
                 if free > 0:

@@ -17,7 +17,7 @@ class ProviderWorker:
     def __init__(self, settings: Settings, provider: str) -> None:
         configure_logging(settings.log_level)
         self.provider = provider
-        self.store = ObjectStore(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
+        self.store = ObjectStore.from_settings(settings)
 
     async def run(self, operation: str, params: dict[str, Any]) -> StepOutcome:
         return await run_step(self.store, operation, params)

@@ -13,6 +13,7 @@ from ray import serve
 from daygen.settings import Settings
 
 APP_NAME = "daygen"
+RAY_NAMESPACE = "daygen"
 
 
 class PortInUse(RuntimeError):
@@ -38,6 +39,7 @@ def start_ray(
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     temp_dir.mkdir(parents=True, exist_ok=True)
     return ray.init(
+        namespace=RAY_NAMESPACE,
         num_cpus=num_cpus,
         object_store_memory=object_store_bytes,
         include_dashboard=dashboard,

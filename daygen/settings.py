@@ -22,7 +22,15 @@ class Settings(BaseSettings):
     redis_namespace: str = "daygen"
     storage_url: str | None = None
     s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
     public_base_url: str | None = None
+    private_assets: bool = False
+    signed_url_ttl_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(100_000_000, ge=1)
+    asset_ttl_seconds: int | None = Field(None, ge=60)
 
     jwt_secret: SecretStr | None = None
     jwt_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)

@@ -8,7 +8,7 @@ from starlette.middleware.cors import CORSMiddleware
 from daygen.settings import Settings
 from serve_app import errors
 from serve_app.middleware import AccessLog, BodyLimit
-from serve_app.routes import auth, files, health, jobs, pages, templates
+from serve_app.routes import assets, auth, files, health, jobs, pages, templates
 from serve_app.services import Services
 
 CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"]
@@ -29,12 +29,20 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         templates.v1,
         templates.compat,
         jobs.v1,
+        assets.v1,
+        assets.compat,
         files.router,
     ):
         app.include_router(router)
     errors.install(app)
     app.state.services = services
-    app.add_middleware(BodyLimit, limit=settings.max_json_body_bytes)
+    base64_limit = -(-settings.max_upload_bytes // 3) * 4 + assets.MULTIPART_OVERHEAD
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_json_body_bytes,
+        # Uploads stream into the store, which applies DAYGEN_MAX_UPLOAD_BYTES itself.
+        overrides=(("/v1/assets", None), ("/api/upload/file", None), ("/api/upload/base64", base64_limit)),
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origin_list,

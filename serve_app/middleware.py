@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -67,18 +68,26 @@ class BodyLimit:
     Starlette's own limiter answers in plain text, which breaks the API's error contract.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, exempt_prefixes: tuple[str, ...] = ()) -> None:
+    def __init__(self, app: ASGIApp, limit: int, overrides: Sequence[tuple[str, int | None]] = ()) -> None:
+        """`overrides` gives other limits (None: no limit here) to paths under some prefixes."""
         self.app = app
-        self.limit = limit
-        self.exempt_prefixes = exempt_prefixes
+        self.default = limit
+        self.overrides = overrides
+
+    def _limit_for(self, path: str) -> int | None:
+        for prefix, limit in self.overrides:
+            if path == prefix or path.startswith(prefix + "/"):
+                return limit
+        return self.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.exempt_prefixes):
+        limit = self._limit_for(scope["path"]) if scope["type"] == "http" else None
+        if limit is None:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, send, limit)
             return
         seen = 0
         started = False
@@ -88,8 +97,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise HTTPException(413, self._message)
+                if seen > limit:
+                    raise HTTPException(413, _too_large(limit))
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -102,15 +111,11 @@ class BodyLimit:
         except HTTPException as exc:
             if started or exc.status_code != 413:
                 raise
-            await self._refuse(scope, send)
+            await self._refuse(scope, send, limit)
 
-    @property
-    def _message(self) -> str:
-        return f"the request body is over {self.limit} bytes"
-
-    async def _refuse(self, scope: Scope, send: Send) -> None:
+    async def _refuse(self, scope: Scope, send: Send, limit: int) -> None:
         scope.setdefault("state", {})["error_code"] = "payload_too_large"
-        body = json.dumps(error_body(scope["path"], 413, "payload_too_large", self._message)).encode()
+        body = json.dumps(error_body(scope["path"], 413, "payload_too_large", _too_large(limit))).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -119,3 +124,7 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _too_large(limit: int) -> str:
+    return f"the request body is over {limit} bytes"

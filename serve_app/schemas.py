@@ -221,6 +221,52 @@ class AssetOut(Out):
     sha256: str
     width: int | None
     height: int | None
+    source: Literal["upload", "job"]
+    jobId: uuid.UUID | None
+    expiresAt: datetime | None
+    createdAt: datetime
+
+
+class AssetPage(Out):
+    items: list[AssetOut]
+    nextCursor: str | None
+
+
+class ApiBase64Upload(Lenient):
+    base64Data: Annotated[str, StringConstraints(min_length=1)]
+    mimeType: str | None = None
+
+
+class ApiUploaded(Out):
+    """What the daygen frontend's upload calls answer: a storage URL, never the bytes."""
+
+    success: bool = True
+    id: uuid.UUID
+    url: str
+    key: str
+    mimeType: str
+    size: int
+    width: int | None
+    height: int | None
+
+
+class ApiFile(Out):
+    id: uuid.UUID
+    fileName: str
+    fileUrl: str
+    mimeType: str
+    size: int
+    width: int | None
+    height: int | None
+    source: Literal["upload", "job"]
+    jobId: uuid.UUID | None
+    createdAt: datetime
+
+
+class ApiFilePage(Out):
+    items: list[ApiFile]
+    nextCursor: str | None
+    hasNextPage: bool
 
 
 class JobError(Out):

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from daygen.settings import Settings
+from serve_app import signing
 from serve_app.security import hash_password
 from storage.db import make_engine, make_sessionmaker
 from storage.events import JobEvents
@@ -27,6 +28,7 @@ class Services:
     ledger: ActorHandle
     dispatcher: ActorHandle
     jwt_secret: str
+    files_secret: bytes
     decoy_password_hash: str
 
     @classmethod
@@ -34,16 +36,18 @@ class Services:
         settings.require_complete()
         engine = make_engine(settings.database_url)
         redis = make_redis(settings.redis_url)
+        jwt_secret = settings.jwt_secret.get_secret_value()
         return cls(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
             redis=redis,
             events=JobEvents(redis, settings.redis_namespace),
-            store=ObjectStore(settings.storage_url, endpoint_url=settings.s3_endpoint_url),
+            store=ObjectStore.from_settings(settings),
             ledger=ledger,
             dispatcher=dispatcher,
-            jwt_secret=settings.jwt_secret.get_secret_value(),
+            jwt_secret=jwt_secret,
+            files_secret=signing.files_secret(jwt_secret),
             # Logins for unknown emails verify against this, so they take as long as real ones.
             decoy_password_hash=hash_password("decoy password, never matches"),
         )

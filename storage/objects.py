@@ -1,7 +1,8 @@
 """The object store: one interface over fsspec for `file://` and `s3://` URLs.
 
-Objects are content-addressed (`assets/ab/<sha256>.<ext>`): a key never changes content,
-so it can be cached forever, and storing the same bytes twice stores nothing new.
+Objects are content-addressed (`assets/ab/<sha256>.<ext>`): a key never changes content, so
+it can be cached forever, and storing the same bytes twice stores nothing new. Writes stream
+through a temporary object while hashing, so no upload is ever held in memory whole.
 """
 
 from __future__ import annotations
@@ -9,14 +10,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
 
-import fsspec
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from daygen.errors import PayloadTooLarge
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+CONTENT_TYPES = {ext: ctype for ctype, ext in EXTENSIONS.items()}
 CACHE_FOREVER = "public, max-age=31536000, immutable"
+WRITE_BUFFER = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -27,68 +34,137 @@ class StoredObject:
     content_type: str
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    last_modified: datetime
+
+
 def content_key(sha256: str, content_type: str) -> str:
     return f"assets/{sha256[:2]}/{sha256}.{EXTENSIONS.get(content_type, 'bin')}"
 
 
 class ObjectStore:
-    def __init__(self, url: str, *, endpoint_url: str | None = None) -> None:
-        options: dict = {}
+    def __init__(
+        self,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+    ) -> None:
+        options: dict[str, Any] = {}
         if url.startswith("s3://"):
+            client: dict[str, Any] = {}
             if endpoint_url:
-                options["endpoint_url"] = endpoint_url
+                client["endpoint_url"] = endpoint_url
+            if region:
+                client["region_name"] = region
+            options["client_kwargs"] = client
+            if access_key_id and secret_access_key:
+                options.update(key=access_key_id, secret=secret_access_key)
         else:
             options["auto_mkdir"] = True
         self.fs, root = url_to_fs(url, **options)
         self.root = root.rstrip("/")
-        self.is_local = isinstance(self.fs, fsspec.implementations.local.LocalFileSystem)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    @classmethod
+    def from_settings(cls, settings) -> ObjectStore:
+        def secret(value) -> str | None:
+            return value.get_secret_value() if value is not None else None
+
+        return cls(
+            settings.storage_url,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=secret(settings.s3_access_key_id),
+            secret_access_key=secret(settings.s3_secret_access_key),
+        )
 
     def _path(self, key: str) -> str:
-        if ".." in key.split("/") or key.startswith("/"):
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key:
             raise ValueError("invalid object key")
         return f"{self.root}/{key}"
 
-    def _put_chunks(self, chunks: Iterable[bytes], content_type: str) -> StoredObject:
-        digest = hashlib.sha256()
-        size = 0
-        tmp = self._path(f"tmp/{uuid.uuid4().hex}")
-        try:
-            with self.fs.open(tmp, "wb") as out:
-                for chunk in chunks:
-                    digest.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
-            sha = digest.hexdigest()
-            key = content_key(sha, content_type)
-            if self.fs.exists(self._path(key)):
-                self.fs.rm(tmp)
-            else:
-                self.fs.mv(tmp, self._path(key))
-        except BaseException:
-            if self.fs.exists(tmp):
-                self.fs.rm(tmp)
-            raise
-        return StoredObject(key=key, sha256=sha, size=size, content_type=content_type)
+    def _open_write(self, key: str, content_type: str) -> IO[bytes]:
+        if self.is_local:
+            return self.fs.open(self._path(key), "wb")
+        return self.fs.open(self._path(key), "wb", ContentType=content_type, CacheControl=CACHE_FOREVER)
+
+    def writer(self, content_type: str, max_bytes: int | None = None) -> ObjectWriter:
+        return ObjectWriter(self, content_type, max_bytes)
+
+    async def put_stream(
+        self, chunks: AsyncIterable[bytes], content_type: str, max_bytes: int | None = None
+    ) -> StoredObject:
+        async with self.writer(content_type, max_bytes) as writer:
+            async for chunk in chunks:
+                await writer.write(chunk)
+            return await writer.commit()
 
     async def put_bytes(self, data: bytes, content_type: str) -> StoredObject:
-        chunk = 1 << 20
-        parts = (data[i : i + chunk] for i in range(0, len(data), chunk))
-        return await asyncio.to_thread(self._put_chunks, parts, content_type)
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.put_stream(one(), content_type)
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self.fs.exists, self._path(key))
 
-    async def size(self, key: str) -> int:
-        return await asyncio.to_thread(self.fs.size, self._path(key))
+    async def info(self, key: str) -> ObjectInfo:
+        """Size and modification time; FileNotFoundError when there is no such object."""
+        path = self._path(key)
 
-    async def read_chunks(self, key: str, chunk_size: int = 1 << 16) -> AsyncIterator[bytes]:
-        """Stream an object in chunks so serving it costs constant memory."""
-        handle = await asyncio.to_thread(self.fs.open, self._path(key), "rb")
+        def read() -> ObjectInfo:
+            details = self.fs.info(path)
+            if details.get("type") == "directory":
+                raise FileNotFoundError(key)
+            modified = details.get("LastModified") or datetime.fromtimestamp(details["mtime"], UTC)
+            return ObjectInfo(size=int(details["size"]), last_modified=modified)
+
+        return await asyncio.to_thread(read)
+
+    def open_sync(self, key: str) -> IO[bytes]:
+        """A blocking file object (seekable, ranged reads on S3), for use in a worker thread."""
+        return self.fs.open(self._path(key), "rb")
+
+    async def read_chunks(
+        self, key: str, start: int = 0, length: int | None = None, chunk_size: int = 1 << 18
+    ) -> AsyncIterator[bytes]:
+        """Stream part or all of an object, so serving it costs constant memory."""
+        handle = await asyncio.to_thread(self.open_sync, key)
         try:
-            while chunk := await asyncio.to_thread(handle.read, chunk_size):
+            if start:
+                await asyncio.to_thread(handle.seek, start)
+            left = length
+            while left is None or left > 0:
+                size = chunk_size if left is None else min(chunk_size, left)
+                chunk = await asyncio.to_thread(handle.read, size)
+                if not chunk:
+                    break
+                if left is not None:
+                    left -= len(chunk)
                 yield chunk
         finally:
             await asyncio.to_thread(handle.close)
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+
+        def remove() -> None:
+            if self.fs.exists(path):
+                self.fs.rm(path)
+
+        await asyncio.to_thread(remove)
+
+    async def presigned_url(self, key: str, expires_in: int) -> str:
+        """An expiring GET URL straight from S3 (not for the local disk, which /files signs)."""
+        if self.is_local:
+            raise ValueError("the local store has no presigned URLs")
+        return await asyncio.to_thread(self.fs.sign, self._path(key), expires_in)
 
     async def check(self) -> None:
         """Readiness: the store's root must be listable (and, on local disk, exist)."""
@@ -99,3 +175,78 @@ class ObjectStore:
             self.fs.ls(self.root, detail=False)
 
         await asyncio.to_thread(probe)
+
+
+class ObjectWriter:
+    """Streams bytes into a temporary object, hashing and counting as they pass;
+    `commit` files them under their content key, `abort` (or an error) removes them."""
+
+    def __init__(self, store: ObjectStore, content_type: str, max_bytes: int | None) -> None:
+        self.store = store
+        self.content_type = content_type
+        self.max_bytes = max_bytes
+        self.tmp_key = f"tmp/{uuid.uuid4().hex}"
+        self.size = 0
+        self._digest = hashlib.sha256()
+        self._buffer = bytearray()
+        self._file: IO[bytes] | None = None
+        self._finished = False
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    @property
+    def key(self) -> str:
+        return content_key(self.sha256, self.content_type)
+
+    async def write(self, chunk: bytes) -> None:
+        if self.max_bytes is not None and self.size + len(chunk) > self.max_bytes:
+            raise PayloadTooLarge(f"the upload is over {self.max_bytes} bytes")
+        self._digest.update(chunk)
+        self.size += len(chunk)
+        self._buffer += chunk
+        if len(self._buffer) >= WRITE_BUFFER:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._file is None:
+            self._file = await asyncio.to_thread(self.store._open_write, self.tmp_key, self.content_type)
+        data, self._buffer = bytes(self._buffer), bytearray()
+        await asyncio.to_thread(self._file.write, data)
+
+    async def close(self) -> None:
+        """Finish writing the temporary object; it can then be read back (e.g. to verify it)."""
+        if self._buffer or self._file is None:
+            await self._flush()
+        if self._file is not None and not self._file.closed:
+            await asyncio.to_thread(self._file.close)
+
+    async def commit(self) -> StoredObject:
+        await self.close()
+        key = self.key
+        tmp, final = self.store._path(self.tmp_key), self.store._path(key)
+
+        def file_it() -> None:
+            if self.store.fs.exists(final):
+                self.store.fs.rm(tmp)
+            else:
+                self.store.fs.mv(tmp, final)
+
+        await asyncio.to_thread(file_it)
+        self._finished = True
+        return StoredObject(key=key, sha256=self.sha256, size=self.size, content_type=self.content_type)
+
+    async def abort(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._file is not None and not self._file.closed:
+            await asyncio.to_thread(self._file.close)
+        await self.store.delete(self.tmp_key)
+
+    async def __aenter__(self) -> ObjectWriter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.abort()

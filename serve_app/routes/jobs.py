@@ -11,33 +11,15 @@ from daygen.errors import InsufficientCredits, NotFound
 from daygen.ids import uuid7
 from pipelines.operations import validate_request
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
-from serve_app.schemas import AssetOut, JobAccepted, JobCreate, JobError, JobOut, JobPage, JobResult
+from serve_app.routes.assets import asset_out
+from serve_app.schemas import JobAccepted, JobCreate, JobError, JobOut, JobPage, JobResult
 from serve_app.services import Services
 from storage import jobs as queries
-from storage.models import Asset, Job
+from storage.models import Job
 
 v1 = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_json)])
 
 MAX_WAIT_SECONDS = 30
-
-
-def asset_url(services: Services, request: Request, key: str) -> str:
-    """The CDN URL when one is configured, else the app's own /files route."""
-    if services.settings.public_base_url:
-        return f"{services.settings.public_base_url.rstrip('/')}/{key}"
-    return f"{str(request.base_url).rstrip('/')}/files/{key}"
-
-
-def asset_out(services: Services, request: Request, asset: Asset) -> AssetOut:
-    return AssetOut(
-        id=asset.id,
-        url=asset_url(services, request, asset.key),
-        contentType=asset.content_type,
-        size=asset.size,
-        sha256=asset.sha256,
-        width=asset.width,
-        height=asset.height,
-    )
 
 
 async def job_out(services: Services, request: Request, session: SessionDep, job: Job) -> JobOut:
@@ -45,7 +27,7 @@ async def job_out(services: Services, request: Request, session: SessionDep, job
     if job.status == "succeeded":
         assets = await queries.job_assets(session, job.id)
         result = JobResult(
-            assets=[asset_out(services, request, a) for a in assets], text=(job.result or {}).get("text")
+            assets=[await asset_out(services, request, a) for a in assets], text=(job.result or {}).get("text")
         )
     error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobOut(

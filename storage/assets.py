@@ -1,0 +1,156 @@
+"""Asset rows and the objects behind them.
+
+Many rows may share one content-addressed object; the bytes go when the last live row
+that references them goes. Filing an object and deleting one take the same per-key lock,
+so a new upload of the same bytes can never lose its object to a concurrent delete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from daygen.errors import InvalidInput, UnsupportedMediaType
+from daygen.ids import uuid7
+from storage import images
+from storage.models import Asset
+from storage.objects import ObjectStore
+
+Source = Literal["upload", "job"]
+
+
+def _live(now=None):
+    moment = now if now is not None else func.now()
+    return (Asset.deleted_at.is_(None)) & or_(Asset.expires_at.is_(None), Asset.expires_at > moment)
+
+
+async def _lock_key(session: AsyncSession, key: str) -> None:
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 1))"), {"k": key})
+
+
+async def _peek(chunks: AsyncIterator[bytes], size: int) -> tuple[bytes, AsyncIterator[bytes]]:
+    """The first `size` bytes (fewer if the stream is shorter), and an iterator over the rest."""
+    head = b""
+    async for chunk in chunks:
+        head += chunk
+        if len(head) >= size:
+            break
+    return head, chunks
+
+
+async def save_image(
+    sessions: async_sessionmaker[AsyncSession],
+    store: ObjectStore,
+    chunks: AsyncIterator[bytes],
+    *,
+    owner_id: uuid.UUID,
+    max_bytes: int,
+    max_pixels: int,
+    expires_at: datetime | None = None,
+) -> Asset:
+    """Stream an upload into the store, check it is the image it claims, and record it."""
+    head, rest = await _peek(chunks, images.SNIFF_BYTES)
+    if not head:
+        raise InvalidInput("the upload is empty", details=[{"field": "file", "message": "no bytes"}])
+    content_type = images.sniff(head)
+    if content_type is None:
+        raise UnsupportedMediaType("only PNG, JPEG and WebP images are accepted")
+    async with store.writer(content_type, max_bytes) as writer:
+        await writer.write(head)
+        async for chunk in rest:
+            await writer.write(chunk)
+        await writer.close()
+        width, height = await asyncio.to_thread(images.inspect_stored, store, writer.tmp_key, max_pixels)
+        async with sessions.begin() as session:
+            await _lock_key(session, writer.key)
+            stored = await writer.commit()
+            asset = Asset(
+                id=uuid7(),
+                owner_id=owner_id,
+                key=stored.key,
+                sha256=stored.sha256,
+                size=stored.size,
+                content_type=stored.content_type,
+                width=width,
+                height=height,
+                source="upload",
+                expires_at=expires_at,
+            )
+            session.add(asset)
+            await session.flush()
+            await session.refresh(asset)
+    return asset
+
+
+async def get_asset(session: AsyncSession, owner_id: uuid.UUID, asset_id: uuid.UUID) -> Asset | None:
+    stmt = select(Asset).where(Asset.id == asset_id, Asset.owner_id == owner_id, _live())
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def list_assets(
+    session: AsyncSession,
+    owner_id: uuid.UUID,
+    *,
+    limit: int,
+    before: uuid.UUID | None,
+    source: Source | None = None,
+    job_id: uuid.UUID | None = None,
+) -> list[Asset]:
+    stmt = select(Asset).where(Asset.owner_id == owner_id, _live())
+    if before is not None:
+        stmt = stmt.where(Asset.id < before)
+    if source is not None:
+        stmt = stmt.where(Asset.source == source)
+    if job_id is not None:
+        stmt = stmt.where(Asset.job_id == job_id)
+    return list((await session.execute(stmt.order_by(Asset.id.desc()).limit(limit))).scalars())
+
+
+async def _release_object(session: AsyncSession, store: ObjectStore, key: str) -> bool:
+    """Delete the object if no live row references it any more; call inside the key's lock."""
+    referenced = await session.scalar(select(func.count()).where(Asset.key == key, Asset.deleted_at.is_(None)))
+    if referenced:
+        return False
+    await store.delete(key)
+    return True
+
+
+async def delete_asset(
+    sessions: async_sessionmaker[AsyncSession], store: ObjectStore, owner_id: uuid.UUID, asset_id: uuid.UUID
+) -> bool:
+    """Soft-delete the row; the bytes go when no live row references them. False if not found."""
+    async with sessions.begin() as session:
+        asset = await get_asset(session, owner_id, asset_id)
+        if asset is None:
+            return False
+        await _lock_key(session, asset.key)
+        await session.execute(update(Asset).where(Asset.id == asset_id).values(deleted_at=func.now()))
+        await _release_object(session, store, asset.key)
+    return True
+
+
+async def prune_expired(
+    sessions: async_sessionmaker[AsyncSession], store: ObjectStore, now: datetime, limit: int = 500
+) -> int:
+    """Retire assets whose expiry has passed (they already vanished from the API) and free their bytes."""
+    async with sessions() as session:
+        expired = (
+            await session.execute(
+                select(Asset.id, Asset.key)
+                .where(Asset.deleted_at.is_(None), Asset.expires_at <= now)
+                .order_by(Asset.expires_at)
+                .limit(limit)
+            )
+        ).all()
+    for asset_id, key in expired:
+        async with sessions.begin() as session:
+            await _lock_key(session, key)
+            await session.execute(update(Asset).where(Asset.id == asset_id).values(deleted_at=now))
+            await _release_object(session, store, key)
+    return len(expired)
