@@ -24,6 +24,7 @@ EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 CONTENT_TYPES = {ext: ctype for ctype, ext in EXTENSIONS.items()}
 CACHE_FOREVER = "public, max-age=31536000, immutable"
 WRITE_BUFFER = 1 << 20
+S3_PART_SIZE = 5 << 20
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class ObjectStore:
             if region:
                 client["region_name"] = region
             options["client_kwargs"] = client
+            # SigV4 for presigned URLs too: botocore would sign them with SigV2 in us-east-1,
+            # which S3 refuses for buckets created since mid-2020 (and R2/MinIO never accepted).
+            options["config_kwargs"] = {"signature_version": "s3v4"}
             if access_key_id and secret_access_key:
                 options.update(key=access_key_id, secret=secret_access_key)
         else:
@@ -92,7 +96,10 @@ class ObjectStore:
     def _open_write(self, key: str, content_type: str) -> IO[bytes]:
         if self.is_local:
             return self.fs.open(self._path(key), "wb")
-        return self.fs.open(self._path(key), "wb", ContentType=content_type, CacheControl=CACHE_FOREVER)
+        # Parts of the S3 minimum size: s3fs would otherwise buffer up to 50 MB of an upload in memory.
+        return self.fs.open(
+            self._path(key), "wb", block_size=S3_PART_SIZE, ContentType=content_type, CacheControl=CACHE_FOREVER
+        )
 
     def writer(self, content_type: str, max_bytes: int | None = None) -> ObjectWriter:
         return ObjectWriter(self, content_type, max_bytes)
@@ -172,7 +179,7 @@ class ObjectStore:
         def probe() -> None:
             if self.is_local:
                 self.fs.makedirs(self.root, exist_ok=True)
-            self.fs.ls(self.root, detail=False)
+            self.fs.ls(self.root, detail=False, refresh=True)  # ask the store, not s3fs's listing cache
 
         await asyncio.to_thread(probe)
 

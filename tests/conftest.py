@@ -26,6 +26,7 @@ from daygen import embedded
 from daygen.settings import Settings
 from storage.db import make_engine, make_sessionmaker
 from storage.migrate import upgrade_to_head
+from tests.inline_images import refuse_inline_images
 
 
 def free_port() -> int:
@@ -140,5 +141,5 @@ def app_url(settings: Settings) -> Iterator[str]:
 
 @pytest.fixture
 async def client(app_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=app_url, timeout=60) as c:
+    async with httpx.AsyncClient(base_url=app_url, timeout=60, event_hooks={"response": [refuse_inline_images]}) as c:
         yield c

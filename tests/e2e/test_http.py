@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-from tests.e2e.helpers import bearer, signup
-
 
 async def test_health_and_readiness_report_every_dependency(client):
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "checks": {"postgres": "ok", "redis": "ok", "objectStore": "ok"}}
-
-
-async def test_files_are_served_like_a_cdn_would(client):
-    headers = bearer((await signup(client))["accessToken"])
-    accepted = await client.post(
-        "/v1/jobs",
-        json={"operation": "offline.generate", "params": {"prompt": "cdn", "width": 64, "height": 64}},
-        headers=headers,
-    )
-    job = (await client.get(f"/v1/jobs/{accepted.json()['jobId']}", params={"wait": 30}, headers=headers)).json()
-    asset = job["result"]["assets"][0]
-
-    response = await client.get(asset["url"])
-    assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
-    assert response.headers["etag"] == f'"{asset["sha256"]}"'
-    assert response.headers["x-content-type-options"] == "nosniff"
-    assert int(response.headers["content-length"]) == asset["size"]
 
 
 async def test_files_outside_the_asset_space_are_404(client):
