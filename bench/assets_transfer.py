@@ -92,13 +92,22 @@ def write_png(path: Path, size_bytes: int) -> tuple[int, int, str]:
     return PNG_WIDTH, height, digest.hexdigest()
 
 
-def file_chunks(path: Path, chunk_size: int) -> Iterator[bytes]:
+def file_chunks(path: Path, chunk_size: int, pace: float | None = None) -> Iterator[bytes]:
+    """The file in chunks; with `pace` (bytes/s), no faster than that (to probe back-pressure)."""
+    started, sent = time.perf_counter(), 0
     with path.open("rb") as handle:
         while chunk := handle.read(chunk_size):
+            if pace:
+                ahead = sent / pace - (time.perf_counter() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+            sent += len(chunk)
             yield chunk
 
 
-def multipart_chunks(path: Path, boundary: str, chunk_size: int) -> tuple[int, Iterator[bytes]]:
+def multipart_chunks(
+    path: Path, boundary: str, chunk_size: int, pace: float | None = None
+) -> tuple[int, Iterator[bytes]]:
     """A streamed multipart/form-data body with the file as its `file` part, and its length."""
     head = (
         f"--{boundary}\r\n"
@@ -109,7 +118,7 @@ def multipart_chunks(path: Path, boundary: str, chunk_size: int) -> tuple[int, I
 
     def body() -> Iterator[bytes]:
         yield head
-        yield from file_chunks(path, chunk_size)
+        yield from file_chunks(path, chunk_size, pace)
         yield tail
 
     return len(head) + path.stat().st_size + len(tail), body()
@@ -193,8 +202,9 @@ class RssSampler:
 
 
 def serve_processes() -> list[Watched]:
-    """This driver's Serve replica of daygen-api and its Serve proxy (Ray workers are our descendants,
-    so other Ray clusters on the machine are never picked up)."""
+    """This driver's Serve replica of daygen-api and its Serve proxy, if there is one (with
+    RAY_SERVE_ENABLE_DIRECT_INGRESS there is none). Ray workers are our descendants, so other
+    Ray clusters on the machine are never picked up."""
     found: dict[str, Watched] = {}
     for proc in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
@@ -203,10 +213,9 @@ def serve_processes() -> list[Watched]:
                 found["replica"] = Watched("replica", proc)
             elif PROXY_MARK in title and "proxy" not in found:
                 found["proxy"] = Watched("proxy", proc)
-    missing = {"replica", "proxy"} - found.keys()
-    if missing:
-        raise RuntimeError(f"could not find the Serve {' and '.join(sorted(missing))} process")
-    return [found["replica"], found["proxy"]]
+    if "replica" not in found:
+        raise RuntimeError(f"could not find the {REPLICA_MARK} process")
+    return [found[label] for label in ("replica", "proxy") if label in found]
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -218,7 +227,8 @@ def rate(label: str, size: int, seconds: float) -> float:
     return mib_s
 
 
-def run(base_url: str, path: Path, sha256: str, chunk_size: int, multipart: bool) -> None:
+def run(base_url: str, path: Path, sha256: str, chunk_size: int, multipart: bool, pace: float | None) -> bool:
+    """The transfers and the report; True when both targets are met."""
     size = path.stat().st_size
     timeout = httpx.Timeout(300, connect=10)
     with httpx.Client(base_url=base_url, timeout=timeout) as client:
@@ -232,10 +242,11 @@ def run(base_url: str, path: Path, sha256: str, chunk_size: int, multipart: bool
         sampler.start()
         rates: list[float] = []
         try:
+            sampler.phase("upload raw")
             started = time.perf_counter()
             response = client.post(
                 "/v1/assets",
-                content=file_chunks(path, chunk_size),
+                content=file_chunks(path, chunk_size, pace),
                 headers={**auth, "Content-Type": "image/png", "Content-Length": str(size)},
             )
             elapsed = time.perf_counter() - started
@@ -246,6 +257,7 @@ def run(base_url: str, path: Path, sha256: str, chunk_size: int, multipart: bool
             if asset["sha256"] != sha256 or asset["size"] != size:
                 raise RuntimeError(f"the server stored {asset['size']} bytes with sha256 {asset['sha256']}")
 
+            sampler.phase("download")
             digest, received = hashlib.sha256(), 0
             started = time.perf_counter()
             with client.stream("GET", asset["url"]) as download:
@@ -259,8 +271,9 @@ def run(base_url: str, path: Path, sha256: str, chunk_size: int, multipart: bool
                 raise RuntimeError(f"downloaded {received} bytes with sha256 {digest.hexdigest()}, expected {sha256}")
 
             if multipart:
+                sampler.phase("upload multipart")
                 boundary = uuid.uuid4().hex
-                length, body = multipart_chunks(path, boundary, chunk_size)
+                length, body = multipart_chunks(path, boundary, chunk_size, pace)
                 started = time.perf_counter()
                 response = client.post(
                     "/v1/assets",
@@ -280,6 +293,9 @@ def run(base_url: str, path: Path, sha256: str, chunk_size: int, multipart: bool
         finally:
             sampler.stop()
 
+    for name, by_label in sampler.phases:
+        parts = [f"{label} +{(peak - start) / MiB:.1f}" for label, (start, peak) in by_label.items()]
+        print(f"  {name}: RSS growth over the phase's start (MiB): {', '.join(parts)}")
     growths = []
     for w in sampler.watched:
         growth = (w.peak - w.baseline) / MiB
@@ -294,11 +310,15 @@ def run(base_url: str, path: Path, sha256: str, chunk_size: int, multipart: bool
         f"peak {sampler.total_peak / MiB:.1f} MiB, growth {total_growth:.1f} MiB ({sampler.samples} samples)"
     )
     fast = min(rates) >= THROUGHPUT_TARGET
-    lean = max(*growths, total_growth) < RSS_TARGET
+    largest = max(*growths, total_growth)
+    lean = largest < RSS_TARGET
     print(
-        f"targets: throughput >= {THROUGHPUT_TARGET:.0f} MiB/s: {'yes' if fast else 'no'} (slowest {min(rates):.1f}); "
-        f"RSS growth < {RSS_TARGET:.0f} MiB: {'yes' if lean else 'no'} (largest {max(*growths, total_growth):.1f})"
+        f"targets: throughput >= {THROUGHPUT_TARGET:.0f} MiB/s: {'yes' if fast else 'no'} "
+        f"(slowest {min(rates):.1f} MiB/s); RSS growth < {RSS_TARGET:.0f} MiB: {'yes' if lean else 'no'} "
+        f"(largest {largest:.1f} MiB)",
+        flush=True,
     )
+    return fast and lean
 
 
 def main() -> None:
@@ -306,6 +326,9 @@ def main() -> None:
     parser.add_argument("--size-mb", type=float, default=200, help="size of the test image in MiB")
     parser.add_argument("--chunk-kb", type=int, default=1024, help="client read/send chunk size in KiB")
     parser.add_argument("--no-multipart", action="store_true", help="skip the multipart upload")
+    parser.add_argument(
+        "--pace-mb-s", type=float, default=None, help="send uploads no faster than this (MiB/s), to probe back-pressure"
+    )
     args = parser.parse_args()
     import ray
 
@@ -338,7 +361,9 @@ def main() -> None:
         start_ray(temp_dir=work / "ray", dashboard=False, num_cpus=2, object_store_bytes=200 * MiB)
         stack.callback(ray.shutdown)
         base_url = deploy(settings)
-        run(base_url, image, sha256, args.chunk_kb * 1024, not args.no_multipart)
+        pace = args.pace_mb_s * MiB if args.pace_mb_s else None
+        met = run(base_url, image, sha256, args.chunk_kb * 1024, not args.no_multipart, pace)
+    sys.exit(0 if met else 1)
 
 
 if __name__ == "__main__":

@@ -135,8 +135,12 @@ class ObjectStore:
         return await asyncio.to_thread(read)
 
     def open_sync(self, key: str) -> IO[bytes]:
-        """A blocking file object (seekable, ranged reads on S3), for use in a worker thread."""
-        return self.fs.open(self._path(key), "rb")
+        """A blocking file object (seekable, ranged reads on S3), for use in a worker thread.
+
+        On S3 each read fetches at most one part-sized block ahead, not s3fs's default 50 MB."""
+        if self.is_local:
+            return self.fs.open(self._path(key), "rb")
+        return self.fs.open(self._path(key), "rb", block_size=S3_PART_SIZE)
 
     async def read_chunks(
         self, key: str, start: int = 0, length: int | None = None, chunk_size: int = 1 << 18

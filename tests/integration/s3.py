@@ -5,7 +5,8 @@ each test; every test then gets a bucket of its own. The credentials are dummies
 explicitly, the AWS config files are hidden and instance metadata is never asked for, so
 nothing here reaches beyond 127.0.0.1.
 
-Import the fixtures by name into a test module: `from tests.integration.s3 import store, ...`.
+Import the fixtures into a test module by their function names (`from tests.integration.s3 import
+store_fixture`); pytest knows them by the `name` given, so test arguments shadow no import.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def head_object(store: ObjectStore, key: str) -> dict:
     return store.fs.call_s3("head_object", **s3_location(store, key))
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
+@pytest.fixture(scope="module", name="moto_endpoint")
+def moto_endpoint_fixture() -> Iterator[str]:
     """The URL of a moto S3 server on a free loopback port, for the module's tests."""
     env = pytest.MonkeyPatch()
     env.setenv("AWS_EC2_METADATA_DISABLED", "true")
@@ -71,18 +72,18 @@ def moto_endpoint() -> Iterator[str]:
         env.undo()
 
 
-@pytest.fixture
-def s3_bucket_store(moto_endpoint: str) -> ObjectStore:
+@pytest.fixture(name="s3_bucket_store")
+def s3_bucket_store_fixture(moto_endpoint: str) -> ObjectStore:
     """A store over a new, empty bucket of a freshly reset moto."""
-    httpx.post(f"{moto_endpoint}/moto-api/reset").raise_for_status()
+    httpx.post(f"{moto_endpoint}/moto-api/reset", trust_env=False).raise_for_status()
     store = s3_store(moto_endpoint, f"daygen-test-{uuid.uuid4().hex[:16]}")
     store.fs.call_s3("create_bucket", Bucket=store.root)
     store.fs.invalidate_cache()  # s3fs instances are shared between stores with the same options
     return store
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+@pytest.fixture(name="store", params=["local", "s3"])
+def store_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     """The same store interface over the local disk and over S3."""
     if request.param == "local":
         return ObjectStore(f"file://{tmp_path / 'objects'}")
