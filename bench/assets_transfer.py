@@ -11,8 +11,16 @@ DAYGEN_TEST_DATABASE_URL / DAYGEN_TEST_REDIS_URL are set, else embedded servers)
 While that runs, a thread samples the RSS of the Serve replica of `daygen-api` and of the
 Serve proxy every ~20 ms. Sizes are MiB (2**20 bytes); throughput is MiB/s.
 Target: RSS growth under 50 MiB and throughput at least 100 MiB/s on the local disk.
+Exits 1 when a target is missed.
+
+`--direct-ingress` runs the same transfers against Serve's direct ingress instead (the
+replica's own HTTP server, no proxy actor in the path: RAY_SERVE_ENABLE_DIRECT_INGRESS=1 with
+user code on the replica's main loop) and sends `x-request-disconnect-disabled: ?1`, which is
+the only way Serve hands the app uvicorn's own `receive` (with TCP back-pressure) instead of
+draining the whole body into an unbounded queue.
 
     .venv/bin/python bench/assets_transfer.py --size-mb 200 --chunk-kb 1024
+    .venv/bin/python bench/assets_transfer.py --direct-ingress
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import signal
 import struct
 import sys
 import tempfile
@@ -128,29 +137,52 @@ def multipart_chunks(
 
 
 @dataclass
-class Watched:
-    label: str
-    process: psutil.Process
+class Track:
+    """One memory figure of one process: its baseline, overall peak, latest value, and per phase."""
+
     baseline: int = 0
     peak: int = 0
     last: int = 0
     phase_start: int = 0
     phase_peak: int = 0
 
+    def update(self, value: int) -> None:
+        self.last = value
+        self.peak = max(self.peak, value)
+        self.phase_peak = max(self.phase_peak, value)
+
+    def reset(self) -> None:
+        self.baseline = self.peak = self.phase_start = self.phase_peak = self.last
+
+    def next_phase(self) -> tuple[int, int]:
+        ended = (self.phase_start, self.phase_peak)
+        self.phase_start = self.phase_peak = self.last
+        return ended
+
+
+@dataclass
+class Watched:
+    """A server process: its RSS, and its private memory (RSS minus shared pages, which leaves
+    out the pages of Ray's shared-memory object store and of mapped files)."""
+
+    label: str
+    process: psutil.Process
+    rss: Track = field(default_factory=Track)
+    private: Track = field(default_factory=Track)
+
 
 @dataclass
 class RssSampler:
-    """Samples the RSS of some processes every `interval` seconds in a background thread.
+    """Samples the memory of some processes every `interval` seconds in a background thread.
 
     Keeps each process's overall baseline and peak, and per phase (`phase()` starts the next
-    one) the RSS at its start and its peak, so growth can be pinned on upload or download."""
+    one) the value at its start and its peak, so growth can be pinned on upload or download."""
 
     watched: list[Watched]
     interval: float = 0.02
     samples: int = 0
-    total_baseline: int = 0
-    total_peak: int = 0
-    phases: list[tuple[str, dict[str, tuple[int, int]]]] = field(default_factory=list)
+    total: Track = field(default_factory=Track)
+    phases: list[tuple[str, dict[str, tuple[tuple[int, int], tuple[int, int]]]]] = field(default_factory=list)
     _phase: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -158,21 +190,20 @@ class RssSampler:
 
     def _sample(self) -> None:
         with self._lock:
-            total = 0
             for w in self.watched:
                 with contextlib.suppress(psutil.Error):
-                    w.last = w.process.memory_info().rss
-                    w.peak = max(w.peak, w.last)
-                    w.phase_peak = max(w.phase_peak, w.last)
-                total += w.last
-            self.total_peak = max(self.total_peak, total)
+                    info = w.process.memory_info()
+                    w.rss.update(info.rss)
+                    w.private.update(info.rss - info.shared)
+            self.total.update(sum(w.rss.last for w in self.watched))
             self.samples += 1
 
     def start(self) -> None:
         self._sample()
         for w in self.watched:
-            w.baseline = w.peak = w.phase_start = w.phase_peak = w.last
-        self.total_baseline = self.total_peak = sum(w.last for w in self.watched)
+            w.rss.reset()
+            w.private.reset()
+        self.total.reset()
 
         def loop() -> None:
             while not self._stop.wait(self.interval):
@@ -182,10 +213,9 @@ class RssSampler:
         self._thread.start()
 
     def _close_phase(self) -> None:
+        ended = {w.label: (w.rss.next_phase(), w.private.next_phase()) for w in self.watched}
         if self._phase is not None:
-            self.phases.append((self._phase, {w.label: (w.phase_start, w.phase_peak) for w in self.watched}))
-        for w in self.watched:
-            w.phase_start = w.phase_peak = w.last
+            self.phases.append((self._phase, ended))
 
     def phase(self, name: str) -> None:
         self._sample()
@@ -227,11 +257,32 @@ def rate(label: str, size: int, seconds: float) -> float:
     return mib_s
 
 
-def run(base_url: str, path: Path, sha256: str, chunk_size: int, multipart: bool, pace: float | None) -> bool:
+def direct_ingress_url(port: int, deadline: float = 60.0) -> str:
+    """The replica's own HTTP server once it answers /healthz (it starts after the replica is up)."""
+    url = f"http://127.0.0.1:{port}"
+    give_up = time.monotonic() + deadline
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return url
+        if time.monotonic() > give_up:
+            raise RuntimeError(f"the replica's direct ingress server never answered on {url}")
+        time.sleep(0.5)
+
+
+def run(
+    base_url: str,
+    path: Path,
+    sha256: str,
+    chunk_size: int,
+    multipart: bool,
+    pace: float | None,
+    headers: dict[str, str] | None = None,
+) -> bool:
     """The transfers and the report; True when both targets are met."""
     size = path.stat().st_size
     timeout = httpx.Timeout(300, connect=10)
-    with httpx.Client(base_url=base_url, timeout=timeout) as client:
+    with httpx.Client(base_url=base_url, timeout=timeout, headers=headers) as client:
         signup = client.post(
             "/v1/auth/signup", json={"email": f"bench-{secrets.token_hex(4)}@example.com", "password": "benchmark!"}
         )
@@ -293,24 +344,33 @@ def run(base_url: str, path: Path, sha256: str, chunk_size: int, multipart: bool
         finally:
             sampler.stop()
 
+    def mib(value: int) -> str:
+        return f"{value / MiB:.1f}"
+
     for name, by_label in sampler.phases:
-        parts = [f"{label} +{(peak - start) / MiB:.1f}" for label, (start, peak) in by_label.items()]
-        print(f"  {name}: RSS growth over the phase's start (MiB): {', '.join(parts)}")
+        parts = [
+            f"{label} +{mib(rss[1] - rss[0])} (private +{mib(private[1] - private[0])})"
+            for label, (rss, private) in by_label.items()
+        ]
+        print(f"  {name}: RSS growth over the phase's start, MiB: {', '.join(parts)}")
     growths = []
     for w in sampler.watched:
-        growth = (w.peak - w.baseline) / MiB
-        growths.append(growth)
+        growths.append((w.rss.peak - w.rss.baseline) / MiB)
         print(
-            f"{w.label} RSS (pid {w.process.pid}): baseline {w.baseline / MiB:.1f} MiB, "
-            f"peak {w.peak / MiB:.1f} MiB, growth {growth:.1f} MiB, end {w.last / MiB:.1f} MiB"
+            f"{w.label} RSS (pid {w.process.pid}): baseline {mib(w.rss.baseline)} MiB, peak {mib(w.rss.peak)} MiB, "
+            f"growth {mib(w.rss.peak - w.rss.baseline)} MiB, end {mib(w.rss.last)} MiB; "
+            f"private: baseline {mib(w.private.baseline)}, peak {mib(w.private.peak)}, "
+            f"growth {mib(w.private.peak - w.private.baseline)} MiB"
         )
-    total_growth = (sampler.total_peak - sampler.total_baseline) / MiB
-    print(
-        f"replica+proxy RSS: baseline {sampler.total_baseline / MiB:.1f} MiB, "
-        f"peak {sampler.total_peak / MiB:.1f} MiB, growth {total_growth:.1f} MiB ({sampler.samples} samples)"
-    )
+    total_growth = (sampler.total.peak - sampler.total.baseline) / MiB
+    growths.append(total_growth)
+    if len(sampler.watched) > 1:
+        print(
+            f"replica+proxy RSS: baseline {mib(sampler.total.baseline)} MiB, peak {mib(sampler.total.peak)} MiB, "
+            f"growth {total_growth:.1f} MiB ({sampler.samples} samples)"
+        )
     fast = min(rates) >= THROUGHPUT_TARGET
-    largest = max(*growths, total_growth)
+    largest = max(growths)
     lean = largest < RSS_TARGET
     print(
         f"targets: throughput >= {THROUGHPUT_TARGET:.0f} MiB/s: {'yes' if fast else 'no'} "
@@ -329,7 +389,20 @@ def main() -> None:
     parser.add_argument(
         "--pace-mb-s", type=float, default=None, help="send uploads no faster than this (MiB/s), to probe back-pressure"
     )
+    parser.add_argument(
+        "--direct-ingress", action="store_true", help="go through Serve's direct ingress instead of the proxy actor"
+    )
     args = parser.parse_args()
+    # A plain SIGTERM would skip the clean-up below (Ray, the database, the temp dir).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    direct_port = free_port() if args.direct_ingress else None
+    if direct_port is not None:
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+        # With user code on its own loop, a pass-through receive hangs the request.
+        os.environ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] = "0"
+        # One port of our own, so no other cluster's replica shares it (Serve binds with SO_REUSEPORT).
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(direct_port)
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(direct_port + 1)
     import ray
 
     size_bytes = int(args.size_mb * MiB)
@@ -361,8 +434,13 @@ def main() -> None:
         start_ray(temp_dir=work / "ray", dashboard=False, num_cpus=2, object_store_bytes=200 * MiB)
         stack.callback(ray.shutdown)
         base_url = deploy(settings)
+        headers = None
+        if direct_port is not None:
+            base_url = direct_ingress_url(direct_port)
+            headers = {"x-request-disconnect-disabled": "?1"}
+        print(f"serving through {'direct ingress' if headers else 'the Serve proxy'} at {base_url}", flush=True)
         pace = args.pace_mb_s * MiB if args.pace_mb_s else None
-        met = run(base_url, image, sha256, args.chunk_kb * 1024, not args.no_multipart, pace)
+        met = run(base_url, image, sha256, args.chunk_kb * 1024, not args.no_multipart, pace, headers)
     sys.exit(0 if met else 1)
 
 
