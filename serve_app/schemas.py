@@ -251,22 +251,27 @@ class ApiUploaded(Out):
 
 
 class ApiFile(Out):
+    """One gallery entry as the daygen frontend reads it."""
+
     id: uuid.UUID
     fileName: str
     fileUrl: str
+    fileSize: int
     mimeType: str
-    size: int
+    prompt: str | None
+    model: str | None
+    jobId: uuid.UUID | None
+    isPublic: bool
     width: int | None
     height: int | None
-    source: Literal["upload", "job"]
-    jobId: uuid.UUID | None
     createdAt: datetime
+    updatedAt: datetime
 
 
 class ApiFilePage(Out):
     items: list[ApiFile]
+    totalCount: int
     nextCursor: str | None
-    hasNextPage: bool
 
 
 class JobError(Out):

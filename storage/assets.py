@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from daygen.errors import InvalidInput, UnsupportedMediaType
 from daygen.ids import uuid7
 from storage import images
-from storage.models import Asset
+from storage.models import Asset, Job
 from storage.objects import ObjectStore
 
 Source = Literal["upload", "job"]
@@ -110,6 +110,18 @@ async def list_assets(
     if job_id is not None:
         stmt = stmt.where(Asset.job_id == job_id)
     return list((await session.execute(stmt.order_by(Asset.id.desc()).limit(limit))).scalars())
+
+
+async def count_assets(session: AsyncSession, owner_id: uuid.UUID) -> int:
+    return await session.scalar(select(func.count()).where(Asset.owner_id == owner_id, _live())) or 0
+
+
+async def job_origins(session: AsyncSession, job_ids: set[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str | None]]:
+    """For each job id: its operation and prompt, which the gallery shows beside the image."""
+    if not job_ids:
+        return {}
+    rows = await session.execute(select(Job.id, Job.operation, Job.params).where(Job.id.in_(job_ids)))
+    return {job_id: (operation, (params or {}).get("prompt")) for job_id, operation, params in rows}
 
 
 async def _release_object(session: AsyncSession, store: ObjectStore, key: str) -> bool:

@@ -181,22 +181,39 @@ async def compat_files(
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[uuid.UUID | None, Query()] = None,
 ) -> ApiFilePage:
-    """The gallery: the user's uploads and job outputs, newest first."""
+    """The gallery: every upload and job output of the user, newest first."""
     rows = await queries.list_assets(session, user.id, limit=limit + 1, before=cursor)
-    items = [
-        ApiFile(
-            id=a.id,
-            fileName=a.key.rsplit("/", 1)[-1],
-            fileUrl=await asset_url(services, request, a.key),
-            mimeType=a.content_type,
-            size=a.size,
-            width=a.width,
-            height=a.height,
-            source=a.source,
-            jobId=a.job_id,
-            createdAt=a.created_at,
+    page = rows[:limit]
+    origins = await queries.job_origins(session, {a.job_id for a in page if a.job_id is not None})
+    items = []
+    for asset in page:
+        operation, prompt = origins.get(asset.job_id, (None, None)) if asset.job_id else (None, None)
+        items.append(
+            ApiFile(
+                id=asset.id,
+                fileName=asset.key.rsplit("/", 1)[-1],
+                fileUrl=await asset_url(services, request, asset.key),
+                fileSize=asset.size,
+                mimeType=asset.content_type,
+                prompt=prompt,
+                model=operation,
+                jobId=asset.job_id,
+                isPublic=not services.settings.private_assets,
+                width=asset.width,
+                height=asset.height,
+                createdAt=asset.created_at,
+                updatedAt=asset.created_at,
+            )
         )
-        for a in rows[:limit]
-    ]
-    next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
-    return ApiFilePage(items=items, nextCursor=next_cursor, hasNextPage=next_cursor is not None)
+    return ApiFilePage(
+        items=items,
+        totalCount=await queries.count_assets(session, user.id),
+        nextCursor=str(rows[limit - 1].id) if len(rows) > limit else None,
+    )
+
+
+@compat.delete("/r2files/{asset_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def compat_delete_file(asset_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> Response:
+    if not await queries.delete_asset(services.sessions, services.store, user.id, asset_id):
+        raise NotFound("file not found")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -222,5 +222,39 @@ async def test_the_frontend_upload_routes_answer_storage_urls(client):
     assert_api_error(await client.post("/api/upload/file", content=data, headers={**headers, **RAW}), 422)
 
     gallery = (await client.get("/api/r2files", headers=headers)).json()
-    assert len(gallery["items"]) == 3 and gallery["hasNextPage"] is False
-    assert gallery["items"][-1]["fileUrl"] == body["url"]
+    assert (len(gallery["items"]), gallery["totalCount"], gallery["nextCursor"]) == (3, 3, None)
+    oldest = gallery["items"][-1]
+    assert (oldest["id"], oldest["fileUrl"], oldest["fileSize"]) == (body["id"], body["url"], body["size"])
+    assert (oldest["prompt"], oldest["model"], oldest["jobId"], oldest["isPublic"]) == (None, None, None, True)
+
+    assert (await client.delete(f"/api/r2files/{body['id']}", headers=headers)).status_code == 204
+    assert_api_error(await client.delete(f"/api/r2files/{body['id']}", headers=headers), 404)
+    assert (await client.get("/api/r2files", headers=headers)).json()["totalCount"] == 2
+
+
+async def test_the_gallery_lists_job_outputs_with_their_prompt_and_pages_with_a_cursor(client):
+    headers = await user_headers(client)
+    upload_id = (await upload(client, headers, encoded("PNG", (9, 9), "gold"))).json()["id"]
+    job = await client.post(
+        "/v1/jobs",
+        json={"operation": "offline.generate", "params": {"prompt": "a gallery piece", "width": 64, "height": 64}},
+        headers=headers,
+    )
+    done = (await client.get(f"/v1/jobs/{job.json()['jobId']}", params={"wait": 30}, headers=headers)).json()
+
+    first = (await client.get("/api/r2files", params={"limit": 1}, headers=headers)).json()
+    [newest] = first["items"]
+    assert (newest["jobId"], newest["prompt"], newest["model"]) == (done["id"], "a gallery piece", "offline.generate")
+    assert newest["id"] == done["result"]["assets"][0]["id"] and first["totalCount"] == 2
+    rest = (
+        await client.get("/api/r2files", params={"limit": 1, "cursor": first["nextCursor"]}, headers=headers)
+    ).json()
+    assert [i["id"] for i in rest["items"]] == [upload_id] and rest["nextCursor"] is None
+
+    stranger = await user_headers(client)
+    assert (await client.get("/api/r2files", headers=stranger)).json() == {
+        "items": [],
+        "totalCount": 0,
+        "nextCursor": None,
+    }
+    assert_api_error(await client.delete(f"/api/r2files/{upload_id}", headers=stranger), 404)
