@@ -59,10 +59,10 @@ class JobDispatcher:
             self.peers[name] = ray.get_actor(name)
         return self.peers[name]
 
-    async def _run_step(self, operation: str, params: dict[str, Any]) -> StepOutcome:
+    async def _run_step(self, operation: str, params: dict[str, Any], inputs: dict[str, Any]) -> StepOutcome:
         try:
             pool = self._peer(pool_name(OPERATIONS[operation].provider))
-            return await pool.run.remote(operation, params)
+            return await pool.run.remote(operation, params, inputs)
         except (RayActorError, ValueError):
             return StepOutcome(error_code="provider_unavailable", error_message="the provider worker stopped")
 

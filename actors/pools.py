@@ -19,8 +19,8 @@ class ProviderWorker:
         self.provider = provider
         self.store = ObjectStore.from_settings(settings)
 
-    async def run(self, operation: str, params: dict[str, Any]) -> StepOutcome:
-        return await run_step(self.store, operation, params)
+    async def run(self, operation: str, params: dict[str, Any], inputs: dict[str, Any]) -> StepOutcome:
+        return await run_step(self.store, operation, params, inputs)
 
 
 def pool_name(provider: str) -> str:

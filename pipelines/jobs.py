@@ -23,7 +23,7 @@ from storage.events import JobEvents
 
 log = logging.getLogger("daygen.jobs")
 
-RunStep = Callable[[str, dict[str, Any]], Awaitable[StepOutcome]]
+RunStep = Callable[[str, dict[str, Any], dict[str, Any]], Awaitable[StepOutcome]]
 Settle = Callable[[uuid.UUID, str], Awaitable[Any]]
 
 
@@ -51,7 +51,7 @@ async def execute_job(
     await events.publish(claimed.id, "job.started", {"status": "running", "attempt": claimed.attempt})
     lease = asyncio.create_task(_keep_lease(sessions, claimed, lease_seconds))
     try:
-        outcome = await run_step(claimed.operation, claimed.params)
+        outcome = await run_step(claimed.operation, claimed.params, claimed.inputs or {})
     except Exception:
         log.exception("step crashed", extra=extra)
         outcome = StepOutcome(error_code="internal_error", error_message="the job failed unexpectedly")

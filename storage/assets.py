@@ -11,12 +11,12 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from daygen.errors import InvalidInput, UnsupportedMediaType
+from daygen.errors import InvalidInput, NotFound, UnsupportedMediaType
 from daygen.ids import uuid7
 from storage import images
 from storage.models import Asset, Job
@@ -110,6 +110,35 @@ async def list_assets(
     if job_id is not None:
         stmt = stmt.where(Asset.job_id == job_id)
     return list((await session.execute(stmt.order_by(Asset.id.desc()).limit(limit))).scalars())
+
+
+async def resolve_inputs(session: AsyncSession, owner_id: uuid.UUID, refs: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The stored objects behind a job's input assets; another user's asset is as missing as none."""
+    ids = {name: uuid.UUID(value) for name, value in refs.items()}
+    rows = {
+        asset.id: asset
+        for asset in (
+            await session.execute(
+                select(Asset).where(Asset.id.in_(set(ids.values())), Asset.owner_id == owner_id, _live())
+            )
+        ).scalars()
+    }
+    missing = [name for name, asset_id in ids.items() if asset_id not in rows]
+    if missing:
+        raise NotFound(
+            "input asset not found: " + ", ".join(missing),
+            details=[{"field": f"params.{name}", "message": "no such asset"} for name in missing],
+        )
+    return {
+        name: {
+            "assetId": str(asset_id),
+            "key": rows[asset_id].key,
+            "contentType": rows[asset_id].content_type,
+            "width": rows[asset_id].width,
+            "height": rows[asset_id].height,
+        }
+        for name, asset_id in ids.items()
+    }
 
 
 async def count_assets(session: AsyncSession, owner_id: uuid.UUID) -> int:

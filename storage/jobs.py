@@ -27,6 +27,7 @@ class ClaimedJob:
     operation: str
     params: dict[str, Any]
     attempt: int
+    inputs: dict[str, Any] | None = None
 
 
 async def insert_job(
@@ -37,8 +38,11 @@ async def insert_job(
     operation: str,
     params: dict[str, Any],
     cost: Decimal,
+    inputs: dict[str, Any] | None = None,
 ) -> Job:
-    job = Job(id=job_id, owner_id=owner_id, operation=operation, params=params, cost=cost, status="queued")
+    job = Job(
+        id=job_id, owner_id=owner_id, operation=operation, params=params, inputs=inputs, cost=cost, status="queued"
+    )
     session.add(job)
     await session.commit()
     await session.refresh(job)
@@ -80,7 +84,7 @@ async def claim_jobs(session: AsyncSession, *, limit: int, lease_seconds: float)
             lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
             started_at=func.coalesce(Job.started_at, func.now()),
         )
-        .returning(Job.id, Job.owner_id, Job.operation, Job.params, Job.attempt)
+        .returning(Job.id, Job.owner_id, Job.operation, Job.params, Job.attempt, Job.inputs)
     )
     rows = (await session.execute(stmt)).all()
     await session.commit()

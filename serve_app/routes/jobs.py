@@ -9,12 +9,13 @@ from fastapi import APIRouter, Depends, Query, Request, status
 
 from daygen.errors import InsufficientCredits, NotFound
 from daygen.ids import uuid7
-from pipelines.operations import validate_request
+from pipelines.operations import check_inputs, validate_request
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
 from serve_app.routes.assets import asset_out
 from serve_app.schemas import JobAccepted, JobCreate, JobError, JobOut, JobPage, JobResult
 from serve_app.services import Services
 from storage import jobs as queries
+from storage.assets import resolve_inputs
 from storage.models import Job
 
 v1 = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_json)])
@@ -52,6 +53,10 @@ async def submit(
 ) -> JobAccepted:
     """Validate, reserve the credits, queue; the answer comes before any work starts."""
     operation, params = validate_request(body.operation, body.params)
+    refs = {name: params[name] for name in operation.asset_params}
+    inputs = await resolve_inputs(session, user.id, refs) if refs else None
+    if inputs:
+        check_inputs(operation, params, inputs)
     job_id = uuid7()
     request.state.job_id = str(job_id)
     answer = await services.ledger.reserve.remote(user.id, job_id, operation.cost)
@@ -62,7 +67,13 @@ async def submit(
         )
     try:
         await queries.insert_job(
-            session, job_id=job_id, owner_id=user.id, operation=operation.name, params=params, cost=operation.cost
+            session,
+            job_id=job_id,
+            owner_id=user.id,
+            operation=operation.name,
+            params=params,
+            cost=operation.cost,
+            inputs=inputs,
         )
     except BaseException:
         await services.ledger.settle.remote(job_id, "release")

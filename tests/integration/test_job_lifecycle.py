@@ -98,8 +98,8 @@ async def test_execute_job_stores_output_rows_commits_the_credit_and_publishes_e
     redis = make_redis(settings.redis_url)
     events = JobEvents(redis, settings.redis_namespace + ":lifecycle")
 
-    async def step(operation, params):
-        return await run_step(store, operation, params)
+    async def step(operation, params, inputs):
+        return await run_step(store, operation, params, inputs)
 
     status = await execute_job(
         claimed, sessions=sessions, run_step=step, settle=await settle_with(sessions), events=events, lease_seconds=60
@@ -126,7 +126,7 @@ async def test_a_failed_step_fails_the_job_and_releases_the_credit(sessions, set
     claimed = await claim_one(sessions, job_id)
     redis = make_redis(settings.redis_url)
 
-    async def broken_step(operation, params):
+    async def broken_step(operation, params, inputs):
         return StepOutcome(error_code="provider_unavailable", error_message="upstream down")
 
     status = await execute_job(
