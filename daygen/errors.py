@@ -64,3 +64,53 @@ class JobFailed(DaygenError):
 
 class MalformedBody(DaygenError):
     code = "malformed_body"
+
+
+class ProviderError(DaygenError):
+    """An upstream image API said no. `job_code` is what a job that ends on it records."""
+
+    code = "provider_error"
+    job_code = "provider_error"
+    retryable = False
+
+
+class ProviderMisconfigured(ProviderError):
+    """Our API key was refused (upstream 401): an operator must act; users see 503."""
+
+    code = job_code = "provider_misconfigured"
+
+
+class ProviderOutOfFunds(ProviderError):
+    """The provider account can't pay (upstream 402): not a rate limit, not the user's fault."""
+
+    code = job_code = "provider_out_of_funds"
+
+
+class ContentRejected(ProviderError):
+    """The provider's safety check refused the prompt or image (upstream 422)."""
+
+    code = job_code = "content_rejected"
+
+
+class ProviderBadRequest(ProviderError):
+    """The provider refused the request as malformed (upstream 400)."""
+
+    code = job_code = "provider_bad_request"
+
+
+class ProviderRateLimited(ProviderError):
+    """Upstream 429: wait `retry_after` seconds and try again; never a failure by itself."""
+
+    code = job_code = "provider_rate_limited"
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float | None = None, details=None) -> None:
+        super().__init__(message, details)
+        self.retry_after = retry_after
+
+
+class ProviderUnavailable(ProviderError):
+    """Upstream 5xx, a timeout or a broken connection: retried with backoff, then the job fails."""
+
+    code = job_code = "provider_unavailable"
+    retryable = True

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from daygen.errors import InvalidInput
 
@@ -67,6 +67,118 @@ class OfflineUpscaleParams(Params):
 
 class OfflineDescribeParams(Params):
     image: uuid.UUID
+
+
+# -- Ideogram (v3) and Qwen: the upstream's own enums and ranges ------------------------------
+
+RenderingSpeed = Literal["TURBO", "DEFAULT", "QUALITY"]
+MagicPrompt = Literal["AUTO", "ON", "OFF"]
+StyleType = Literal["AUTO", "GENERAL", "REALISTIC", "DESIGN", "FICTION"]
+IDEOGRAM_ASPECT_RATIOS = (
+    "1x3", "3x1", "1x2", "2x1", "9x16", "16x9", "10x16", "16x10",
+    "2x3", "3x2", "3x4", "4x3", "4x5", "5x4", "1x1",
+)  # fmt: skip
+QWEN_SIZES = ("1328*1328", "1664*928", "1472*1140", "1140*1472", "928*1664")
+NumImages = Annotated[int, Field(ge=1, le=8)]
+StylePreset = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9_]{1,64}$")]
+NegativePrompt = Annotated[str, StringConstraints(max_length=4000)]
+Resolution = Annotated[str, StringConstraints(pattern=r"^\d{3,4}x\d{3,4}$")]
+References = Annotated[list[uuid.UUID], Field(max_length=3)]
+
+
+def _aspect_ratio(value: str | None) -> str | None:
+    """The frontend sends `16:9`; Ideogram wants `16x9`."""
+    if value is None:
+        return None
+    value = value.strip().replace(":", "x")
+    if value not in IDEOGRAM_ASPECT_RATIOS:
+        raise ValueError("must be one of " + ", ".join(IDEOGRAM_ASPECT_RATIOS))
+    return value
+
+
+AspectRatio = Annotated[str | None, AfterValidator(_aspect_ratio)]
+
+
+class IdeogramCommon(Params):
+    rendering_speed: RenderingSpeed = "DEFAULT"
+    seed: Seed = None
+    num_images: NumImages = 1
+    style_preset: StylePreset | None = None
+
+
+class IdeogramGenerateParams(IdeogramCommon):
+    prompt: Prompt
+    aspect_ratio: AspectRatio = None
+    resolution: Resolution | None = None
+    magic_prompt: MagicPrompt | None = None
+    style_type: StyleType | None = None
+    negative_prompt: NegativePrompt | None = None
+    style_reference_images: References = []
+    character_reference_images: Annotated[list[uuid.UUID], Field(max_length=1)] = []
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> IdeogramGenerateParams:
+        if self.aspect_ratio is not None and self.resolution is not None:
+            raise ValueError("give aspect_ratio or resolution, not both")
+        return self
+
+
+class IdeogramEditParams(IdeogramCommon):
+    image: uuid.UUID
+    mask: uuid.UUID = Field(description="same size as the image; black marks the area to edit")
+    prompt: Prompt
+    magic_prompt: MagicPrompt | None = None
+    style_type: StyleType | None = None
+
+
+class IdeogramReframeParams(IdeogramCommon):
+    image: uuid.UUID
+    resolution: Resolution
+
+
+class IdeogramReplaceBackgroundParams(IdeogramCommon):
+    image: uuid.UUID
+    prompt: Prompt
+    magic_prompt: MagicPrompt | None = None
+
+
+class IdeogramRemixParams(IdeogramCommon):
+    image: uuid.UUID
+    prompt: Prompt
+    image_weight: int = Field(50, ge=1, le=100)
+    aspect_ratio: AspectRatio = None
+    style_type: StyleType | None = None
+    magic_prompt: MagicPrompt | None = None
+    character_reference_images: Annotated[list[uuid.UUID], Field(max_length=1)] = []
+
+
+class IdeogramUpscaleParams(Params):
+    image: uuid.UUID
+    resemblance: int = Field(60, ge=1, le=100)
+    detail: int = Field(90, ge=1, le=100)
+    prompt: Annotated[str, StringConstraints(max_length=4000)] | None = None
+
+
+class IdeogramDescribeParams(Params):
+    image: uuid.UUID
+    describe_model_version: Literal["V_2", "V_3"] = "V_3"
+
+
+class QwenGenerateParams(Params):
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=800)]
+    size: Literal["1328*1328", "1664*928", "1472*1140", "1140*1472", "928*1664"] = "1328*1328"
+    seed: Seed = None
+    negative_prompt: Annotated[str, StringConstraints(max_length=500)] | None = None
+    prompt_extend: bool = True
+    watermark: bool = False
+
+
+class QwenEditParams(Params):
+    image: uuid.UUID
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=800)]
+    negative_prompt: Annotated[str, StringConstraints(max_length=500)] | None = None
+    seed: Seed = None
+    watermark: bool = False
 
 
 Inputs = dict[str, dict[str, Any]]

@@ -1,0 +1,65 @@
+"""What every provider client shares: the files it sends and the result it returns.
+
+A client makes exactly one upstream attempt per call and raises the ProviderError subclass
+that says what went wrong (daygen/errors.py); retries, backoff and limits live in the pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+
+from daygen.errors import (
+    ContentRejected,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderMisconfigured,
+    ProviderOutOfFunds,
+    ProviderRateLimited,
+    ProviderUnavailable,
+)
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An input image as sent upstream: a multipart file part or an image URL's bytes."""
+
+    filename: str
+    data: bytes
+    content_type: str
+
+
+@dataclass
+class ProviderResult:
+    """Upstream output: short-lived image URLs to copy into the store at once, or text."""
+
+    image_urls: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    seeds: list[int | None] = field(default_factory=list)
+    upstream_request_id: str | None = None
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def error_for(response: httpx.Response, provider: str, message: str) -> ProviderError:
+    """The domain error for an upstream error status; the message never contains our key."""
+    status = response.status_code
+    text = f"{provider} answered {status}: {message}"[:500]
+    if status == 401 or status == 403:
+        return ProviderMisconfigured(f"{provider} refused our API key")
+    if status == 402:
+        return ProviderOutOfFunds(text)
+    if status == 422:
+        return ContentRejected(text)
+    if status == 429:
+        return ProviderRateLimited(text, retry_after=retry_after_seconds(response))
+    if status >= 500:
+        return ProviderUnavailable(text)
+    return ProviderBadRequest(text)
