@@ -8,19 +8,18 @@ import ray
 
 from daygen.logs import configure_logging
 from daygen.settings import Settings
-from pipelines.steps import StepOutcome, run_step
-from storage.objects import ObjectStore
+from pipelines.steps import StepContext, StepOutcome, run_step
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=64)
 class ProviderWorker:
     def __init__(self, settings: Settings, provider: str) -> None:
         configure_logging(settings.log_level)
         self.provider = provider
-        self.store = ObjectStore.from_settings(settings)
+        self.context = StepContext.from_settings(settings)
 
     async def run(self, operation: str, params: dict[str, Any], inputs: dict[str, Any]) -> StepOutcome:
-        return await run_step(self.store, operation, params, inputs)
+        return await run_step(self.context, operation, params, inputs)
 
 
 def pool_name(provider: str) -> str:

@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     ideogram_base_url: str = "https://api.ideogram.ai"
     dashscope_api_key: SecretStr | None = None
     dashscope_base_url: str = "https://dashscope-intl.aliyuncs.com/api/v1"
+    ideogram_max_inflight_images: int = Field(10, ge=1)
+    dashscope_async_tasks: bool = False
+    dashscope_poll_seconds: float = Field(10.0, gt=0)
+    dashscope_task_timeout_seconds: float = Field(600.0, gt=0)
+    provider_max_attempts: int = Field(4, ge=1)
+    provider_backoff_seconds: float = Field(0.5, gt=0)
+    provider_backoff_cap_seconds: float = Field(20.0, gt=0)
+    provider_rate_limit_budget_seconds: float = Field(600.0, ge=0)
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str = "https://api.stripe.com"

@@ -213,6 +213,21 @@ class Operation:
     asset_params: tuple[str, ...] = ()
     check: Check | None = None
 
+    def price(self, params: dict[str, Any]) -> Decimal:
+        """The cost of one image (or one upscale, one description) times the images asked for."""
+        return self.cost * params.get("num_images", 1)
+
+    def asset_refs(self, params: dict[str, Any]) -> dict[str, str]:
+        """The asset ids the params name; list params become `name.0`, `name.1`, ..."""
+        refs: dict[str, str] = {}
+        for name in self.asset_params:
+            value = params.get(name)
+            if isinstance(value, list):
+                refs.update({f"{name}.{i}": item for i, item in enumerate(value)})
+            elif value is not None:
+                refs[name] = value
+        return refs
+
 
 OPERATIONS: dict[str, Operation] = {
     op.name: op
@@ -224,6 +239,23 @@ OPERATIONS: dict[str, Operation] = {
         Operation("offline.remix", "offline", OfflineRemixParams, Decimal(1), ("image",)),
         Operation("offline.upscale", "offline", OfflineUpscaleParams, Decimal(2), ("image",), _upscaled_size_allowed),
         Operation("offline.describe", "offline", OfflineDescribeParams, Decimal("0.5"), ("image",)),
+        Operation(
+            "ideogram.generate",
+            "ideogram",
+            IdeogramGenerateParams,
+            Decimal(1),
+            ("style_reference_images", "character_reference_images"),
+        ),
+        Operation("ideogram.edit", "ideogram", IdeogramEditParams, Decimal(1), ("image", "mask"), _mask_matches_image),
+        Operation("ideogram.reframe", "ideogram", IdeogramReframeParams, Decimal(1), ("image",)),
+        Operation("ideogram.replace_background", "ideogram", IdeogramReplaceBackgroundParams, Decimal(1), ("image",)),
+        Operation(
+            "ideogram.remix", "ideogram", IdeogramRemixParams, Decimal(1), ("image", "character_reference_images")
+        ),
+        Operation("ideogram.upscale", "ideogram", IdeogramUpscaleParams, Decimal(2), ("image",)),
+        Operation("ideogram.describe", "ideogram", IdeogramDescribeParams, Decimal("0.5"), ("image",)),
+        Operation("qwen.generate", "qwen", QwenGenerateParams, Decimal(1)),
+        Operation("qwen.edit", "qwen", QwenEditParams, Decimal(1), ("image",)),
     )
 }
 

@@ -12,15 +12,65 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from PIL import Image
 
-from daygen.errors import JobFailed
+from daygen.errors import JobFailed, ProviderError, ProviderMisconfigured, ProviderUnavailable
 from pipelines import offline
-from storage.objects import ObjectStore
+from pipelines.downloads import copy_image
+from pipelines.ideogram import IdeogramClient
+from pipelines.limits import InFlightLimiter
+from pipelines.providers import ImageFile, ProviderResult
+from pipelines.qwen import QwenClient
+from pipelines.retry import RetryPolicy, call_with_retries
+from storage.objects import EXTENSIONS, ObjectStore
 
 log = logging.getLogger("daygen.steps")
 
 Inputs = dict[str, dict[str, Any]]
+MAX_OUTPUT_BYTES = 200 * 1024 * 1024
+MAX_TASK_POLL_SECONDS = 30.0
+
+
+@dataclass
+class StepContext:
+    """What a provider worker holds for its steps: the store, HTTP clients, limits, retry policy."""
+
+    store: ObjectStore
+    http: httpx.AsyncClient | None = None
+    ideogram: IdeogramClient | None = None
+    qwen: QwenClient | None = None
+    ideogram_limiter: InFlightLimiter = field(default_factory=lambda: InFlightLimiter(10))
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_pixels: int = 100_000_000
+    qwen_async_tasks: bool = False
+    poll_seconds: float = 10.0
+    task_timeout_seconds: float = 600.0
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    @classmethod
+    def from_settings(cls, settings) -> StepContext:
+        def key(secret) -> str | None:
+            return secret.get_secret_value() if secret is not None else None
+
+        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        return cls(
+            store=ObjectStore.from_settings(settings),
+            http=http,
+            ideogram=IdeogramClient(http, base_url=settings.ideogram_base_url, api_key=key(settings.ideogram_api_key)),
+            qwen=QwenClient(http, base_url=settings.dashscope_base_url, api_key=key(settings.dashscope_api_key)),
+            ideogram_limiter=InFlightLimiter(settings.ideogram_max_inflight_images),
+            retry=RetryPolicy(
+                max_attempts=settings.provider_max_attempts,
+                base_seconds=settings.provider_backoff_seconds,
+                cap_seconds=settings.provider_backoff_cap_seconds,
+                rate_limit_budget_seconds=settings.provider_rate_limit_budget_seconds,
+            ),
+            max_pixels=settings.max_image_pixels,
+            qwen_async_tasks=settings.dashscope_async_tasks,
+            poll_seconds=settings.dashscope_poll_seconds,
+            task_timeout_seconds=settings.dashscope_task_timeout_seconds,
+        )
 
 
 @dataclass
@@ -69,49 +119,155 @@ async def _images(store: ObjectStore, inputs: Inputs, *names: str) -> list[Image
     return list(await asyncio.gather(*(_load(store, inputs[name]) for name in names)))
 
 
-Engine = Callable[[ObjectStore, dict[str, Any], Inputs], Awaitable[StepOutcome]]
+Engine = Callable[[StepContext, dict[str, Any], Inputs], Awaitable[StepOutcome]]
 
 
-async def _render(store: ObjectStore, render: Callable[..., Image.Image], *args: Any) -> StepOutcome:
+async def _render(ctx: StepContext, render: Callable[..., Image.Image], *args: Any) -> StepOutcome:
     image = await asyncio.to_thread(render, *args)
-    return StepOutcome(assets=[await _store_png(store, image)])
+    return StepOutcome(assets=[await _store_png(ctx.store, image)])
 
 
-async def _generate(store: ObjectStore, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
-    return await _render(store, offline.render_generate, p["prompt"], p["width"], p["height"], p["seed"])
+async def _generate(ctx: StepContext, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
+    return await _render(ctx, offline.render_generate, p["prompt"], p["width"], p["height"], p["seed"])
 
 
-async def _edit(store: ObjectStore, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
-    image, mask = await _images(store, inputs, "image", "mask")
-    return await _render(store, offline.render_edit, image, mask, p["prompt"], p["seed"])
+async def _edit(ctx: StepContext, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
+    image, mask = await _images(ctx.store, inputs, "image", "mask")
+    return await _render(ctx, offline.render_edit, image, mask, p["prompt"], p["seed"])
 
 
-async def _reframe(store: ObjectStore, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
-    [image] = await _images(store, inputs, "image")
-    return await _render(store, offline.render_reframe, image, p["width"], p["height"], p["seed"])
+async def _reframe(ctx: StepContext, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
+    [image] = await _images(ctx.store, inputs, "image")
+    return await _render(ctx, offline.render_reframe, image, p["width"], p["height"], p["seed"])
 
 
-async def _replace_background(store: ObjectStore, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
-    [image] = await _images(store, inputs, "image")
-    return await _render(store, offline.render_replace_background, image, p["prompt"], p["seed"])
+async def _replace_background(ctx: StepContext, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
+    [image] = await _images(ctx.store, inputs, "image")
+    return await _render(ctx, offline.render_replace_background, image, p["prompt"], p["seed"])
 
 
-async def _remix(store: ObjectStore, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
-    [image] = await _images(store, inputs, "image")
-    return await _render(store, offline.render_remix, image, p["prompt"], p["seed"], p["image_weight"])
+async def _remix(ctx: StepContext, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
+    [image] = await _images(ctx.store, inputs, "image")
+    return await _render(ctx, offline.render_remix, image, p["prompt"], p["seed"], p["image_weight"])
 
 
-async def _upscale(store: ObjectStore, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
-    [image] = await _images(store, inputs, "image")
-    return await _render(store, offline.render_upscale, image, p["factor"])
+async def _upscale(ctx: StepContext, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
+    [image] = await _images(ctx.store, inputs, "image")
+    return await _render(ctx, offline.render_upscale, image, p["factor"])
 
 
-async def _describe(store: ObjectStore, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
-    [image] = await _images(store, inputs, "image")
+async def _describe(ctx: StepContext, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
+    [image] = await _images(ctx.store, inputs, "image")
     return StepOutcome(text=await asyncio.to_thread(offline.describe, image))
 
 
+async def _image_file(store: ObjectStore, ref: dict[str, Any], name: str) -> ImageFile:
+    """An input asset's bytes as a file part (inputs are capped at the upload size limit)."""
+
+    def read() -> bytes:
+        with store.open_sync(ref["key"]) as handle:
+            return handle.read()
+
+    try:
+        data = await asyncio.to_thread(read)
+    except FileNotFoundError:
+        raise JobFailed("input_missing", "an input image was deleted before the job ran") from None
+    return ImageFile(f"{name}.{EXTENSIONS.get(ref['contentType'], 'bin')}", data, ref["contentType"])
+
+
+def _listed(inputs: Inputs, name: str) -> list[dict[str, Any]]:
+    """The refs of a list param, in order: inputs names them `name.0`, `name.1`, ..."""
+    found = [(int(key.rsplit(".", 1)[1]), ref) for key, ref in inputs.items() if key.startswith(name + ".")]
+    return [ref for _, ref in sorted(found, key=lambda pair: pair[0])]
+
+
+async def _outcome(ctx: StepContext, result: ProviderResult) -> StepOutcome:
+    """Copy every upstream image into the store now: their URLs expire."""
+    if ctx.http is None:
+        raise ProviderMisconfigured("this worker has no HTTP client")
+    assets = [
+        await copy_image(ctx.http, url, ctx.store, max_bytes=MAX_OUTPUT_BYTES, max_pixels=ctx.max_pixels)
+        for url in result.image_urls
+    ]
+    return StepOutcome(assets=assets, text="\n\n".join(result.texts) if result.texts else None)
+
+
+async def _ideogram(ctx: StepContext, operation: str, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
+    if ctx.ideogram is None:
+        raise ProviderMisconfigured("Ideogram is not configured")
+    method = getattr(ctx.ideogram, operation.split(".", 1)[1])
+    files: dict[str, Any] = {}
+    for name in ("image", "mask"):
+        if name in inputs:
+            files[name] = await _image_file(ctx.store, inputs[name], name)
+    for param, argument in (
+        ("style_reference_images", "style_references"),
+        ("character_reference_images", "character_references"),
+    ):
+        refs = _listed(inputs, param)
+        if refs:
+            files[argument] = [await _image_file(ctx.store, ref, f"{param}{i}") for i, ref in enumerate(refs)]
+    # Ideogram limits images in flight; describe makes none.
+    places = 0 if operation == "ideogram.describe" else p.get("num_images", 1)
+
+    async def attempt() -> ProviderResult:
+        if not places:
+            return await method(p, **files)
+        async with ctx.ideogram_limiter.hold(places):
+            return await method(p, **files)
+
+    return await _outcome(ctx, await call_with_retries(attempt, ctx.retry, sleep=ctx.sleep))
+
+
+async def _await_task(ctx: StepContext, task_id: str) -> ProviderResult:
+    """Poll a DashScope task with growing intervals until it ends or the timeout passes."""
+    assert ctx.qwen is not None
+    waited, interval = 0.0, ctx.poll_seconds
+    while True:
+        status = await call_with_retries(lambda: ctx.qwen.task_status(task_id), ctx.retry, sleep=ctx.sleep)
+        if status.status == "SUCCEEDED" and status.result is not None:
+            return status.result
+        if status.error is not None:
+            raise status.error
+        if status.finished:
+            raise ProviderUnavailable(f"the DashScope task ended {status.status}")
+        if waited >= ctx.task_timeout_seconds:
+            raise ProviderUnavailable("the DashScope task did not finish in time")
+        await ctx.sleep(interval)
+        waited += interval
+        interval = min(interval * 1.5, MAX_TASK_POLL_SECONDS)
+
+
+async def _qwen(ctx: StepContext, operation: str, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
+    qwen = ctx.qwen
+    if qwen is None:
+        raise ProviderMisconfigured("DashScope is not configured")
+    if operation == "qwen.edit":
+        image = await _image_file(ctx.store, inputs["image"], "image")
+        result = await call_with_retries(lambda: qwen.edit(p, image=image), ctx.retry, sleep=ctx.sleep)
+    elif ctx.qwen_async_tasks:
+        task_id = await call_with_retries(lambda: qwen.submit_generate_task(p), ctx.retry, sleep=ctx.sleep)
+        result = await _await_task(ctx, task_id)
+    else:
+        result = await call_with_retries(lambda: qwen.generate(p), ctx.retry, sleep=ctx.sleep)
+    return await _outcome(ctx, result)
+
+
+def _provider(
+    engine: Callable[[StepContext, str, dict[str, Any], Inputs], Awaitable[StepOutcome]], operation: str
+) -> Engine:
+    async def run(ctx: StepContext, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
+        return await engine(ctx, operation, p, inputs)
+
+    return run
+
+
+IDEOGRAM_OPERATIONS = ("generate", "edit", "reframe", "replace_background", "remix", "upscale", "describe")
+
 STEPS: dict[str, Engine] = {
+    **{f"ideogram.{name}": _provider(_ideogram, f"ideogram.{name}") for name in IDEOGRAM_OPERATIONS},
+    "qwen.generate": _provider(_qwen, "qwen.generate"),
+    "qwen.edit": _provider(_qwen, "qwen.edit"),
     "offline.generate": _generate,
     "offline.edit": _edit,
     "offline.reframe": _reframe,
@@ -122,12 +278,15 @@ STEPS: dict[str, Engine] = {
 }
 
 
-async def run_step(store: ObjectStore, operation: str, params: dict[str, Any], inputs: Inputs) -> StepOutcome:
+async def run_step(ctx: StepContext, operation: str, params: dict[str, Any], inputs: Inputs) -> StepOutcome:
     step = STEPS.get(operation)
     if step is None:
         return StepOutcome(error_code="unsupported_operation", error_message=f"no engine runs {operation!r}")
     try:
-        return await step(store, params, inputs)
+        return await step(ctx, params, inputs)
+    except ProviderError as exc:
+        log.warning("provider refused the step", extra={"operation": operation, "error_code": exc.job_code})
+        return StepOutcome(error_code=exc.job_code, error_message=exc.message)
     except JobFailed as exc:
         log.warning("step failed", extra={"operation": operation, "error_code": exc.code})
         return StepOutcome(error_code=exc.code, error_message=exc.message)

@@ -7,7 +7,6 @@ so a new upload of the same bytes can never lose its object to a concurrent dele
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -16,7 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from daygen.errors import InvalidInput, NotFound, UnsupportedMediaType
+from daygen.errors import NotFound
 from daygen.ids import uuid7
 from storage import images
 from storage.models import Asset, Job
@@ -34,16 +33,6 @@ async def _lock_key(session: AsyncSession, key: str) -> None:
     await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 1))"), {"k": key})
 
 
-async def _peek(chunks: AsyncIterator[bytes], size: int) -> tuple[bytes, AsyncIterator[bytes]]:
-    """The first `size` bytes (fewer if the stream is shorter), and an iterator over the rest."""
-    head = b""
-    async for chunk in chunks:
-        head += chunk
-        if len(head) >= size:
-            break
-    return head, chunks
-
-
 async def save_image(
     sessions: async_sessionmaker[AsyncSession],
     store: ObjectStore,
@@ -55,21 +44,10 @@ async def save_image(
     expires_at: datetime | None = None,
 ) -> Asset:
     """Stream an upload into the store, check it is the image it claims, and record it."""
-    head, rest = await _peek(chunks, images.SNIFF_BYTES)
-    if not head:
-        raise InvalidInput("the upload is empty", details=[{"field": "file", "message": "no bytes"}])
-    content_type = images.sniff(head)
-    if content_type is None:
-        raise UnsupportedMediaType("only PNG, JPEG and WebP images are accepted")
-    async with store.writer(content_type, max_bytes) as writer:
-        await writer.write(head)
-        async for chunk in rest:
-            await writer.write(chunk)
-        await writer.close()
-        width, height = await asyncio.to_thread(images.inspect_stored, store, writer.tmp_key, max_pixels)
+    async with images.received_image(store, chunks, max_bytes=max_bytes, max_pixels=max_pixels) as received:
         async with sessions.begin() as session:
-            await _lock_key(session, writer.key)
-            stored = await writer.commit()
+            await _lock_key(session, received.writer.key)
+            stored = await received.writer.commit()
             asset = Asset(
                 id=uuid7(),
                 owner_id=owner_id,
@@ -77,8 +55,8 @@ async def save_image(
                 sha256=stored.sha256,
                 size=stored.size,
                 content_type=stored.content_type,
-                width=width,
-                height=height,
+                width=received.width,
+                height=received.height,
                 source="upload",
                 expires_at=expires_at,
             )

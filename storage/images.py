@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import warnings
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from daygen.errors import InvalidInput
-from storage.objects import ObjectStore
+from daygen.errors import InvalidInput, UnsupportedMediaType
+from storage.objects import ObjectStore, ObjectWriter
 
 SNIFF_BYTES = 16
 
@@ -47,3 +51,46 @@ def inspect_stored(store: ObjectStore, key: str, max_pixels: int) -> tuple[int, 
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise InvalidImage("the file is not a readable image", details={"reason": str(exc)[:200]}) from None
     return width, height
+
+
+@dataclass(frozen=True)
+class ReceivedImage:
+    """A verified image in a temporary object, ready for `writer.commit()`."""
+
+    writer: ObjectWriter
+    content_type: str
+    width: int
+    height: int
+
+
+async def _peek(chunks: AsyncIterator[bytes], size: int) -> tuple[bytes, AsyncIterator[bytes]]:
+    """The first `size` bytes (fewer if the stream is shorter), and an iterator over the rest."""
+    head = b""
+    async for chunk in chunks:
+        head += chunk
+        if len(head) >= size:
+            break
+    return head, chunks
+
+
+@contextlib.asynccontextmanager
+async def received_image(
+    store: ObjectStore, chunks: AsyncIterator[bytes], *, max_bytes: int, max_pixels: int
+) -> AsyncIterator[ReceivedImage]:
+    """Stream bytes into the store, then check they are the image their first bytes say.
+
+    Uploads and provider outputs both come this way; whatever is not committed inside the
+    block is removed when it ends."""
+    head, rest = await _peek(chunks, SNIFF_BYTES)
+    if not head:
+        raise InvalidInput("the upload is empty", details=[{"field": "file", "message": "no bytes"}])
+    content_type = sniff(head)
+    if content_type is None:
+        raise UnsupportedMediaType("only PNG, JPEG and WebP images are accepted")
+    async with store.writer(content_type, max_bytes) as writer:
+        await writer.write(head)
+        async for chunk in rest:
+            await writer.write(chunk)
+        await writer.close()
+        width, height = await asyncio.to_thread(inspect_stored, store, writer.tmp_key, max_pixels)
+        yield ReceivedImage(writer, content_type, width, height)

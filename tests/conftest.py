@@ -26,6 +26,8 @@ from daygen import embedded
 from daygen.settings import Settings
 from storage.db import make_engine, make_sessionmaker
 from storage.migrate import upgrade_to_head
+from tests.fakes.dashscope import FakeDashScope
+from tests.fakes.ideogram import FakeIdeogram
 from tests.inline_images import refuse_inline_images
 
 
@@ -100,7 +102,30 @@ def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, server_urls: tuple[str, str], services_dir: Path) -> Settings:
+def fake_ideogram() -> Iterator[FakeIdeogram]:
+    """The app's Ideogram: a faithful local fake (tests reset it before use)."""
+    with FakeIdeogram() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def fake_dashscope() -> Iterator[FakeDashScope]:
+    with FakeDashScope() as fake:
+        yield fake
+
+
+# The app's in-flight limit for Ideogram, below the fake's own 10, so tests can see it hold.
+IDEOGRAM_INFLIGHT_LIMIT = 3
+
+
+@pytest.fixture(scope="session")
+def settings(
+    database_url: str,
+    server_urls: tuple[str, str],
+    services_dir: Path,
+    fake_ideogram: FakeIdeogram,
+    fake_dashscope: FakeDashScope,
+) -> Settings:
     return Settings(
         _env_file=None,
         home=services_dir,
@@ -113,6 +138,14 @@ def settings(database_url: str, server_urls: tuple[str, str], services_dir: Path
         cors_origins="https://studio.example.com",
         ray_dashboard=False,
         log_level="WARNING",
+        ideogram_base_url=fake_ideogram.base_url,
+        ideogram_api_key=fake_ideogram.api_key,
+        ideogram_max_inflight_images=IDEOGRAM_INFLIGHT_LIMIT,
+        dashscope_base_url=fake_dashscope.base_url,
+        dashscope_api_key=fake_dashscope.api_key,
+        provider_backoff_seconds=0.01,
+        provider_backoff_cap_seconds=0.05,
+        dashscope_poll_seconds=0.01,
     )
 
 

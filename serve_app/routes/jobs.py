@@ -53,13 +53,14 @@ async def submit(
 ) -> JobAccepted:
     """Validate, reserve the credits, queue; the answer comes before any work starts."""
     operation, params = validate_request(body.operation, body.params)
-    refs = {name: params[name] for name in operation.asset_params}
+    refs = operation.asset_refs(params)
     inputs = await resolve_inputs(session, user.id, refs) if refs else None
     if inputs:
         check_inputs(operation, params, inputs)
     job_id = uuid7()
     request.state.job_id = str(job_id)
-    answer = await services.ledger.reserve.remote(user.id, job_id, operation.cost)
+    cost = operation.price(params)
+    answer = await services.ledger.reserve.remote(user.id, job_id, cost)
     if not answer["accepted"]:
         raise InsufficientCredits(
             "not enough credits for this job",
@@ -72,7 +73,7 @@ async def submit(
             owner_id=user.id,
             operation=operation.name,
             params=params,
-            cost=operation.cost,
+            cost=cost,
             inputs=inputs,
         )
     except BaseException:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import secrets
+import uuid
+from decimal import Decimal
 
 import httpx
+
+from storage import ledger
 
 
 def new_email(prefix: str = "user") -> str:
@@ -44,3 +48,16 @@ def assert_api_error(response, status: int) -> dict:
     assert isinstance(body["message"], str) and body["message"]
     assert isinstance(body["error"], str) and body["error"]
     return body
+
+
+async def set_balance(sessions, user_id: str, target: Decimal) -> None:
+    async with sessions.begin() as session:
+        current = await ledger.balance(session, uuid.UUID(user_id))
+        await ledger.append_entry(
+            session,
+            account_id=uuid.UUID(user_id),
+            kind="adjust",
+            amount=target - current,
+            idempotency_key=f"test-adjust:{uuid.uuid4()}",
+            reason="test",
+        )

@@ -14,10 +14,9 @@ from PIL import Image
 from sqlalchemy import select
 
 from pipelines import offline
-from storage import ledger
 from storage.models import Job, LedgerEntry
 from storage.objects import content_key
-from tests.e2e.helpers import bearer, signup
+from tests.e2e.helpers import bearer, set_balance, signup
 
 
 async def submit(client: httpx.AsyncClient, headers: dict, params: dict, operation: str = "offline.generate"):
@@ -34,19 +33,6 @@ async def wait_for_end(client: httpx.AsyncClient, headers: dict, job_id: str) ->
 
 async def credits(client: httpx.AsyncClient, headers: dict) -> float:
     return (await client.get("/v1/auth/me", headers=headers)).json()["credits"]
-
-
-async def set_balance(sessions, user_id: str, target: Decimal) -> None:
-    async with sessions.begin() as session:
-        current = await ledger.balance(session, uuid.UUID(user_id))
-        await ledger.append_entry(
-            session,
-            account_id=uuid.UUID(user_id),
-            kind="adjust",
-            amount=target - current,
-            idempotency_key=f"test-adjust:{uuid.uuid4()}",
-            reason="test",
-        )
 
 
 async def test_generated_png_is_stored_downloadable_and_charged_one_credit(client):

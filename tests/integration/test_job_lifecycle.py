@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 
 from daygen.ids import uuid7
 from pipelines.jobs import execute_job, settle_unsettled
-from pipelines.steps import StepOutcome, run_step
+from pipelines.steps import StepContext, StepOutcome, run_step
 from storage import jobs as job_queries
 from storage import ledger
 from storage.events import JobEvents
@@ -99,7 +99,7 @@ async def test_execute_job_stores_output_rows_commits_the_credit_and_publishes_e
     events = JobEvents(redis, settings.redis_namespace + ":lifecycle")
 
     async def step(operation, params, inputs):
-        return await run_step(store, operation, params, inputs)
+        return await run_step(StepContext(store=store), operation, params, inputs)
 
     status = await execute_job(
         claimed, sessions=sessions, run_step=step, settle=await settle_with(sessions), events=events, lease_seconds=60

@@ -1,0 +1,41 @@
+"""Provider outputs: upstream image URLs expire, so each is streamed into the store at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from daygen.errors import DaygenError, ProviderUnavailable
+from storage.images import received_image
+from storage.objects import ObjectStore
+
+DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+
+
+async def copy_image(
+    http: httpx.AsyncClient, url: str, store: ObjectStore, *, max_bytes: int, max_pixels: int
+) -> dict[str, Any]:
+    """Stream one upstream image into the store; returns the fields of its asset row."""
+    try:
+        async with http.stream("GET", url, timeout=DOWNLOAD_TIMEOUT, follow_redirects=True) as response:
+            if response.status_code != 200:
+                raise ProviderUnavailable(f"the provider's output could not be fetched (HTTP {response.status_code})")
+            async with received_image(
+                store, response.aiter_bytes(), max_bytes=max_bytes, max_pixels=max_pixels
+            ) as received:
+                stored = await received.writer.commit()
+    except httpx.HTTPError as exc:
+        raise ProviderUnavailable(f"the provider's output could not be fetched: {type(exc).__name__}") from None
+    except ProviderUnavailable:
+        raise
+    except DaygenError as exc:
+        raise ProviderUnavailable(f"the provider's output is not a usable image: {exc.message}") from None
+    return {
+        "key": stored.key,
+        "sha256": stored.sha256,
+        "size": stored.size,
+        "content_type": stored.content_type,
+        "width": received.width,
+        "height": received.height,
+    }
