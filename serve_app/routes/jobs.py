@@ -16,7 +16,7 @@ from serve_app.schemas import JobAccepted, JobCreate, JobError, JobOut, JobPage,
 from serve_app.services import Services
 from storage import jobs as queries
 from storage.assets import resolve_inputs
-from storage.models import Job
+from storage.models import Job, User
 
 v1 = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_json)])
 
@@ -47,18 +47,16 @@ async def job_out(services: Services, request: Request, session: SessionDep, job
     )
 
 
-@v1.post("", status_code=status.HTTP_202_ACCEPTED)
-async def submit(
-    body: JobCreate, request: Request, user: CurrentUser, services: ServicesDep, session: SessionDep
-) -> JobAccepted:
-    """Validate, reserve the credits, queue; the answer comes before any work starts."""
-    operation, params = validate_request(body.operation, body.params)
+async def submit_job(
+    services: Services, session: SessionDep, user: User, operation_name: str, raw_params: dict
+) -> uuid.UUID:
+    """Validate, resolve input assets, reserve the price, queue: every way of submitting a job."""
+    operation, params = validate_request(operation_name, raw_params)
     refs = operation.asset_refs(params)
     inputs = await resolve_inputs(session, user.id, refs) if refs else None
     if inputs:
         check_inputs(operation, params, inputs)
     job_id = uuid7()
-    request.state.job_id = str(job_id)
     cost = operation.price(params)
     answer = await services.ledger.reserve.remote(user.id, job_id, cost)
     if not answer["accepted"]:
@@ -81,6 +79,16 @@ async def submit(
         raise
     await services.events.publish(job_id, "job.queued", {"status": "queued"})
     services.dispatcher.wake.remote()
+    return job_id
+
+
+@v1.post("", status_code=status.HTTP_202_ACCEPTED)
+async def submit(
+    body: JobCreate, request: Request, user: CurrentUser, services: ServicesDep, session: SessionDep
+) -> JobAccepted:
+    """Validate, reserve the credits, queue; the answer comes before any work starts."""
+    job_id = await submit_job(services, session, user, body.operation, body.params)
+    request.state.job_id = str(job_id)
     return JobAccepted(jobId=job_id, status="queued")
 
 
