@@ -384,10 +384,10 @@ async def test_a_scripted_429_is_rate_limited_with_the_retry_after_header(
 
 
 async def test_asking_for_more_images_than_the_inflight_limit_is_rate_limited_not_failed(
-    ideogram: IdeogramClient, fake: FakeIdeogram
+    ideogram: IdeogramClient, fake: FakeIdeogram, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake.inflight_limit = 2
-    fake.retry_after = 3
+    fake.inflight_limit = 2  # reset() restores it
+    monkeypatch.setattr(fake, "retry_after", 3)
 
     with pytest.raises(ProviderRateLimited) as raised:
         await ideogram.generate({"prompt": "a kite", "num_images": 3})
@@ -395,7 +395,6 @@ async def test_asking_for_more_images_than_the_inflight_limit_is_rate_limited_no
     assert raised.value.retry_after == 3.0
     assert_key_hidden(raised.value)
     assert [r.status for r in fake.received] == [429]
-    fake.retry_after = 1
 
 
 async def test_a_refused_key_is_misconfigured_and_alerts_the_operator_without_the_key(
