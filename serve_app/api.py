@@ -8,7 +8,7 @@ from starlette.middleware.cors import CORSMiddleware
 from daygen.settings import Settings
 from serve_app import errors
 from serve_app.middleware import AccessLog, BodyLimit
-from serve_app.routes import assets, auth, files, health, jobs, pages, templates
+from serve_app.routes import assets, auth, compat_images, files, health, jobs, pages, templates
 from serve_app.services import Services
 
 CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"]
@@ -31,6 +31,7 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         jobs.v1,
         assets.v1,
         assets.compat,
+        compat_images.compat,
         files.router,
     ):
         app.include_router(router)
