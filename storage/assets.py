@@ -66,6 +66,14 @@ async def save_image(
     return asset
 
 
+async def asset_id_for_key(session: AsyncSession, owner_id: uuid.UUID, key: str) -> uuid.UUID | None:
+    """The caller's newest live asset stored under `key`; another user's is as missing as none."""
+    stmt = (
+        select(Asset.id).where(Asset.owner_id == owner_id, Asset.key == key, _live()).order_by(Asset.id.desc()).limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
 async def get_asset(session: AsyncSession, owner_id: uuid.UUID, asset_id: uuid.UUID) -> Asset | None:
     stmt = select(Asset).where(Asset.id == asset_id, Asset.owner_id == owner_id, _live())
     return (await session.execute(stmt)).scalar_one_or_none()

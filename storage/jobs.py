@@ -54,10 +54,19 @@ async def get_job(session: AsyncSession, owner_id: uuid.UUID, job_id: uuid.UUID)
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def list_jobs(session: AsyncSession, owner_id: uuid.UUID, *, limit: int, before: uuid.UUID | None) -> list[Job]:
+async def list_jobs(
+    session: AsyncSession,
+    owner_id: uuid.UUID,
+    *,
+    limit: int,
+    before: uuid.UUID | None,
+    operations: list[str] | None = None,
+) -> list[Job]:
     stmt = select(Job).where(Job.owner_id == owner_id)
     if before is not None:
         stmt = stmt.where(Job.id < before)
+    if operations is not None:
+        stmt = stmt.where(Job.operation.in_(operations))
     return list((await session.execute(stmt.order_by(Job.id.desc()).limit(limit))).scalars())
 
 

@@ -14,11 +14,12 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from daygen.errors import InvalidInput, NotFound, PayloadTooLarge
 from serve_app import multipart
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
+from serve_app.pagination import split_page
 from serve_app.schemas import ApiBase64Upload, ApiFile, ApiFilePage, ApiUploaded, AssetOut, AssetPage
 from serve_app.services import Services
 from serve_app.urls import asset_url
 from storage import assets as queries
-from storage.models import Asset
+from storage.models import Asset, User
 
 v1 = APIRouter(prefix="/v1/assets", tags=["assets"])
 compat = APIRouter(prefix="/api", tags=["daygen-compatible"])
@@ -73,7 +74,7 @@ def _file_chunks(request: Request, multipart_only: bool = False) -> AsyncIterato
     return request.stream()
 
 
-async def _save(services: Services, user: CurrentUser, chunks: AsyncIterator[bytes]) -> Asset:
+async def save_upload(services: Services, user: User, chunks: AsyncIterator[bytes]) -> Asset:
     settings = services.settings
     ttl = settings.asset_ttl_seconds
     return await queries.save_image(
@@ -90,7 +91,7 @@ async def _save(services: Services, user: CurrentUser, chunks: AsyncIterator[byt
 @v1.post("", status_code=status.HTTP_201_CREATED, openapi_extra=UPLOAD_BODY)
 async def upload(request: Request, user: CurrentUser, services: ServicesDep) -> AssetOut:
     """Upload a PNG, JPEG or WebP as the raw body or as the `file` part of a multipart form."""
-    asset = await _save(services, user, _file_chunks(request))
+    asset = await save_upload(services, user, _file_chunks(request))
     return await asset_out(services, request, asset)
 
 
@@ -106,8 +107,8 @@ async def list_assets(
     jobId: Annotated[uuid.UUID | None, Query()] = None,
 ) -> AssetPage:
     rows = await queries.list_assets(session, user.id, limit=limit + 1, before=cursor, source=source, job_id=jobId)
-    items = [await asset_out(services, request, a) for a in rows[:limit]]
-    return AssetPage(items=items, nextCursor=str(rows[limit - 1].id) if len(rows) > limit else None)
+    page, next_cursor = split_page(rows, limit)
+    return AssetPage(items=[await asset_out(services, request, a) for a in page], nextCursor=next_cursor)
 
 
 @v1.get("/{asset_id}")
@@ -141,34 +142,38 @@ async def _uploaded(services: Services, request: Request, asset: Asset) -> ApiUp
 
 @compat.post("/upload/file", status_code=status.HTTP_201_CREATED, openapi_extra=UPLOAD_BODY)
 async def compat_upload_file(request: Request, user: CurrentUser, services: ServicesDep) -> ApiUploaded:
-    asset = await _save(services, user, _file_chunks(request, multipart_only=True))
+    asset = await save_upload(services, user, _file_chunks(request, multipart_only=True))
     return await _uploaded(services, request, asset)
 
 
-def _decode_base64(value: str) -> bytes:
-    """Raw base64 or a `data:<type>;base64,` URL: the one place such input is accepted."""
+def decode_base64(value: str, field: str) -> bytes:
+    """Raw base64 or a `data:<type>;base64,` URL: the frontend's routes are the one place such input is accepted."""
     if value.startswith("data:"):
         header, comma, value = value.partition(",")
         if not comma or not header.endswith(";base64"):
-            raise InvalidInput("base64Data is a data URL without base64 content", details=[{"field": "base64Data"}])
+            raise InvalidInput(f"{field} is a data URL without base64 content", details=[{"field": field}])
     try:
         return b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInput(
-            "base64Data is not valid base64", details=[{"field": "base64Data", "message": "not base64"}]
+            f"{field} is not valid base64", details=[{"field": field, "message": "not base64"}]
         ) from None
+
+
+async def save_bytes(services: Services, user: User, data: bytes) -> Asset:
+    """Store decoded bytes as an upload, with the same checks as a streamed one."""
+
+    async def one() -> AsyncIterator[bytes]:
+        yield data
+
+    return await save_upload(services, user, one())
 
 
 @compat.post("/upload/base64", status_code=status.HTTP_201_CREATED, dependencies=[Depends(require_json)])
 async def compat_upload_base64(
     body: ApiBase64Upload, request: Request, user: CurrentUser, services: ServicesDep
 ) -> ApiUploaded:
-    data = _decode_base64(body.base64Data)
-
-    async def one() -> AsyncIterator[bytes]:
-        yield data
-
-    asset = await _save(services, user, one())
+    asset = await save_bytes(services, user, decode_base64(body.base64Data, "base64Data"))
     return await _uploaded(services, request, asset)
 
 
@@ -182,8 +187,7 @@ async def compat_files(
     cursor: Annotated[uuid.UUID | None, Query()] = None,
 ) -> ApiFilePage:
     """The gallery: every upload and job output of the user, newest first."""
-    rows = await queries.list_assets(session, user.id, limit=limit + 1, before=cursor)
-    page = rows[:limit]
+    page, next_cursor = split_page(await queries.list_assets(session, user.id, limit=limit + 1, before=cursor), limit)
     origins = await queries.job_origins(session, {a.job_id for a in page if a.job_id is not None})
     items = []
     for asset in page:
@@ -208,7 +212,7 @@ async def compat_files(
     return ApiFilePage(
         items=items,
         totalCount=await queries.count_assets(session, user.id),
-        nextCursor=str(rows[limit - 1].id) if len(rows) > limit else None,
+        nextCursor=next_cursor,
     )
 
 

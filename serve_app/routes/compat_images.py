@@ -21,30 +21,28 @@ value (such as the original's `IMAGE_GENERATION`) does not filter, since every j
 
 from __future__ import annotations
 
-import binascii
 import re
 import uuid
-from base64 import b64decode
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
-from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from daygen.errors import InvalidInput, NotFound
 from pipelines.operations import OPERATIONS
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
+from serve_app.pagination import split_page
+from serve_app.routes.assets import decode_base64, save_bytes
 from serve_app.routes.jobs import submit_job
 from serve_app.schemas import NoNul, Out, _storable_json
 from serve_app.services import Services
 from serve_app.urls import asset_url
 from storage import assets as asset_queries
 from storage import jobs as job_queries
-from storage.models import Asset, Job, User
+from storage.models import Job, User
 
 compat = APIRouter(prefix="/api", tags=["daygen-compatible"])
 
@@ -116,48 +114,6 @@ class ApiJobPage(Out):
 # -- input images ---------------------------------------------------------------------------
 
 
-async def asset_id_for_key(session: AsyncSession, owner_id: uuid.UUID, key: str) -> uuid.UUID | None:
-    """The caller's newest live asset stored under `key`; another user's is as missing as none."""
-    stmt = (
-        select(Asset.id)
-        .where(
-            Asset.owner_id == owner_id,
-            Asset.key == key,
-            Asset.deleted_at.is_(None),
-            or_(Asset.expires_at.is_(None), Asset.expires_at > datetime.now(UTC)),
-        )
-        .order_by(Asset.id.desc())
-        .limit(1)
-    )
-    return (await session.execute(stmt)).scalar_one_or_none()
-
-
-async def _save_data_url(services: Services, user: User, value: str, field: str) -> uuid.UUID:
-    header, comma, payload = value.partition(",")
-    if not comma or not header.endswith(";base64"):
-        raise InvalidInput(f"{field} is a data URL without base64 content", details=[{"field": field}])
-    try:
-        data = b64decode("".join(payload.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput(f"{field} is not valid base64", details=[{"field": field}]) from None
-
-    async def one() -> AsyncIterator[bytes]:
-        yield data
-
-    settings = services.settings
-    ttl = settings.asset_ttl_seconds
-    asset = await asset_queries.save_image(
-        services.sessions,
-        services.store,
-        one(),
-        owner_id=user.id,
-        max_bytes=settings.max_upload_bytes,
-        max_pixels=settings.max_image_pixels,
-        expires_at=datetime.now(UTC) + timedelta(seconds=ttl) if ttl else None,
-    )
-    return asset.id
-
-
 async def resolve_image(services: Services, session: AsyncSession, user: User, value: str, field: str) -> str:
     """An asset id, one of our asset URLs, or a data URL (stored as an upload) → an asset id."""
     value = value.strip()
@@ -166,14 +122,14 @@ async def resolve_image(services: Services, session: AsyncSession, user: User, v
     except ValueError:
         pass
     if value.startswith("data:"):
-        return str(await _save_data_url(services, user, value, field))
+        return str((await save_bytes(services, user, decode_base64(value, field))).id)
     match = ASSET_KEY.search(urlsplit(value).path)
     if match is None:
         raise InvalidInput(
             f"{field} must be an asset id, an asset URL of this service, or a data URL",
             details=[{"field": field, "message": "not an asset reference"}],
         )
-    asset_id = await asset_id_for_key(session, user.id, match.group(1))
+    asset_id = await asset_queries.asset_id_for_key(session, user.id, match.group(1))
     if asset_id is None:
         raise NotFound(f"{field}: image not found", details=[{"field": field, "message": "no such asset"}])
     return str(asset_id)
@@ -266,17 +222,12 @@ async def api_job(services: Services, request: Request, session: AsyncSession, j
     )
 
 
-async def list_jobs_of_type(
-    session: AsyncSession, owner_id: uuid.UUID, *, limit: int, before: uuid.UUID | None, kind: str | None
-) -> list[Job]:
-    stmt = select(Job).where(Job.owner_id == owner_id)
-    if before is not None:
-        stmt = stmt.where(Job.id < before)
+def _operations_of(kind: str | None) -> list[str] | None:
+    """`type` names an operation or a provider; anything else filters nothing."""
     if kind in OPERATIONS:
-        stmt = stmt.where(Job.operation == kind)
-    elif kind is not None and any(op.provider == kind for op in OPERATIONS.values()):
-        stmt = stmt.where(Job.operation.in_([name for name, op in OPERATIONS.items() if op.provider == kind]))
-    return list((await session.execute(stmt.order_by(Job.id.desc()).limit(limit))).scalars())
+        return [kind]
+    named = [name for name, op in OPERATIONS.items() if op.provider == kind]
+    return named or None
 
 
 @compat.get("/jobs")
@@ -292,10 +243,12 @@ async def list_jobs(
     ] = None,
 ) -> ApiJobPage:
     kind = kind.strip().lower() if kind else None
-    rows = await list_jobs_of_type(session, user.id, limit=limit + 1, before=cursor, kind=kind)
-    jobs = [await api_job(services, request, session, j) for j in rows[:limit]]
-    more = len(rows) > limit
-    return ApiJobPage(jobs=jobs, nextCursor=str(rows[limit - 1].id) if more else None, hasNextPage=more)
+    rows = await job_queries.list_jobs(
+        session, user.id, limit=limit + 1, before=cursor, operations=_operations_of(kind)
+    )
+    page, next_cursor = split_page(rows, limit)
+    jobs = [await api_job(services, request, session, j) for j in page]
+    return ApiJobPage(jobs=jobs, nextCursor=next_cursor, hasNextPage=next_cursor is not None)
 
 
 @compat.get("/jobs/{jobId}")

@@ -11,6 +11,7 @@ from daygen.errors import InsufficientCredits, NotFound
 from daygen.ids import uuid7
 from pipelines.operations import check_inputs, validate_request
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
+from serve_app.pagination import split_page
 from serve_app.routes.assets import asset_out
 from serve_app.schemas import JobAccepted, JobCreate, JobError, JobOut, JobPage, JobResult
 from serve_app.services import Services
@@ -101,9 +102,8 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[uuid.UUID | None, Query()] = None,
 ) -> JobPage:
-    rows = await queries.list_jobs(session, user.id, limit=limit + 1, before=cursor)
-    items = [await job_out(services, request, session, j) for j in rows[:limit]]
-    return JobPage(items=items, nextCursor=str(rows[limit - 1].id) if len(rows) > limit else None)
+    page, next_cursor = split_page(await queries.list_jobs(session, user.id, limit=limit + 1, before=cursor), limit)
+    return JobPage(items=[await job_out(services, request, session, j) for j in page], nextCursor=next_cursor)
 
 
 @v1.get("/{job_id}")

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response, status
 
 from daygen.errors import NotFound
 from serve_app.deps import CurrentUser, SessionDep, require_json
+from serve_app.pagination import split_page
 from serve_app.schemas import (
     ApiTemplateCreate,
     ApiTemplatePage,
@@ -43,9 +44,10 @@ def template_out(t: Template) -> TemplateOut:
 
 
 async def _page(session: SessionDep, user: CurrentUser, limit: int, cursor: uuid.UUID | None):
-    rows = await queries.list_templates(session, user.id, limit=limit + 1, before=cursor)
-    items = [template_out(t) for t in rows[:limit]]
-    next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
+    page, next_cursor = split_page(
+        await queries.list_templates(session, user.id, limit=limit + 1, before=cursor), limit
+    )
+    items = [template_out(t) for t in page]
     return items, next_cursor
 
 
