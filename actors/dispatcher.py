@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import ray
@@ -66,8 +67,8 @@ class JobDispatcher:
         except (RayActorError, ValueError):
             return StepOutcome(error_code="provider_unavailable", error_message="the provider worker stopped")
 
-    async def _settle(self, job_id: uuid.UUID, outcome: str) -> Any:
-        return await self._peer(LEDGER_NAME).settle.remote(job_id, outcome)
+    async def _settle(self, job_id: uuid.UUID, charged: Decimal) -> Any:
+        return await self._peer(LEDGER_NAME).settle.remote(job_id, charged)
 
     async def _loop(self) -> None:
         rounds = 0

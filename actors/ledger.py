@@ -35,6 +35,6 @@ class UsageLedger:
                 return {"accepted": False, **exc.details}
         return {"accepted": True, "balance": float(left)}
 
-    async def settle(self, job_id: uuid.UUID, outcome: str) -> str | None:
+    async def settle(self, job_id: uuid.UUID, charged: Decimal) -> str | None:
         async with self.sessions.begin() as session:
-            return await ledger.settle(session, job_id=job_id, outcome=outcome)  # type: ignore[arg-type]
+            return await ledger.settle(session, job_id=job_id, charged=charged)

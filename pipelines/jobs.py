@@ -1,8 +1,9 @@
 """What happens to a claimed job, from start to settled credits; no Ray in here.
 
-Order matters for "never lose a job, never charge twice": the output rows and the job's
-end are written in one transaction, then the reservation is settled (idempotent on the
-job id). A crash between the two is repaired by `settle_unsettled` on the next start.
+Order matters for "never lose a job, never charge twice": each step's output rows and the
+job's progress are written in one transaction, the job's end too, then the reservation is
+settled for the steps that ran (idempotent on the job id). A crash between the two is
+repaired by `settle_unsettled` on the next start.
 """
 
 from __future__ import annotations
@@ -12,11 +13,17 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from daygen.errors import InvalidInput, JobFailed
+from daygen.ids import uuid7
+from pipelines.chains import PREVIOUS, Step, charged_for, job_steps
+from pipelines.operations import OPERATIONS, check_inputs
 from pipelines.steps import StepOutcome
+from storage import assets as asset_queries
 from storage import jobs as job_queries
 from storage import ledger as ledger_queries
 from storage.events import JobEvents
@@ -24,7 +31,7 @@ from storage.events import JobEvents
 log = logging.getLogger("daygen.jobs")
 
 RunStep = Callable[[str, dict[str, Any], dict[str, Any]], Awaitable[StepOutcome]]
-Settle = Callable[[uuid.UUID, str], Awaitable[Any]]
+Settle = Callable[[uuid.UUID, Decimal], Awaitable[Any]]
 
 
 async def _keep_lease(
@@ -37,6 +44,51 @@ async def _keep_lease(
                 return
 
 
+def _with_step(result: dict[str, Any], operation: str, asset_ids: list[str], texts: list[str]) -> dict[str, Any]:
+    """The job's result after one more step: every step's outputs, all the images, all the text."""
+    all_texts = [*result.get("texts", []), *texts]
+    return {
+        "steps": [*result.get("steps", []), {"operation": operation, "assetIds": asset_ids, "texts": texts}],
+        "assetIds": [*result.get("assetIds", []), *asset_ids],
+        "texts": all_texts,
+        "text": "\n\n".join(all_texts) if all_texts else None,
+    }
+
+
+async def _step_inputs(
+    sessions: async_sessionmaker[AsyncSession], step: Step, result: dict[str, Any]
+) -> dict[str, Any]:
+    """The step's own inputs, plus the previous step's first image when it is chained to it."""
+    inputs = dict(step.inputs or {})
+    if step.input == PREVIOUS:
+        produced = result["steps"][-1]["assetIds"] if result.get("steps") else []
+        ref = None
+        if produced:
+            async with sessions() as session:
+                ref = await asset_queries.job_output_ref(session, uuid.UUID(produced[0]))
+        if ref is None:
+            raise JobFailed("input_missing", "the previous step left no image to work on")
+        inputs["image"] = ref
+        check_inputs(OPERATIONS[step.operation], step.params, inputs)
+    return inputs
+
+
+async def _run(
+    sessions: async_sessionmaker[AsyncSession], run_step: RunStep, step: Step, result: dict[str, Any]
+) -> StepOutcome:
+    try:
+        inputs = await _step_inputs(sessions, step, result)
+    except JobFailed as exc:
+        return StepOutcome(error_code=exc.code, error_message=exc.message)
+    except InvalidInput as exc:
+        return StepOutcome(error_code="invalid_input", error_message=exc.message)
+    try:
+        return await run_step(step.operation, step.params, inputs)
+    except Exception:
+        log.exception("step crashed", extra={"job_step": step.operation})
+        return StepOutcome(error_code="internal_error", error_message="the job failed unexpectedly")
+
+
 async def execute_job(
     claimed: job_queries.ClaimedJob,
     *,
@@ -46,38 +98,70 @@ async def execute_job(
     events: JobEvents,
     lease_seconds: float,
 ) -> str | None:
-    """Run the job's step and record its end; returns the final status, or None if the lease was lost."""
+    """Run the job's steps from the first not yet done; returns the final status, or None if the lease was lost.
+
+    Each step's outputs are recorded as it ends, so an attempt that takes over after a crash
+    starts at the step that was running, never re-running (or re-charging) one that finished.
+    """
     extra = {"job_id": str(claimed.id), "operation": claimed.operation, "attempt": claimed.attempt}
-    await events.publish(claimed.id, "job.started", {"status": "running", "attempt": claimed.attempt})
+    steps = job_steps(claimed.operation, claimed.params, claimed.cost, claimed.inputs)
+    total = len(steps)
+    result: dict[str, Any] = dict(claimed.result or {})
+    done = claimed.steps_done
+    await events.publish(claimed.id, "job.started", {"status": "running", "attempt": claimed.attempt, "step": done})
     lease = asyncio.create_task(_keep_lease(sessions, claimed, lease_seconds))
+    outcome = StepOutcome()
     try:
-        outcome = await run_step(claimed.operation, claimed.params, claimed.inputs or {})
-    except Exception:
-        log.exception("step crashed", extra=extra)
-        outcome = StepOutcome(error_code="internal_error", error_message="the job failed unexpectedly")
+        while done < total and outcome.ok:
+            step = steps[done]
+            if total > 1:
+                progress = {"progress": done * 100 // total, "step": done, "steps": total, "operation": step.operation}
+                await events.publish(claimed.id, "job.progress", progress)
+            outcome = await _run(sessions, run_step, step, result)
+            if not outcome.ok:
+                break
+            assets = [{"id": uuid7(), **a} for a in outcome.assets]
+            asset_ids = [str(a["id"]) for a in assets]
+            result = _with_step(result, step.operation, asset_ids, outcome.texts)
+            async with sessions() as session:
+                rows = await job_queries.finish_step(
+                    session, claimed, index=done, total=total, assets=assets, result=result
+                )
+            if rows is None:
+                log.warning("lease lost; another attempt owns the job", extra=extra)
+                return None
+            done += 1
+            await events.publish(
+                claimed.id,
+                "job.step_succeeded",
+                {
+                    "step": done - 1,
+                    "steps": total,
+                    "operation": step.operation,
+                    "progress": done * 100 // total,
+                    "assetIds": asset_ids,
+                },
+            )
     finally:
         lease.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await lease
 
-    async with sessions() as session:
-        if outcome.ok:
-            rows = await job_queries.finish_succeeded(session, claimed, assets=outcome.assets, text=outcome.text)
-            finished = rows is not None
-        else:
+    if not outcome.ok:
+        async with sessions() as session:
             finished = await job_queries.finish_failed(
                 session, claimed, code=outcome.error_code or "failed", message=outcome.error_message or ""
             )
-    if not finished:
-        log.warning("lease lost; another attempt owns the job", extra=extra)
-        return None
+        if not finished:
+            log.warning("lease lost; another attempt owns the job", extra=extra)
+            return None
 
     status = "succeeded" if outcome.ok else "failed"
-    await settle(claimed.id, "commit" if outcome.ok else "release")
+    await settle(claimed.id, charged_for(steps, done))
     if outcome.ok:
-        data: dict[str, Any] = {"status": status, "progress": 100, "assetIds": [str(r.id) for r in rows or []]}
+        data: dict[str, Any] = {"status": status, "progress": 100, "assetIds": result.get("assetIds", [])}
     else:
-        data = {"status": status, "error": {"code": outcome.error_code, "message": outcome.error_message}}
+        data = {"status": status, "step": done, "error": {"code": outcome.error_code, "message": outcome.error_message}}
     await events.publish(claimed.id, f"job.{status}", data)
     log.info("job finished", extra={**extra, "status": status, "error_code": outcome.error_code})
     return status
@@ -87,6 +171,6 @@ async def settle_unsettled(sessions: async_sessionmaker[AsyncSession], settle: S
     """Settle reservations of jobs that ended while the settlement was lost (a crash in between)."""
     async with sessions() as session:
         pending = await ledger_queries.unsettled_finished_jobs(session)
-    for job_id, status in pending:
-        await settle(job_id, "commit" if status == "succeeded" else "release")
+    for job in pending:
+        await settle(job.id, charged_for(job_steps(job.operation, job.params, job.cost, None), job.steps_done))
     return len(pending)

@@ -76,13 +76,18 @@ class StepContext:
 @dataclass
 class StepOutcome:
     assets: list[dict[str, Any]] = field(default_factory=list)
-    text: str | None = None
+    texts: list[str] = field(default_factory=list)
     error_code: str | None = None
     error_message: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error_code is None
+
+    @property
+    def text(self) -> str | None:
+        """All the step's text results as one (describe may give several descriptions)."""
+        return "\n\n".join(self.texts) if self.texts else None
 
 
 async def _store_png(store: ObjectStore, image: Image.Image) -> dict[str, Any]:
@@ -158,7 +163,7 @@ async def _upscale(ctx: StepContext, p: dict[str, Any], inputs: Inputs) -> StepO
 
 async def _describe(ctx: StepContext, p: dict[str, Any], inputs: Inputs) -> StepOutcome:
     [image] = await _images(ctx.store, inputs, "image")
-    return StepOutcome(text=await asyncio.to_thread(offline.describe, image))
+    return StepOutcome(texts=[await asyncio.to_thread(offline.describe, image)])
 
 
 async def _image_file(store: ObjectStore, ref: dict[str, Any], name: str) -> ImageFile:
@@ -189,7 +194,7 @@ async def _outcome(ctx: StepContext, result: ProviderResult) -> StepOutcome:
         await copy_image(ctx.http, url, ctx.store, max_bytes=MAX_OUTPUT_BYTES, max_pixels=ctx.max_pixels)
         for url in result.image_urls
     ]
-    return StepOutcome(assets=assets, text="\n\n".join(result.texts) if result.texts else None)
+    return StepOutcome(assets=assets, texts=list(result.texts))
 
 
 async def _ideogram(ctx: StepContext, operation: str, p: dict[str, Any], inputs: Inputs) -> StepOutcome:

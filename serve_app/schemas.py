@@ -203,9 +203,31 @@ class ApiTemplatePage(Out):
 # -- jobs ---------------------------------------------------------------------------------
 
 
-class JobCreate(Strict):
-    operation: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+OperationName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+class StepCreate(Strict):
+    operation: OperationName
     params: JsonObject = Field(default_factory=dict)
+    input: Literal["previous"] | None = Field(None, description="`previous`: the image is the step before's output")
+
+
+class JobCreate(Strict):
+    """One operation (`operation` + `params`), or a chain of them (`steps`)."""
+
+    operation: OperationName | None = None
+    params: JsonObject | None = None
+    steps: list[StepCreate] | None = None
+
+    def shape_problem(self) -> tuple[str, str] | None:
+        """(field, message) when the body is neither one operation nor a chain; the route answers 422."""
+        if self.operation is None and self.steps is None:
+            return "operation", "give an operation (with params) or steps"
+        if self.operation is not None and self.steps is not None:
+            return "steps", "give an operation or steps, not both"
+        if self.steps is not None and self.params is not None:
+            return "params", "a chain's params go inside each step"
+        return None
 
 
 class JobAccepted(Out):
@@ -284,6 +306,15 @@ class JobResult(Out):
     text: str | None = None
 
 
+class JobStepOut(Out):
+    operation: str
+    input: Literal["previous"] | None
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    cost: float
+    assets: list[AssetOut]
+    text: str | None
+
+
 class JobOut(Out):
     id: uuid.UUID
     operation: str
@@ -294,6 +325,7 @@ class JobOut(Out):
     attempt: int
     error: JobError | None
     result: JobResult | None
+    steps: list[JobStepOut]
     createdAt: datetime
     startedAt: datetime | None
     completedAt: datetime | None

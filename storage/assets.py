@@ -115,16 +115,24 @@ async def resolve_inputs(session: AsyncSession, owner_id: uuid.UUID, refs: dict[
             "input asset not found: " + ", ".join(missing),
             details=[{"field": f"params.{name}", "message": "no such asset"} for name in missing],
         )
+    return {name: _input_ref(rows[asset_id]) for name, asset_id in ids.items()}
+
+
+def _input_ref(asset: Asset) -> dict[str, Any]:
+    """What a job step needs to read an input image."""
     return {
-        name: {
-            "assetId": str(asset_id),
-            "key": rows[asset_id].key,
-            "contentType": rows[asset_id].content_type,
-            "width": rows[asset_id].width,
-            "height": rows[asset_id].height,
-        }
-        for name, asset_id in ids.items()
+        "assetId": str(asset.id),
+        "key": asset.key,
+        "contentType": asset.content_type,
+        "width": asset.width,
+        "height": asset.height,
     }
+
+
+async def job_output_ref(session: AsyncSession, asset_id: uuid.UUID) -> dict[str, Any] | None:
+    """An earlier step's output as the next step's input (its owner is the job's, by construction)."""
+    asset = await session.get(Asset, asset_id)
+    return _input_ref(asset) if asset is not None else None
 
 
 async def count_assets(session: AsyncSession, owner_id: uuid.UUID) -> int:

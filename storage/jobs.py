@@ -28,6 +28,23 @@ class ClaimedJob:
     params: dict[str, Any]
     attempt: int
     inputs: dict[str, Any] | None = None
+    cost: Decimal = Decimal(0)
+    steps_done: int = 0
+    result: dict[str, Any] | None = None
+
+
+# What a claim reads back, in ClaimedJob's order.
+CLAIMED_COLUMNS = (
+    Job.id,
+    Job.owner_id,
+    Job.operation,
+    Job.params,
+    Job.attempt,
+    Job.inputs,
+    Job.cost,
+    Job.steps_done,
+    Job.result,
+)
 
 
 async def insert_job(
@@ -93,7 +110,17 @@ async def claim_jobs(session: AsyncSession, *, limit: int, lease_seconds: float)
             lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
             started_at=func.coalesce(Job.started_at, func.now()),
         )
-        .returning(Job.id, Job.owner_id, Job.operation, Job.params, Job.attempt, Job.inputs)
+        .returning(
+            Job.id,
+            Job.owner_id,
+            Job.operation,
+            Job.params,
+            Job.attempt,
+            Job.inputs,
+            Job.cost,
+            Job.steps_done,
+            Job.result,
+        )
     )
     rows = (await session.execute(stmt)).all()
     await session.commit()
@@ -111,23 +138,26 @@ async def renew_lease(session: AsyncSession, job_id: uuid.UUID, attempt: int, le
     return renewed
 
 
-async def finish_succeeded(
+async def finish_step(
     session: AsyncSession,
     claimed: ClaimedJob,
     *,
+    index: int,
+    total: int,
     assets: list[dict[str, Any]],
-    text: str | None,
+    result: dict[str, Any],
 ) -> list[Asset] | None:
-    """Store the output rows and mark the job done in one transaction; None if the lease was lost."""
+    """Store a step's output rows and the job's result so far in one transaction; the last step ends the job.
+
+    Fenced on the attempt and on the step count, so a step is recorded once; None if the lease was lost.
+    """
     rows = [Asset(owner_id=claimed.owner_id, job_id=claimed.id, source="job", **a) for a in assets]
     session.add_all(rows)
     await session.flush()
-    result: dict[str, Any] = {"assetIds": [str(a.id) for a in rows]}
-    if text is not None:
-        result["text"] = text
-    stmt = _fenced(claimed.id, claimed.attempt).values(
-        status="succeeded", progress=100, result=result, completed_at=func.now(), lease_expires_at=None
-    )
+    values: dict[str, Any] = {"steps_done": index + 1, "progress": (index + 1) * 100 // total, "result": result}
+    if index + 1 == total:
+        values.update(status="succeeded", completed_at=func.now(), lease_expires_at=None)
+    stmt = _fenced(claimed.id, claimed.attempt).where(Job.steps_done == index).values(**values)
     if (await session.execute(stmt.returning(Job.id))).scalar_one_or_none() is None:
         await session.rollback()
         return None

@@ -79,8 +79,13 @@ async def reserve(session: AsyncSession, *, account_id: uuid.UUID, job_id: uuid.
     return current - amount
 
 
-async def settle(session: AsyncSession, *, job_id: uuid.UUID, outcome: Settlement) -> Settlement | None:
-    """Commit or release a job's reservation exactly once; returns how it ended up settled."""
+async def settle(session: AsyncSession, *, job_id: uuid.UUID, charged: Decimal) -> Settlement | None:
+    """Settle a job's reservation exactly once: keep `charged` of it, give the rest back.
+
+    One entry does it: a "commit" returning what was not charged (nothing, when the whole job
+    ran), or a "release" of everything. Returns how the job ended up settled, the first time
+    or any later time; None when the job never reserved anything.
+    """
     reservation = (
         await session.execute(
             select(LedgerEntry.account_id, LedgerEntry.amount).where(LedgerEntry.idempotency_key == f"reserve:{job_id}")
@@ -97,24 +102,32 @@ async def settle(session: AsyncSession, *, job_id: uuid.UUID, outcome: Settlemen
     ).scalar_one_or_none()
     if done is not None:
         return done  # type: ignore[return-value]
+    held = -reserved
+    kept = min(max(charged, Decimal(0)), held)
+    outcome: Settlement = "commit" if kept > 0 else "release"
     await append_entry(
         session,
         account_id=account_id,
         kind=outcome,
-        amount=Decimal(0) if outcome == "commit" else -reserved,
+        amount=held - kept,
         idempotency_key=f"settle:{job_id}",
         job_id=job_id,
+        reason=f"charged {_plain(kept)} of {_plain(held)}" if 0 < kept < held else None,
     )
     return outcome
 
 
-async def unsettled_finished_jobs(session: AsyncSession, limit: int = 100) -> list[tuple[uuid.UUID, str]]:
+def _plain(amount: Decimal) -> str:
+    return format(amount.normalize(), "f")
+
+
+async def unsettled_finished_jobs(session: AsyncSession, limit: int = 100) -> list[Job]:
     """Jobs that ended but whose reservation is still open: a crash hit between the two writes."""
     settled = select(LedgerEntry.job_id).where(LedgerEntry.kind.in_(("commit", "release")))
     stmt = (
-        select(Job.id, Job.status)
+        select(Job)
         .join(LedgerEntry, LedgerEntry.idempotency_key == func.concat("reserve:", Job.id))
         .where(Job.status.in_(("succeeded", "failed", "canceled")), Job.id.not_in(settled))
         .limit(limit)
     )
-    return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
+    return list((await session.execute(stmt)).scalars())

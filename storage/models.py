@@ -102,6 +102,7 @@ class Job(Base):
     inputs: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     status: Mapped[str] = mapped_column(Text, nullable=False, default="queued")
     progress: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    steps_done: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     cost: Mapped[Decimal] = mapped_column(Credits, nullable=False)
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

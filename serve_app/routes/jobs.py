@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, status
 
-from daygen.errors import InsufficientCredits, NotFound
+from daygen.errors import InsufficientCredits, InvalidInput, NotFound
 from daygen.ids import uuid7
-from pipelines.operations import check_inputs, validate_request
+from pipelines.chains import PIPELINE, job_steps, prefixed, validate_steps
+from pipelines.operations import OPERATIONS, check_inputs, validate_request
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
 from serve_app.pagination import split_page
 from serve_app.routes.assets import asset_out
-from serve_app.schemas import JobAccepted, JobCreate, JobError, JobOut, JobPage, JobResult
+from serve_app.schemas import JobAccepted, JobCreate, JobError, JobOut, JobPage, JobResult, JobStepOut
 from serve_app.services import Services
 from storage import jobs as queries
 from storage.assets import resolve_inputs
@@ -24,13 +26,34 @@ v1 = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_j
 MAX_WAIT_SECONDS = 30
 
 
+def _step_status(job: Job, index: int) -> str:
+    if index < job.steps_done:
+        return "succeeded"
+    if index == job.steps_done:
+        return job.status
+    return "canceled" if job.status in queries.TERMINAL else "queued"
+
+
 async def job_out(services: Services, request: Request, session: SessionDep, job: Job) -> JobOut:
+    assets = {str(a.id): await asset_out(services, request, a) for a in await queries.job_assets(session, job.id)}
+    done = (job.result or {}).get("steps", [])
+    steps = []
+    for index, step in enumerate(job_steps(job.operation, job.params, job.cost, None)):
+        outputs = done[index] if index < len(done) else {}
+        texts = outputs.get("texts") or []
+        steps.append(
+            JobStepOut(
+                operation=step.operation,
+                input=step.input,
+                status=_step_status(job, index),
+                cost=float(step.cost),
+                assets=[assets[i] for i in outputs.get("assetIds", []) if i in assets],
+                text="\n\n".join(texts) if texts else None,
+            )
+        )
     result = None
     if job.status == "succeeded":
-        assets = await queries.job_assets(session, job.id)
-        result = JobResult(
-            assets=[await asset_out(services, request, a) for a in assets], text=(job.result or {}).get("text")
-        )
+        result = JobResult(assets=list(assets.values()), text=(job.result or {}).get("text"))
     error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobOut(
         id=job.id,
@@ -42,23 +65,18 @@ async def job_out(services: Services, request: Request, session: SessionDep, job
         attempt=job.attempt,
         error=error,
         result=result,
+        steps=steps,
         createdAt=job.created_at,
         startedAt=job.started_at,
         completedAt=job.completed_at,
     )
 
 
-async def submit_job(
-    services: Services, session: SessionDep, user: User, operation_name: str, raw_params: dict
+async def _queue(
+    services: Services, session: SessionDep, user: User, operation: str, params: dict, cost: Decimal, inputs
 ) -> uuid.UUID:
-    """Validate, resolve input assets, reserve the price, queue: every way of submitting a job."""
-    operation, params = validate_request(operation_name, raw_params)
-    refs = operation.asset_refs(params)
-    inputs = await resolve_inputs(session, user.id, refs) if refs else None
-    if inputs:
-        check_inputs(operation, params, inputs)
+    """Reserve the price, then insert the job; the reservation is given back if the insert fails."""
     job_id = uuid7()
-    cost = operation.price(params)
     answer = await services.ledger.reserve.remote(user.id, job_id, cost)
     if not answer["accepted"]:
         raise InsufficientCredits(
@@ -67,20 +85,43 @@ async def submit_job(
         )
     try:
         await queries.insert_job(
-            session,
-            job_id=job_id,
-            owner_id=user.id,
-            operation=operation.name,
-            params=params,
-            cost=cost,
-            inputs=inputs,
+            session, job_id=job_id, owner_id=user.id, operation=operation, params=params, cost=cost, inputs=inputs
         )
     except BaseException:
-        await services.ledger.settle.remote(job_id, "release")
+        await services.ledger.settle.remote(job_id, Decimal(0))
         raise
     await services.events.publish(job_id, "job.queued", {"status": "queued"})
     services.dispatcher.wake.remote()
     return job_id
+
+
+async def submit_job(
+    services: Services, session: SessionDep, user: User, operation_name: str, raw_params: dict
+) -> uuid.UUID:
+    """Validate, resolve input assets, reserve the price, queue: every way of submitting one operation."""
+    operation, params = validate_request(operation_name, raw_params)
+    refs = operation.asset_refs(params)
+    inputs = await resolve_inputs(session, user.id, refs) if refs else None
+    if inputs:
+        check_inputs(operation, params, inputs)
+    return await _queue(services, session, user, operation.name, params, operation.price(params), inputs)
+
+
+async def submit_chain(services: Services, session: SessionDep, user: User, raw_steps: list[dict]) -> uuid.UUID:
+    """The same for a chain: every step is checked, and the whole price reserved, before anything runs."""
+    steps = validate_steps(raw_steps)
+    inputs: dict[str, dict] = {}
+    for index, step in enumerate(steps):
+        if step.refs:
+            try:
+                resolved = await resolve_inputs(session, user.id, step.refs)
+                check_inputs(OPERATIONS[step.operation], step.params, resolved)
+            except (InvalidInput, NotFound) as exc:
+                raise prefixed(exc, f"steps.{index}") from None
+            inputs[str(index)] = resolved
+    cost = sum((s.cost for s in steps), Decimal(0))
+    params = {"steps": [s.stored() for s in steps]}
+    return await _queue(services, session, user, PIPELINE, params, cost, inputs or None)
 
 
 @v1.post("", status_code=status.HTTP_202_ACCEPTED)
@@ -88,7 +129,12 @@ async def submit(
     body: JobCreate, request: Request, user: CurrentUser, services: ServicesDep, session: SessionDep
 ) -> JobAccepted:
     """Validate, reserve the credits, queue; the answer comes before any work starts."""
-    job_id = await submit_job(services, session, user, body.operation, body.params)
+    if problem := body.shape_problem():
+        raise InvalidInput(problem[1], details=[{"field": problem[0], "message": problem[1]}])
+    if body.steps is not None:
+        job_id = await submit_chain(services, session, user, [step.model_dump() for step in body.steps])
+    else:
+        job_id = await submit_job(services, session, user, body.operation or "", body.params or {})
     request.state.job_id = str(job_id)
     return JobAccepted(jobId=job_id, status="queued")
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
 
 from sqlalchemy import select, update
 
 from daygen.ids import uuid7
+from pipelines.chains import PIPELINE, validate_steps
 from pipelines.jobs import execute_job, settle_unsettled
 from pipelines.steps import StepContext, StepOutcome, run_step
 from storage import jobs as job_queries
@@ -56,9 +58,9 @@ async def claim_one(sessions, job_id: uuid.UUID, lease: float = 60) -> job_queri
 
 
 async def settle_with(sessions):
-    async def settle(job_id: uuid.UUID, outcome: str):
+    async def settle(job_id: uuid.UUID, charged: Decimal):
         async with sessions.begin() as session:
-            return await ledger.settle(session, job_id=job_id, outcome=outcome)
+            return await ledger.settle(session, job_id=job_id, charged=charged)
 
     return settle
 
@@ -85,7 +87,7 @@ async def test_an_expired_lease_is_reclaimed_and_the_old_worker_is_fenced_out(se
     async with sessions() as session:
         assert await job_queries.finish_failed(session, stale, code="late", message="too late") is False
         assert await job_queries.renew_lease(session, stale.id, stale.attempt, 60) is False
-        assert await job_queries.finish_succeeded(session, stale, assets=[], text=None) is None
+        assert await job_queries.finish_step(session, stale, index=0, total=1, assets=[], result={}) is None
     async with sessions() as session:
         assert (await session.get(Job, job_id)).status == "running"
 
@@ -116,7 +118,7 @@ async def test_execute_job_stores_output_rows_commits_the_credit_and_publishes_e
     assert await store.exists(asset.key)
     assert sorted(kinds) == ["commit", "reserve"]
     types = [fields[b"type"] for _, fields in await redis.xrange(events.stream(job_id))]
-    assert types == [b"job.started", b"job.succeeded"]
+    assert types == [b"job.started", b"job.step_succeeded", b"job.succeeded"]
     await redis.aclose()
 
 
@@ -150,7 +152,7 @@ async def test_a_crash_between_finishing_and_settling_is_repaired_once(sessions)
     job_id = await queued_job(sessions, owner)
     claimed = await claim_one(sessions, job_id)
     async with sessions() as session:
-        await job_queries.finish_succeeded(session, claimed, assets=[], text=None)
+        await job_queries.finish_step(session, claimed, index=0, total=1, assets=[], result={})
     settle = await settle_with(sessions)
 
     assert await settle_unsettled(sessions, settle) >= 1
@@ -160,3 +162,100 @@ async def test_a_crash_between_finishing_and_settling_is_repaired_once(sessions)
         kinds = (await session.execute(select(LedgerEntry.kind).where(LedgerEntry.job_id == job_id))).scalars().all()
         assert sorted(kinds) == ["commit", "reserve"]
         assert await ledger.balance(session, owner) == 4
+
+
+async def queued_chain(sessions, owner: uuid.UUID) -> uuid.UUID:
+    steps = validate_steps(
+        [
+            {"operation": "offline.generate", "params": {"prompt": "chain", "width": 64, "height": 64, "seed": 2}},
+            {"operation": "offline.upscale", "input": "previous", "params": {"factor": 2}},
+            {"operation": "offline.describe", "input": "previous"},
+        ]
+    )
+    cost = sum((s.cost for s in steps), Decimal(0))
+    job_id = uuid7()
+    async with sessions.begin() as session:
+        await ledger.reserve(session, account_id=owner, job_id=job_id, amount=cost)
+    async with sessions() as session:
+        await job_queries.insert_job(
+            session,
+            job_id=job_id,
+            owner_id=owner,
+            operation=PIPELINE,
+            params={"steps": [s.stored() for s in steps]},
+            cost=cost,
+        )
+    return job_id
+
+
+async def test_an_attempt_after_a_crash_resumes_at_the_unfinished_step_and_charges_once(sessions, settings, tmp_path):
+    owner = await make_user(sessions)
+    job_id = await queued_chain(sessions, owner)
+    store = ObjectStore(f"file://{tmp_path}")
+    redis = make_redis(settings.redis_url)
+    events = JobEvents(redis, settings.redis_namespace + ":lifecycle")
+    ran: list[str] = []
+    stuck = asyncio.Event()
+
+    async def step(operation, params, inputs):
+        ran.append(operation)
+        if operation == "offline.upscale" and ran.count(operation) == 1:
+            stuck.set()
+            await asyncio.Event().wait()  # the first worker dies here: it never answers
+        return await run_step(StepContext(store=store), operation, params, inputs)
+
+    first = await claim_one(sessions, job_id)
+    crashed = asyncio.create_task(
+        execute_job(
+            first, sessions=sessions, run_step=step, settle=await settle_with(sessions), events=events, lease_seconds=60
+        )
+    )
+    await stuck.wait()
+    crashed.cancel()
+    async with sessions.begin() as session:
+        await session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=Job.created_at))
+
+    second = await claim_one(sessions, job_id)
+    assert (second.attempt, second.steps_done) == (2, 1)
+    status = await execute_job(
+        second, sessions=sessions, run_step=step, settle=await settle_with(sessions), events=events, lease_seconds=60
+    )
+
+    assert status == "succeeded"
+    assert ran == ["offline.generate", "offline.upscale", "offline.upscale", "offline.describe"]
+    async with sessions() as session:
+        job = await session.get(Job, job_id)
+        widths = (await session.execute(select(Asset.width).where(Asset.job_id == job_id))).scalars().all()
+        assert await ledger.balance(session, owner) == 5 - Decimal("3.5")
+    assert (job.steps_done, job.progress) == (3, 100)
+    assert sorted(widths) == [64, 128], "one image per image step, none from the lost attempt"
+    assert "128x128" in job.result["text"]
+    await redis.aclose()
+
+
+async def test_a_chain_failing_at_its_last_step_is_charged_for_the_steps_that_ran(sessions, settings, tmp_path):
+    owner = await make_user(sessions)
+    job_id = await queued_chain(sessions, owner)
+    claimed = await claim_one(sessions, job_id)
+    redis = make_redis(settings.redis_url)
+    store = ObjectStore(f"file://{tmp_path}")
+
+    async def step(operation, params, inputs):
+        if operation == "offline.describe":
+            return StepOutcome(error_code="provider_unavailable", error_message="down")
+        return await run_step(StepContext(store=store), operation, params, inputs)
+
+    status = await execute_job(
+        claimed,
+        sessions=sessions,
+        run_step=step,
+        settle=await settle_with(sessions),
+        events=JobEvents(redis, settings.redis_namespace + ":lifecycle"),
+        lease_seconds=60,
+    )
+    assert status == "failed"
+    async with sessions() as session:
+        job = await session.get(Job, job_id)
+        assert await ledger.balance(session, owner) == 5 - 3, "generate (1) and upscale (2) ran; describe is given back"
+    assert (job.status, job.steps_done, job.progress, job.error_code) == ("failed", 2, 66, "provider_unavailable")
+    await redis.aclose()

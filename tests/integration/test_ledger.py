@@ -53,9 +53,9 @@ async def test_commit_then_release_settles_once_as_commit(sessions):
     async with sessions.begin() as session:
         await ledger.reserve(session, account_id=account, job_id=job, amount=Decimal(1))
     async with sessions.begin() as session:
-        assert await ledger.settle(session, job_id=job, outcome="commit") == "commit"
+        assert await ledger.settle(session, job_id=job, charged=Decimal(1)) == "commit"
     async with sessions.begin() as session:
-        assert await ledger.settle(session, job_id=job, outcome="release") == "commit"
+        assert await ledger.settle(session, job_id=job, charged=Decimal(0)) == "commit"
     assert await balance(sessions, account) == 2
 
 
@@ -66,7 +66,7 @@ async def test_release_gives_the_credit_back_exactly_once(sessions):
         await ledger.reserve(session, account_id=account, job_id=job, amount=Decimal("1.5"))
     for _ in range(3):
         async with sessions.begin() as session:
-            await ledger.settle(session, job_id=job, outcome="release")
+            await ledger.settle(session, job_id=job, charged=Decimal(0))
     assert await balance(sessions, account) == 3
     async with sessions() as session:
         count = await session.scalar(select(func.count()).where(LedgerEntry.job_id == job))
@@ -75,7 +75,7 @@ async def test_release_gives_the_credit_back_exactly_once(sessions):
 
 async def test_settling_a_job_that_never_reserved_does_nothing(sessions):
     async with sessions.begin() as session:
-        assert await ledger.settle(session, job_id=uuid.uuid4(), outcome="commit") is None
+        assert await ledger.settle(session, job_id=uuid.uuid4(), charged=Decimal(1)) is None
 
 
 async def test_thirty_concurrent_reservations_against_ten_credits_accept_exactly_ten(sessions):
@@ -104,3 +104,17 @@ async def test_the_database_refuses_to_edit_or_delete_ledger_entries(sessions):
             async with sessions.begin() as session:
                 await session.execute(statement)
     assert await balance(sessions, account) == 1
+
+
+async def test_a_partial_charge_keeps_what_ran_and_gives_back_the_rest_once(sessions):
+    account = await funded_account(sessions, Decimal(5))
+    job = uuid.uuid4()
+    async with sessions.begin() as session:
+        await ledger.reserve(session, account_id=account, job_id=job, amount=Decimal(4))
+    for _ in range(2):
+        async with sessions.begin() as session:
+            assert await ledger.settle(session, job_id=job, charged=Decimal("1.5")) == "commit"
+    assert await balance(sessions, account) == Decimal("3.5")
+    async with sessions() as session:
+        reason = await session.scalar(select(LedgerEntry.reason).where(LedgerEntry.idempotency_key == f"settle:{job}"))
+    assert reason == "charged 1.5 of 4"
