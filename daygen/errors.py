@@ -54,6 +54,20 @@ class ServiceUnavailable(DaygenError):
     code = "service_unavailable"
 
 
+class UpstreamFailed(DaygenError):
+    """A job that waited on for its answer failed upstream (502), under the job's own error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StillRunning(DaygenError):
+    """A job waited on for its answer did not end in time (504); it goes on and can be polled."""
+
+    code = "job_still_running"
+
+
 class JobFailed(DaygenError):
     """A job step failed; `code` is what the job's error records."""
 

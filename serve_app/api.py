@@ -8,7 +8,7 @@ from starlette.middleware.cors import CORSMiddleware
 from daygen.settings import Settings
 from serve_app import errors
 from serve_app.middleware import AccessLog, BodyLimit
-from serve_app.routes import assets, auth, compat_images, files, health, jobs, pages, templates
+from serve_app.routes import assets, auth, compat_images, compat_tools, files, health, jobs, pages, templates
 from serve_app.services import Services
 
 CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"]
@@ -32,17 +32,26 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         assets.v1,
         assets.compat,
         compat_images.compat,
+        compat_tools.compat,
         files.router,
     ):
         app.include_router(router)
     errors.install(app)
     app.state.services = services
     base64_limit = -(-settings.max_upload_bytes // 3) * 4 + assets.MULTIPART_OVERHEAD
+    # The per-tool routes take an image and a mask in one form; save_upload limits each file.
+    tools_limit = 2 * settings.max_upload_bytes + assets.MULTIPART_OVERHEAD
     app.add_middleware(
         BodyLimit,
         limit=settings.max_json_body_bytes,
         # Uploads stream into the store, which applies DAYGEN_MAX_UPLOAD_BYTES itself.
-        overrides=(("/v1/assets", None), ("/api/upload/file", None), ("/api/upload/base64", base64_limit)),
+        overrides=(
+            ("/v1/assets", None),
+            ("/api/upload/file", None),
+            ("/api/upload/base64", base64_limit),
+            ("/api/ideogram", tools_limit),
+            ("/api/qwen", tools_limit),
+        ),
     )
     app.add_middleware(
         CORSMiddleware,

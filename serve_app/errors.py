@@ -29,7 +29,9 @@ STATUS: dict[type[errors.DaygenError], int] = {
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
+    errors.UpstreamFailed: 502,
     errors.ServiceUnavailable: 503,
+    errors.StillRunning: 504,
 }
 
 HTTP_CODES = {
