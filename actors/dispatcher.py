@@ -48,12 +48,21 @@ class JobDispatcher:
         self.loop_task: asyncio.Task | None = None
         self.wakeup = asyncio.Event()
         self.running: set[asyncio.Task] = set()
+        self.cancels: dict[uuid.UUID, asyncio.Event] = {}
 
     async def wake(self) -> None:
         """Called after each submit; also (re)starts the loop, e.g. after the actor restarted."""
         if self.loop_task is None or self.loop_task.done():
             self.loop_task = asyncio.create_task(self._loop())
         self.wakeup.set()
+
+    async def cancel(self, job_id: uuid.UUID) -> bool:
+        """Abort a job this dispatcher runs; False if it runs elsewhere (its lease keeper will notice)."""
+        event = self.cancels.get(job_id)
+        if event is None:
+            return False
+        event.set()
+        return True
 
     def _peer(self, name: str) -> ActorHandle:
         if name not in self.peers:
@@ -63,7 +72,12 @@ class JobDispatcher:
     async def _run_step(self, operation: str, params: dict[str, Any], inputs: dict[str, Any]) -> StepOutcome:
         try:
             pool = self._peer(pool_name(OPERATIONS[operation].provider))
-            return await pool.run.remote(operation, params, inputs)
+            call = pool.run.remote(operation, params, inputs)
+            try:
+                return await call
+            except asyncio.CancelledError:
+                ray.cancel(call)  # the job was canceled: stop the upstream call too
+                raise
         except (RayActorError, ValueError):
             return StepOutcome(error_code="provider_unavailable", error_message="the provider worker stopped")
 
@@ -104,6 +118,7 @@ class JobDispatcher:
         self.wakeup.set()
 
     async def _execute(self, job: job_queries.ClaimedJob) -> None:
+        self.cancels[job.id] = asyncio.Event()
         try:
             await execute_job(
                 job,
@@ -112,8 +127,11 @@ class JobDispatcher:
                 settle=self._settle,
                 events=self.events,
                 lease_seconds=self.settings.job_lease_seconds,
+                cancel=self.cancels[job.id],
             )
         except Exception:
             log.exception(
                 "job execution failed; its lease will expire and it will be retried", extra={"job_id": str(job.id)}
             )
+        finally:
+            self.cancels.pop(job.id, None)

@@ -34,14 +34,23 @@ RunStep = Callable[[str, dict[str, Any], dict[str, Any]], Awaitable[StepOutcome]
 Settle = Callable[[uuid.UUID, Decimal], Awaitable[Any]]
 
 
+CANCELED = "canceled"
+
+
 async def _keep_lease(
-    sessions: async_sessionmaker[AsyncSession], claimed: job_queries.ClaimedJob, lease_seconds: float
+    sessions: async_sessionmaker[AsyncSession],
+    claimed: job_queries.ClaimedJob,
+    lease_seconds: float,
+    cancel: asyncio.Event,
 ) -> None:
+    """Renew the lease while the job runs; notice a cancel asked of another process meanwhile."""
     while True:
         await asyncio.sleep(lease_seconds / 3)
         async with sessions() as session:
             if not await job_queries.renew_lease(session, claimed.id, claimed.attempt, lease_seconds):
                 return
+            if await job_queries.cancel_requested(session, claimed.id):
+                cancel.set()
 
 
 def _with_step(result: dict[str, Any], operation: str, asset_ids: list[str], texts: list[str]) -> dict[str, Any]:
@@ -89,6 +98,22 @@ async def _run(
         return StepOutcome(error_code="internal_error", error_message="the job failed unexpectedly")
 
 
+async def _unless_canceled(work: Awaitable[StepOutcome], cancel: asyncio.Event) -> StepOutcome | None:
+    """The step's outcome, or None once a cancel arrives first (the step is then aborted)."""
+    step = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(cancel.wait())
+    try:
+        await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if step.done():
+        return step.result()
+    step.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await step
+    return None
+
+
 async def execute_job(
     claimed: job_queries.ClaimedJob,
     *,
@@ -97,73 +122,83 @@ async def execute_job(
     settle: Settle,
     events: JobEvents,
     lease_seconds: float,
+    cancel: asyncio.Event | None = None,
 ) -> str | None:
     """Run the job's steps from the first not yet done; returns the final status, or None if the lease was lost.
 
     Each step's outputs are recorded as it ends, so an attempt that takes over after a crash
     starts at the step that was running, never re-running (or re-charging) one that finished.
+    `cancel` (or a cancel recorded on the job) aborts the running step and ends the job `canceled`.
     """
     extra = {"job_id": str(claimed.id), "operation": claimed.operation, "attempt": claimed.attempt}
     steps = job_steps(claimed.operation, claimed.params, claimed.cost, claimed.inputs)
     total = len(steps)
     result: dict[str, Any] = dict(claimed.result or {})
     done = claimed.steps_done
-    await events.publish(claimed.id, "job.started", {"status": "running", "attempt": claimed.attempt, "step": done})
-    lease = asyncio.create_task(_keep_lease(sessions, claimed, lease_seconds))
-    outcome = StepOutcome()
+    cancel = cancel or asyncio.Event()
+    if claimed.cancel_requested:
+        cancel.set()
+    if claimed.started is not None:
+        await events.publish(claimed.started)
+    lease = asyncio.create_task(_keep_lease(sessions, claimed, lease_seconds, cancel))
+    outcome: StepOutcome | None = StepOutcome()
     try:
-        while done < total and outcome.ok:
+        while done < total and not cancel.is_set():
             step = steps[done]
             if total > 1:
                 progress = {"progress": done * 100 // total, "step": done, "steps": total, "operation": step.operation}
-                await events.publish(claimed.id, "job.progress", progress)
-            outcome = await _run(sessions, run_step, step, result)
-            if not outcome.ok:
+                async with sessions() as session:
+                    event = await job_queries.record_event(session, claimed, "job.progress", progress)
+                if event is None:
+                    log.warning("lease lost; another attempt owns the job", extra=extra)
+                    return None
+                await events.publish(event)
+            outcome = await _unless_canceled(_run(sessions, run_step, step, result), cancel)
+            if outcome is None or not outcome.ok:
                 break
             assets = [{"id": uuid7(), **a} for a in outcome.assets]
             asset_ids = [str(a["id"]) for a in assets]
             result = _with_step(result, step.operation, asset_ids, outcome.texts)
-            async with sessions() as session:
-                rows = await job_queries.finish_step(
-                    session, claimed, index=done, total=total, assets=assets, result=result
+            finished = {"step": done, "steps": total, "operation": step.operation, "assetIds": asset_ids}
+            finished["progress"] = (done + 1) * 100 // total
+            specs = [("job.step_succeeded", finished)]
+            if done + 1 == total:
+                specs.append(
+                    ("job.succeeded", {"status": "succeeded", "progress": 100, "assetIds": result["assetIds"]})
                 )
-            if rows is None:
+            async with sessions() as session:
+                recorded = await job_queries.finish_step(
+                    session, claimed, index=done, total=total, assets=assets, result=result, events=specs
+                )
+            if recorded is None:
                 log.warning("lease lost; another attempt owns the job", extra=extra)
                 return None
+            await events.publish(*recorded.events)
             done += 1
-            await events.publish(
-                claimed.id,
-                "job.step_succeeded",
-                {
-                    "step": done - 1,
-                    "steps": total,
-                    "operation": step.operation,
-                    "progress": done * 100 // total,
-                    "assetIds": asset_ids,
-                },
-            )
     finally:
         lease.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await lease
 
-    if not outcome.ok:
+    if done == total:
+        status = "succeeded"
+    else:
+        if outcome is None or outcome.ok:
+            status, code, message = CANCELED, None, None
+            data: dict[str, Any] = {"status": status, "step": done}
+        else:
+            status, code, message = "failed", outcome.error_code, outcome.error_message or ""
+            data = {"status": status, "step": done, "error": {"code": code, "message": message}}
         async with sessions() as session:
-            finished = await job_queries.finish_failed(
-                session, claimed, code=outcome.error_code or "failed", message=outcome.error_message or ""
+            event = await job_queries.finish_failed(
+                session, claimed, status=status, code=code, message=message, data=data
             )
-        if not finished:
+        if event is None:
             log.warning("lease lost; another attempt owns the job", extra=extra)
             return None
-
-    status = "succeeded" if outcome.ok else "failed"
+        await events.publish(event)
     await settle(claimed.id, charged_for(steps, done))
-    if outcome.ok:
-        data: dict[str, Any] = {"status": status, "progress": 100, "assetIds": result.get("assetIds", [])}
-    else:
-        data = {"status": status, "step": done, "error": {"code": outcome.error_code, "message": outcome.error_message}}
-    await events.publish(claimed.id, f"job.{status}", data)
-    log.info("job finished", extra={**extra, "status": status, "error_code": outcome.error_code})
+    log.info("job finished", extra={**extra, "status": status, "error_code": outcome.error_code if outcome else None})
     return status
 
 

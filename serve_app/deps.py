@@ -45,8 +45,9 @@ CurrentUser = Annotated[User, Depends(_current_user)]
 
 
 async def require_json(request: Request) -> None:
-    """Bodies must say they are JSON; anything else is a 415, not a guess."""
-    if request.method in ("POST", "PUT", "PATCH"):
+    """Bodies must say they are JSON; anything else is a 415, not a guess. No body, nothing to say."""
+    empty = request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers
+    if request.method in ("POST", "PUT", "PATCH") and not empty:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
             raise UnsupportedMediaType("send the body as application/json")

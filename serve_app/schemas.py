@@ -230,9 +230,12 @@ class JobCreate(Strict):
         return None
 
 
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
 class JobAccepted(Out):
     jobId: uuid.UUID
-    status: Literal["queued"]
+    status: JobStatus
 
 
 class AssetOut(Out):

@@ -1,4 +1,9 @@
-"""Job events on Redis Streams: live delivery, and a way to await a job's end without polling."""
+"""Job events: a durable log in Postgres, announced on Redis Streams for live delivery.
+
+An event is appended in the transaction of the change it records, so the log never misses
+a change that happened. Redis carries it to live listeners afterwards; a listener that
+missed it there (Redis down, a crash before the announcement) finds it in the log.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,68 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from sqlalchemy import insert, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import JobEvent
 
 log = logging.getLogger("daygen.events")
 
 TERMINAL_EVENTS = {"job.succeeded", "job.failed", "job.canceled"}
 
 
+@dataclass(frozen=True)
+class Event:
+    id: int
+    job_id: uuid.UUID
+    owner_id: uuid.UUID
+    type: str
+    data: dict[str, Any]
+    created_at: datetime
+
+    def frame(self, channel: str) -> dict[str, Any]:
+        """How a subscriber receives it."""
+        return {"channel": channel, "id": self.id, "type": self.type, "jobId": str(self.job_id), "data": self.data}
+
+
+async def append_event(
+    session: AsyncSession, *, job_id: uuid.UUID, owner_id: uuid.UUID, type: str, data: dict[str, Any]
+) -> Event:
+    """Add an event inside the caller's transaction.
+
+    The per-owner lock, held until commit, makes one owner's event ids commit in order, so a
+    reader that has seen id N never later finds a smaller id appear.
+    """
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 1))"), {"k": str(owner_id)})
+    stmt = (
+        insert(JobEvent)
+        .values(job_id=job_id, owner_id=owner_id, type=type, data=data)
+        .returning(JobEvent.id, JobEvent.created_at)
+    )
+    event_id, created_at = (await session.execute(stmt)).one()
+    return Event(event_id, job_id, owner_id, type, data, created_at)
+
+
+async def events_after(
+    session: AsyncSession, *, owner_id: uuid.UUID, after: int, job_id: uuid.UUID | None = None, limit: int = 500
+) -> list[Event]:
+    """The owner's events (of one job, or all) after an id, oldest first."""
+    stmt = select(JobEvent).where(JobEvent.owner_id == owner_id, JobEvent.id > after)
+    if job_id is not None:
+        stmt = stmt.where(JobEvent.job_id == job_id)
+    rows = (await session.execute(stmt.order_by(JobEvent.id).limit(limit))).scalars()
+    return [Event(r.id, r.job_id, r.owner_id, r.type, r.data, r.created_at) for r in rows]
+
+
 class JobEvents:
+    """The live side: each event goes on its job's stream and its owner's stream."""
+
     def __init__(self, redis: Redis, namespace: str, maxlen: int = 1000) -> None:
         self.redis = redis
         self.namespace = namespace
@@ -25,9 +81,26 @@ class JobEvents:
     def stream(self, job_id: uuid.UUID | str) -> str:
         return f"{self.namespace}:job:{job_id}"
 
-    async def publish(self, job_id: uuid.UUID, event_type: str, data: dict[str, Any]) -> str:
-        fields = {"type": event_type, "data": json.dumps(data, default=str)}
-        return _text(await self.redis.xadd(self.stream(job_id), fields, maxlen=self.maxlen, approximate=True))
+    def user_stream(self, owner_id: uuid.UUID | str) -> str:
+        return f"{self.namespace}:user:{owner_id}"
+
+    async def publish(self, *events: Event) -> None:
+        """Announce committed events; a failure here loses nothing, since the log has them."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for event in events:
+                    fields = {
+                        "id": event.id,
+                        "job": str(event.job_id),
+                        "type": event.type,
+                        "data": json.dumps(event.data, default=str),
+                        "at": event.created_at.isoformat(),
+                    }
+                    for stream in (self.stream(event.job_id), self.user_stream(event.owner_id)):
+                        pipe.xadd(stream, fields, maxlen=self.maxlen, approximate=True)
+                await pipe.execute()
+        except RedisError:
+            log.warning("could not announce job events; listeners will read them from the log", exc_info=True)
 
     async def last_id(self, job_id: uuid.UUID) -> str:
         entries = await self.redis.xrevrange(self.stream(job_id), count=1)
@@ -53,6 +126,18 @@ class JobEvents:
                 if _text(fields.get(b"type", fields.get("type"))) in TERMINAL_EVENTS:
                     return True
         return False
+
+
+def parse_entry(fields: dict[bytes, bytes]) -> Event:
+    """An event as read back from a stream."""
+    return Event(
+        id=int(fields[b"id"]),
+        job_id=uuid.UUID(fields[b"job"].decode()),
+        owner_id=uuid.UUID(int=0),
+        type=fields[b"type"].decode(),
+        data=json.loads(fields[b"data"]),
+        created_at=datetime.fromisoformat(fields[b"at"].decode()),
+    )
 
 
 def _text(value: bytes | str | None) -> str | None:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from pydantic import BaseModel
+from ray.exceptions import RayError
+from sqlalchemy.exc import IntegrityError
 
-from daygen.errors import InsufficientCredits, InvalidInput, NotFound
+from daygen.errors import Conflict, InsufficientCredits, InvalidInput, NotFound
 from daygen.ids import uuid7
-from pipelines.chains import PIPELINE, job_steps, prefixed, validate_steps
+from pipelines.chains import PIPELINE, charged_for, job_steps, prefixed, validate_steps
 from pipelines.operations import OPERATIONS, check_inputs, validate_request
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
 from serve_app.pagination import split_page
@@ -24,6 +31,7 @@ from storage.models import Job, User
 v1 = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_json)])
 
 MAX_WAIT_SECONDS = 30
+MAX_IDEMPOTENCY_KEY = 255
 
 
 def _step_status(job: Job, index: int) -> str:
@@ -72,10 +80,62 @@ async def job_out(services: Services, request: Request, session: SessionDep, job
     )
 
 
+@dataclass(frozen=True)
+class Idempotency:
+    """The client's Idempotency-Key and a hash of the request it came with."""
+
+    key: str
+    request_hash: str
+
+    @classmethod
+    def of(cls, key: str | None, body: BaseModel) -> Idempotency | None:
+        if key is None:
+            return None
+        key = key.strip()
+        if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+            raise InvalidInput(
+                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
+                details=[{"field": "Idempotency-Key", "message": "invalid header value"}],
+            )
+        canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return cls(key, hashlib.sha256(canonical.encode()).hexdigest())
+
+
+class Replayed(Exception):
+    """The request repeats an earlier one with the same Idempotency-Key: answer with that job."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(str(job.id))
+        self.job = job
+
+
+async def earlier_job(session: SessionDep, user: User, idempotency: Idempotency | None) -> None:
+    """Raise Replayed for a repeat, Conflict when the key came with another request, else nothing."""
+    if idempotency is None:
+        return
+    job = await queries.job_by_idempotency_key(session, user.id, idempotency.key)
+    if job is None:
+        return
+    if job.request_hash != idempotency.request_hash:
+        raise Conflict(
+            "this Idempotency-Key was used with a different request",
+            details=[{"field": "Idempotency-Key", "message": "already used with another body"}],
+        )
+    raise Replayed(job)
+
+
 async def _queue(
-    services: Services, session: SessionDep, user: User, operation: str, params: dict, cost: Decimal, inputs
+    services: Services,
+    session: SessionDep,
+    user: User,
+    operation: str,
+    params: dict,
+    cost: Decimal,
+    inputs,
+    idempotency: Idempotency | None,
 ) -> uuid.UUID:
     """Reserve the price, then insert the job; the reservation is given back if the insert fails."""
+    await earlier_job(session, user, idempotency)
     job_id = uuid7()
     answer = await services.ledger.reserve.remote(user.id, job_id, cost)
     if not answer["accepted"]:
@@ -84,19 +144,38 @@ async def _queue(
             details={"required": answer["required"], "balance": answer["balance"]},
         )
     try:
-        await queries.insert_job(
-            session, job_id=job_id, owner_id=user.id, operation=operation, params=params, cost=cost, inputs=inputs
+        _, queued = await queries.insert_job(
+            session,
+            job_id=job_id,
+            owner_id=user.id,
+            operation=operation,
+            params=params,
+            cost=cost,
+            inputs=inputs,
+            idempotency_key=idempotency.key if idempotency else None,
+            request_hash=idempotency.request_hash if idempotency else None,
         )
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key got in first.
+        await session.rollback()
+        await services.ledger.settle.remote(job_id, Decimal(0))
+        await earlier_job(session, user, idempotency)
+        raise
     except BaseException:
         await services.ledger.settle.remote(job_id, Decimal(0))
         raise
-    await services.events.publish(job_id, "job.queued", {"status": "queued"})
+    await services.events.publish(queued)
     services.dispatcher.wake.remote()
     return job_id
 
 
 async def submit_job(
-    services: Services, session: SessionDep, user: User, operation_name: str, raw_params: dict
+    services: Services,
+    session: SessionDep,
+    user: User,
+    operation_name: str,
+    raw_params: dict,
+    idempotency: Idempotency | None = None,
 ) -> uuid.UUID:
     """Validate, resolve input assets, reserve the price, queue: every way of submitting one operation."""
     operation, params = validate_request(operation_name, raw_params)
@@ -104,10 +183,16 @@ async def submit_job(
     inputs = await resolve_inputs(session, user.id, refs) if refs else None
     if inputs:
         check_inputs(operation, params, inputs)
-    return await _queue(services, session, user, operation.name, params, operation.price(params), inputs)
+    return await _queue(services, session, user, operation.name, params, operation.price(params), inputs, idempotency)
 
 
-async def submit_chain(services: Services, session: SessionDep, user: User, raw_steps: list[dict]) -> uuid.UUID:
+async def submit_chain(
+    services: Services,
+    session: SessionDep,
+    user: User,
+    raw_steps: list[dict],
+    idempotency: Idempotency | None = None,
+) -> uuid.UUID:
     """The same for a chain: every step is checked, and the whole price reserved, before anything runs."""
     steps = validate_steps(raw_steps)
     inputs: dict[str, dict] = {}
@@ -121,22 +206,81 @@ async def submit_chain(services: Services, session: SessionDep, user: User, raw_
             inputs[str(index)] = resolved
     cost = sum((s.cost for s in steps), Decimal(0))
     params = {"steps": [s.stored() for s in steps]}
-    return await _queue(services, session, user, PIPELINE, params, cost, inputs or None)
+    return await _queue(services, session, user, PIPELINE, params, cost, inputs or None, idempotency)
 
 
-@v1.post("", status_code=status.HTTP_202_ACCEPTED)
-async def submit(
-    body: JobCreate, request: Request, user: CurrentUser, services: ServicesDep, session: SessionDep
-) -> JobAccepted:
-    """Validate, reserve the credits, queue; the answer comes before any work starts."""
+async def submit_body(
+    services: Services, session: SessionDep, user: User, body: JobCreate, idempotency: Idempotency | None
+) -> uuid.UUID:
+    """One `POST /v1/jobs` body, an operation or a chain, queued."""
     if problem := body.shape_problem():
         raise InvalidInput(problem[1], details=[{"field": problem[0], "message": problem[1]}])
     if body.steps is not None:
-        job_id = await submit_chain(services, session, user, [step.model_dump() for step in body.steps])
-    else:
-        job_id = await submit_job(services, session, user, body.operation or "", body.params or {})
+        return await submit_chain(services, session, user, [s.model_dump() for s in body.steps], idempotency)
+    return await submit_job(services, session, user, body.operation or "", body.params or {}, idempotency)
+
+
+@v1.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={200: {"model": JobAccepted, "description": "a repeat of an earlier request (same Idempotency-Key)"}},
+)
+async def submit(
+    body: JobCreate,
+    request: Request,
+    response: Response,
+    user: CurrentUser,
+    services: ServicesDep,
+    session: SessionDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=1000)] = None,
+) -> JobAccepted:
+    """Validate, reserve the credits, queue; the answer comes before any work starts.
+
+    With an `Idempotency-Key`, a repeat of the same request answers 200 with the job it made
+    (nothing is charged again); the same key with a different request is a 409.
+    """
+    try:
+        job_id = await submit_body(services, session, user, body, Idempotency.of(idempotency_key, body))
+    except Replayed as replay:
+        request.state.job_id = str(replay.job.id)
+        response.status_code = status.HTTP_200_OK
+        return JobAccepted(jobId=replay.job.id, status=replay.job.status)
     request.state.job_id = str(job_id)
     return JobAccepted(jobId=job_id, status="queued")
+
+
+@v1.post("/{job_id}/cancel")
+async def cancel(
+    job_id: uuid.UUID,
+    request: Request,
+    response: Response,
+    user: CurrentUser,
+    services: ServicesDep,
+    session: SessionDep,
+) -> JobOut:
+    """A queued job is canceled at once (200); a running one is stopped, its current call aborted (202).
+
+    Credits for the steps that did not run are given back. A job that already ended is a 409.
+    """
+    request.state.job_id = str(job_id)
+    job = await queries.get_job(session, user.id, job_id)
+    if job is None:
+        raise NotFound("job not found")
+    if job.status == "queued":
+        event = await queries.cancel_queued(session, job)
+        if event is not None:
+            await services.events.publish(event)
+            await services.ledger.settle.remote(
+                job.id, charged_for(job_steps(job.operation, job.params, job.cost, None), job.steps_done)
+            )
+    if job.status in ("queued", "running") and await queries.request_cancel(session, job.id):
+        with contextlib.suppress(RayError):  # a dispatcher that is gone: the job's lease keeper notices
+            await services.dispatcher.cancel.remote(job.id)
+        response.status_code = status.HTTP_202_ACCEPTED
+    await session.refresh(job)
+    if job.status in queries.TERMINAL and job.status != "canceled":
+        raise Conflict(f"the job already {job.status}", details={"status": job.status})
+    return await job_out(services, request, session, job)
 
 
 @v1.get("")

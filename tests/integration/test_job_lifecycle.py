@@ -85,9 +85,12 @@ async def test_an_expired_lease_is_reclaimed_and_the_old_worker_is_fenced_out(se
     assert fresh.attempt == stale.attempt + 1
 
     async with sessions() as session:
-        assert await job_queries.finish_failed(session, stale, code="late", message="too late") is False
+        failed = await job_queries.finish_failed(
+            session, stale, status="failed", code="late", message="too late", data={"status": "failed"}
+        )
+        assert failed is None
         assert await job_queries.renew_lease(session, stale.id, stale.attempt, 60) is False
-        assert await job_queries.finish_step(session, stale, index=0, total=1, assets=[], result={}) is None
+        assert await job_queries.finish_step(session, stale, index=0, total=1, assets=[], result={}, events=[]) is None
     async with sessions() as session:
         assert (await session.get(Job, job_id)).status == "running"
 
@@ -152,7 +155,7 @@ async def test_a_crash_between_finishing_and_settling_is_repaired_once(sessions)
     job_id = await queued_job(sessions, owner)
     claimed = await claim_one(sessions, job_id)
     async with sessions() as session:
-        await job_queries.finish_step(session, claimed, index=0, total=1, assets=[], result={})
+        await job_queries.finish_step(session, claimed, index=0, total=1, assets=[], result={}, events=[])
     settle = await settle_with(sessions)
 
     assert await settle_unsettled(sessions, settle) >= 1
