@@ -109,11 +109,11 @@ class Replayed(Exception):
         self.job = job
 
 
-async def earlier_job(session: SessionDep, user: User, idempotency: Idempotency | None) -> None:
+async def earlier_job(session: SessionDep, owner_id: uuid.UUID, idempotency: Idempotency | None) -> None:
     """Raise Replayed for a repeat, Conflict when the key came with another request, else nothing."""
     if idempotency is None:
         return
-    job = await queries.job_by_idempotency_key(session, user.id, idempotency.key)
+    job = await queries.job_by_idempotency_key(session, owner_id, idempotency.key)
     if job is None:
         return
     if job.request_hash != idempotency.request_hash:
@@ -135,9 +135,10 @@ async def _queue(
     idempotency: Idempotency | None,
 ) -> uuid.UUID:
     """Reserve the price, then insert the job; the reservation is given back if the insert fails."""
-    await earlier_job(session, user, idempotency)
+    owner_id = user.id  # read once: a rollback below expires the loaded user
+    await earlier_job(session, owner_id, idempotency)
     job_id = uuid7()
-    answer = await services.ledger.reserve.remote(user.id, job_id, cost)
+    answer = await services.ledger.reserve.remote(owner_id, job_id, cost)
     if not answer["accepted"]:
         raise InsufficientCredits(
             "not enough credits for this job",
@@ -147,7 +148,7 @@ async def _queue(
         _, queued = await queries.insert_job(
             session,
             job_id=job_id,
-            owner_id=user.id,
+            owner_id=owner_id,
             operation=operation,
             params=params,
             cost=cost,
@@ -159,7 +160,7 @@ async def _queue(
         # A concurrent request with the same Idempotency-Key got in first.
         await session.rollback()
         await services.ledger.settle.remote(job_id, Decimal(0))
-        await earlier_job(session, user, idempotency)
+        await earlier_job(session, owner_id, idempotency)
         raise
     except BaseException:
         await services.ledger.settle.remote(job_id, Decimal(0))
