@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     max_json_body_bytes: int = Field(1_000_000, ge=1024)
     job_lease_seconds: float = Field(60.0, gt=0)
     dispatcher_concurrency: int = Field(8, ge=1)
+    ws_heartbeat_seconds: float = Field(15.0, gt=0)
+    ws_max_pending_events: int = Field(1000, ge=10)
+    ws_max_subscriptions: int = Field(1000, ge=1)
     ray_dashboard: bool = True
     log_level: str = "INFO"
 

@@ -8,7 +8,7 @@ from starlette.middleware.cors import CORSMiddleware
 from daygen.settings import Settings
 from serve_app import errors
 from serve_app.middleware import AccessLog, BodyLimit
-from serve_app.routes import assets, auth, compat_images, compat_tools, files, health, jobs, pages, templates
+from serve_app.routes import assets, auth, compat_images, compat_tools, files, health, jobs, pages, templates, ws
 from serve_app.services import Services
 
 CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"]
@@ -34,6 +34,7 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         compat_images.compat,
         compat_tools.compat,
         files.router,
+        ws.router,
     ):
         app.include_router(router)
     errors.install(app)

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from daygen.settings import Settings
 from serve_app import signing
+from serve_app.live import EventHub
 from serve_app.security import hash_password
 from storage.db import make_engine, make_sessionmaker
 from storage.events import JobEvents
@@ -30,6 +31,13 @@ class Services:
     jwt_secret: str
     files_secret: bytes
     decoy_password_hash: str
+    hub: EventHub | None = None
+
+    async def event_hub(self) -> EventHub:
+        """The replica's live-event reader, made on first use (it needs the replica's event loop)."""
+        if self.hub is None:
+            self.hub = EventHub(make_redis(self.settings.redis_url), self.events)
+        return self.hub
 
     @classmethod
     def build(cls, settings: Settings, ledger: ActorHandle, dispatcher: ActorHandle) -> Services:

@@ -128,12 +128,12 @@ class JobEvents:
         return False
 
 
-def parse_entry(fields: dict[bytes, bytes]) -> Event:
-    """An event as read back from a stream."""
+def parse_entry(fields: dict[bytes, bytes], owner_id: uuid.UUID) -> Event:
+    """An event as read back from its owner's stream."""
     return Event(
         id=int(fields[b"id"]),
         job_id=uuid.UUID(fields[b"job"].decode()),
-        owner_id=uuid.UUID(int=0),
+        owner_id=owner_id,
         type=fields[b"type"].decode(),
         data=json.loads(fields[b"data"]),
         created_at=datetime.fromisoformat(fields[b"at"].decode()),

@@ -146,6 +146,7 @@ def settings(
         provider_backoff_seconds=0.01,
         provider_backoff_cap_seconds=0.05,
         dashscope_poll_seconds=0.01,
+        ws_heartbeat_seconds=1.0,
     )
 
 

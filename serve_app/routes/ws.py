@@ -1,0 +1,239 @@
+"""`/v1/ws`: job events live, with replay from the durable log (protocol: docs/websocket.md).
+
+One task per socket does everything in order — subscribe (replay, then live), events,
+heartbeats — so a replay can never be overtaken by a live event of the same channel. Each
+channel remembers the last event id it sent, which makes delivery exactly once per channel
+however an event arrives (replay, live, or the catch-up on each heartbeat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from sqlalchemy import func, select
+from starlette.websockets import WebSocketState
+
+from daygen.errors import NotAuthenticated
+from serve_app.live import Listener
+from serve_app.security import read_token
+from serve_app.services import Services
+from storage import jobs as job_queries
+from storage.events import Event, events_after
+from storage.models import JobEvent
+from storage.users import get_user
+
+log = logging.getLogger("daygen.ws")
+
+router = APIRouter()
+
+PROTOCOL = "daygen.v1"
+BEARER_PREFIX = "bearer."
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+MAX_MESSAGE_CHARS = 4096
+SEND_TIMEOUT_SECONDS = 10.0
+REPLAY_PAGE = 500
+
+
+@dataclass
+class Subscription:
+    channel: str
+    job_id: uuid.UUID | None  # None: every job of the user
+    last_id: int
+
+    def wants(self, event: Event) -> bool:
+        return event.id > self.last_id and (self.job_id is None or event.job_id == self.job_id)
+
+
+@dataclass
+class Connection:
+    socket: WebSocket
+    services: Services
+    owner_id: uuid.UUID
+    listener: Listener
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await asyncio.wait_for(self.socket.send_text(json.dumps(frame, default=str)), SEND_TIMEOUT_SECONDS)
+
+    async def error(self, code: str, message: str, channel: str | None = None) -> None:
+        frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if channel is not None:
+            frame["channel"] = channel
+        await self.send(frame)
+
+    async def deliver(self, event: Event) -> None:
+        for subscription in self.subscriptions.values():
+            if subscription.wants(event):
+                subscription.last_id = event.id
+                await self.send(event.frame(subscription.channel))
+
+    async def replay(self, subscription: Subscription) -> None:
+        """Everything in the log after the subscription's last id, page by page."""
+        while True:
+            async with self.services.sessions() as session:
+                page = await events_after(
+                    session,
+                    owner_id=self.owner_id,
+                    after=subscription.last_id,
+                    job_id=subscription.job_id,
+                    limit=REPLAY_PAGE,
+                )
+            for event in page:
+                subscription.last_id = event.id
+                await self.send(event.frame(subscription.channel))
+            if len(page) < REPLAY_PAGE:
+                return
+
+    async def catch_up(self) -> None:
+        """Read the log for anything live delivery missed (Redis down, an announcement lost)."""
+        for subscription in list(self.subscriptions.values()):
+            await self.replay(subscription)
+
+    async def handle(self, raw: str) -> None:
+        if len(raw) > MAX_MESSAGE_CHARS:
+            await self.error("bad_request", f"messages are limited to {MAX_MESSAGE_CHARS} characters")
+            return
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            await self.error("bad_request", "messages are JSON objects")
+            return
+        if not isinstance(message, dict):
+            await self.error("bad_request", "messages are JSON objects")
+            return
+        action, channel, last = message.get("action"), message.get("channel"), message.get("lastEventId")
+        if action not in ("subscribe", "unsubscribe"):
+            await self.error("bad_request", "action must be subscribe or unsubscribe")
+            return
+        if not isinstance(channel, str):
+            await self.error("bad_request", "channel must be job:<id> or user:me")
+            return
+        if action == "unsubscribe":
+            self.subscriptions.pop(channel, None)
+            await self.send({"type": "unsubscribed", "channel": channel})
+            return
+        if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 0):
+            await self.error("bad_request", "lastEventId must be a non-negative integer", channel)
+            return
+        await self.subscribe(channel, last)
+
+    async def subscribe(self, channel: str, last: int | None) -> None:
+        if channel not in self.subscriptions and len(self.subscriptions) >= self.services.settings.ws_max_subscriptions:
+            await self.error("too_many_subscriptions", "unsubscribe from a channel first", channel)
+            return
+        if channel == "user:me":
+            job_id = None
+            start = last if last is not None else await self._latest_id()
+        elif channel.startswith("job:"):
+            try:
+                job_id = uuid.UUID(channel[4:])
+            except ValueError:
+                await self.error("bad_request", "channel must be job:<id> or user:me", channel)
+                return
+            async with self.services.sessions() as session:
+                job = await job_queries.get_job(session, self.owner_id, job_id)
+            if job is None:
+                await self.error("not_found", "job not found", channel)
+                return
+            start = last or 0  # a job's channel replays its whole (short) history unless told otherwise
+        else:
+            await self.error("bad_request", "channel must be job:<id> or user:me", channel)
+            return
+        subscription = Subscription(channel, job_id, start)
+        self.subscriptions[channel] = subscription
+        await self.replay(subscription)
+        await self.send({"type": "subscribed", "channel": channel, "lastEventId": subscription.last_id})
+
+    async def _latest_id(self) -> int:
+        async with self.services.sessions() as session:
+            latest = await session.scalar(select(func.max(JobEvent.id)).where(JobEvent.owner_id == self.owner_id))
+        return latest or 0
+
+
+def _token(socket: WebSocket) -> tuple[str | None, str | None]:
+    """The JWT from `?token=` or a `bearer.<jwt>` subprotocol, and the subprotocol to answer with."""
+    offered = [p.strip() for p in socket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    token = next((p[len(BEARER_PREFIX) :] for p in offered if p.startswith(BEARER_PREFIX)), None)
+    if token is None:
+        token = socket.query_params.get("token")
+    chosen = PROTOCOL if PROTOCOL in offered else (offered[0] if offered else None)
+    return token, chosen
+
+
+async def _authenticate(socket: WebSocket, services: Services) -> uuid.UUID | None:
+    token, _ = _token(socket)
+    if not token:
+        return None
+    try:
+        user_id = read_token(token, services.jwt_secret)
+    except NotAuthenticated:
+        return None
+    async with services.sessions() as session:
+        user = await get_user(session, user_id)
+    return user.id if user is not None else None
+
+
+async def _receive(socket: WebSocket, inbox: asyncio.Queue) -> None:
+    """Client messages into the connection's one queue, in arrival order with its events."""
+    try:
+        while True:
+            inbox.put_nowait(("message", await socket.receive_text()))
+    except Exception:  # a disconnect, a binary frame, a broken socket: the connection ends
+        inbox.put_nowait(("closed", None))
+
+
+@router.websocket("/v1/ws")
+async def events_socket(socket: WebSocket) -> None:
+    services: Services = socket.app.state.services
+    _, protocol = _token(socket)
+    owner_id = await _authenticate(socket, services)
+    await socket.accept(subprotocol=protocol)
+    if owner_id is None:
+        await socket.close(code=POLICY_VIOLATION, reason="invalid or missing access token")
+        return
+    settings = services.settings
+    listener = Listener(owner_id, settings.ws_max_pending_events)
+    connection = Connection(socket, services, owner_id, listener)
+    hub = await services.event_hub()
+    await hub.join(listener)
+    receiver = asyncio.create_task(_receive(socket, listener.queue))
+    try:
+        await _serve(connection, settings.ws_heartbeat_seconds)
+    except (TimeoutError, WebSocketDisconnect, RuntimeError):
+        pass  # the client stopped reading or went away
+    finally:
+        hub.leave(listener)
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiver
+        if socket.client_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await socket.close()
+
+
+async def _serve(connection: Connection, heartbeat: float) -> None:
+    inbox = connection.listener.queue
+    while True:
+        try:
+            item = await asyncio.wait_for(inbox.get(), heartbeat)
+        except TimeoutError:
+            await connection.send({"type": "heartbeat"})
+            await connection.catch_up()
+            continue
+        if item is None:
+            await connection.socket.close(code=TRY_AGAIN_LATER, reason="too far behind: reconnect with lastEventId")
+            return
+        if isinstance(item, Event):
+            await connection.deliver(item)
+        elif item[0] == "closed":
+            return
+        else:
+            await connection.handle(item[1])

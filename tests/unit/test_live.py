@@ -1,0 +1,22 @@
+"""A socket's inbox: bounded, so a client that stops reading is cut off instead of growing memory."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from serve_app.live import Listener
+from storage.events import Event
+
+
+def event(n: int) -> Event:
+    return Event(n, uuid.uuid4(), uuid.uuid4(), "job.progress", {"progress": n}, datetime.now(UTC))
+
+
+def test_a_listener_keeps_events_in_order_until_it_overflows_then_takes_nothing_more():
+    listener = Listener(uuid.uuid4(), max_pending=3)
+    for n in range(1, 6):
+        listener.offer(event(n))
+    taken = [listener.queue.get_nowait() for _ in range(listener.queue.qsize())]
+    assert [e.id if e is not None else None for e in taken] == [1, 2, 3, None]
+    assert listener.overflowed
