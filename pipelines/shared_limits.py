@@ -1,0 +1,310 @@
+"""Provider limits shared by every pool actor, in any process on any host, through Redis.
+
+An in-process limiter lets N actors each spend the whole allowance, so the provider sees N times
+the limit and answers 429. Here the state lives in Redis and changes only inside Lua scripts, which
+run atomically and read the Redis server's clock, so host clocks never matter. All keys live under
+the `key` prefix the caller passes (which includes the namespace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+log = logging.getLogger("daygen.shared_limits")
+
+# Milliseconds of the Redis clock, exact in a Lua double until the year 2286.
+_NOW_MS = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
+
+# KEYS: holders (zset token -> lease end), waiters (zset token -> arrival), waiter leases (zset token -> lease end),
+# places (hash token -> places). ARGV: token, places, capacity, lease ms, doorbell channel.
+# Reply: {1, 0} when granted, else {0, ms until the next lease runs out or -1}.
+_ACQUIRE = f"""
+local holders, waiters, leases, places = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local token, want, capacity, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+{_NOW_MS}
+local freed = false
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', holders, '-inf', now)) do
+  redis.call('ZREM', holders, gone)
+  redis.call('HDEL', places, gone)
+  freed = true
+end
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now)) do
+  redis.call('ZREM', leases, gone)
+  redis.call('ZREM', waiters, gone)
+  redis.call('HDEL', places, gone)
+  freed = true
+end
+if freed then redis.call('PUBLISH', ARGV[5], 'expired') end
+if redis.call('ZSCORE', holders, token) then return {{1, 0}} end
+local used = 0
+for _, holder in ipairs(redis.call('ZRANGE', holders, 0, -1)) do
+  used = used + tonumber(redis.call('HGET', places, holder) or 0)
+end
+local reserved = 0
+local head = redis.call('ZRANGE', waiters, 0, 0)[1]
+if head and head ~= token then reserved = tonumber(redis.call('HGET', places, head) or 0) end
+redis.call('HSET', places, token, want)
+if used + reserved + want <= capacity then
+  redis.call('ZREM', waiters, token)
+  redis.call('ZREM', leases, token)
+  redis.call('ZADD', holders, now + lease, token)
+  return {{1, 0}}
+end
+redis.call('ZADD', waiters, 'NX', now, token)
+redis.call('ZADD', leases, now + lease, token)
+local next_end = -1
+for _, zset in ipairs({{holders, leases}}) do
+  local first = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')[2]
+  if first and (next_end < 0 or tonumber(first) - now < next_end) then next_end = tonumber(first) - now end
+end
+return {{0, next_end}}
+"""
+
+# KEYS: holders. ARGV: token, lease ms. Reply: 1 when renewed, 0 when the lease was already gone.
+# An expired entry nobody has swept yet is safe to renew: no one was granted its places meanwhile.
+_RENEW = f"""
+{_NOW_MS}
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+# KEYS: holders, waiters, waiter leases, places. ARGV: token, doorbell channel.
+# Rings only when something changed for waiters: places came free or the head of the line left.
+_RELEASE = """
+local held = redis.call('ZREM', KEYS[1], ARGV[1])
+local rank = redis.call('ZRANK', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+if held == 1 or rank == 0 then redis.call('PUBLISH', ARGV[2], 'released') end
+return held
+"""
+
+
+class SharedInFlightLimiter:
+    """A counting semaphore of `capacity` places (Ideogram counts images in flight) shared through Redis.
+
+    Holders are leases renewed while held, so the places of a killed process come back when its lease
+    runs out. Waiters stand in line; the first in line reserves its places, so a stream of small
+    requests cannot starve a big one, and smaller ones may still fill the room left after that reservation.
+    Waiters sleep on a pub/sub doorbell that releases ring, with a timeout to notice expired leases.
+    Every instance sharing a key must use the same capacity.
+    """
+
+    def __init__(self, redis: Redis, key: str, capacity: int = 10, lease_seconds: float = 30.0) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
+        self.redis = redis
+        self.capacity = capacity
+        self.lease_seconds = lease_seconds
+        self.holders_key = f"{key}:holders"
+        self.waiters_key = f"{key}:waiters"
+        self.waiter_leases_key = f"{key}:waiter-leases"
+        self.places_key = f"{key}:places"
+        self.doorbell_channel = f"{key}:doorbell"
+        self._keys = [self.holders_key, self.waiters_key, self.waiter_leases_key, self.places_key]
+        self._lease_ms = max(1, math.ceil(lease_seconds * 1000))
+        self._acquire_script = redis.register_script(_ACQUIRE)
+        self._renew_script = redis.register_script(_RENEW)
+        self._release_script = redis.register_script(_RELEASE)
+        # A fresh event per ring: a waiter keeps the one it saw before trying, so a ring that
+        # arrives between its failed try and its wait is not lost.
+        self._bell = asyncio.Event()
+        self._pubsub: PubSub | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribing = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, places: int) -> AsyncIterator[None]:
+        """Wait until `places` are free across all instances, hold them for the block, then give them back."""
+        if not 1 <= places <= self.capacity:
+            raise ValueError(f"places must be between 1 and the capacity {self.capacity}, not {places}")
+        token = uuid.uuid4().hex
+        try:
+            await self._acquire(token, places)
+        except BaseException:
+            await asyncio.shield(self._release(token))
+            raise
+        renewal = asyncio.create_task(self._keep_leased(token))
+        try:
+            yield
+        finally:
+            renewal.cancel()
+            await asyncio.shield(self._release(token))
+
+    async def aclose(self) -> None:
+        """Stop listening for the doorbell; holds already granted are unaffected."""
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.wait([self._listener])
+            self._listener = None
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+            self._pubsub = None
+
+    async def _acquire(self, token: str, places: int) -> None:
+        await self._listen()
+        patience = self.lease_seconds / 4
+        while True:
+            bell = self._bell
+            granted, next_expiry_ms = await self._acquire_script(
+                keys=self._keys, args=[token, places, self.capacity, self._lease_ms, self.doorbell_channel]
+            )
+            if granted:
+                return
+            timeout = patience if next_expiry_ms < 0 else min(patience, next_expiry_ms / 1000 + 0.005)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(bell.wait(), timeout)
+
+    async def _release(self, token: str) -> None:
+        try:
+            await self._release_script(keys=self._keys, args=[token, self.doorbell_channel])
+        except RedisError:
+            log.warning("could not release in-flight places; their lease will free them", exc_info=True)
+        self._ring()
+
+    async def _keep_leased(self, token: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                if not await self._renew_script(keys=[self.holders_key], args=[token, self._lease_ms]):
+                    log.warning("an in-flight lease ran out while held; the limit may be exceeded")
+                    return
+            except RedisError:
+                log.warning("could not renew an in-flight lease", exc_info=True)
+
+    async def _listen(self) -> None:
+        """Subscribe once per instance before the first try, so no ring after it is missed."""
+        async with self._subscribing:
+            if self._listener is not None:
+                return
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            await pubsub.subscribe(self.doorbell_channel)
+            self._pubsub = pubsub
+            self._listener = asyncio.create_task(self._forward_rings(pubsub))
+
+    async def _forward_rings(self, pubsub: PubSub) -> None:
+        while True:
+            try:
+                async for _ in pubsub.listen():
+                    self._ring()
+                return
+            except RedisError:
+                log.warning("lost the in-flight doorbell; waiters fall back to their timeout", exc_info=True)
+                await asyncio.sleep(1.0)
+                # Rings may have been missed while disconnected.
+                self._ring()
+
+    def _ring(self) -> None:
+        self._bell.set()
+        self._bell = asyncio.Event()
+
+
+# KEYS: theoretical arrival time (TAT, µs). ARGV: emission interval µs, burst tolerance µs.
+# Reserves the next slot and replies {now, slot start, new TAT}, all in µs of the Redis clock.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or 0), now)
+local start = math.max(tat - tolerance, now)
+local next_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1)
+return {now, start, next_tat}
+"""
+
+# KEYS: TAT. ARGV: the TAT a cancelled reservation set, the TAT before it. Only the latest
+# reservation can be given back; an earlier one stays spent, which errs on the safe side.
+_GIVE_BACK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') return 1 end
+return 0
+"""
+
+
+class SharedRateLimiter:
+    """At most `rate` requests per `period_seconds` across all instances (GCRA), plus `burst - 1` at once.
+
+    Each call reserves the next free slot in one script call and sleeps until it, so waiters form a
+    queue on the Redis clock without polling, and a saturated limiter runs at the full rate.
+    """
+
+    def __init__(self, redis: Redis, key: str, rate: float, period_seconds: float = 1.0, burst: int = 1) -> None:
+        if rate <= 0 or period_seconds <= 0:
+            raise ValueError("rate and period_seconds must be positive")
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
+        self.redis = redis
+        self.key = f"{key}:tat"
+        # Rounding the interval up keeps the limit a ceiling, never a floor.
+        self._interval_us = math.ceil(period_seconds * 1_000_000 / rate)
+        self._tolerance_us = (burst - 1) * self._interval_us
+        self._reserve = redis.register_script(_RESERVE)
+        self._give_back = redis.register_script(_GIVE_BACK)
+
+    async def acquire(self) -> float:
+        """Wait for this request's slot; returns the slot's start in seconds of the Redis clock."""
+        now_us, start_us, tat_us = await self._reserve(keys=[self.key], args=[self._interval_us, self._tolerance_us])
+        if start_us > now_us:
+            try:
+                await asyncio.sleep((start_us - now_us) / 1_000_000)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._return_slot(tat_us))
+                raise
+        return start_us / 1_000_000
+
+    async def _return_slot(self, tat_us: int) -> None:
+        try:
+            await self._give_back(keys=[self.key], args=[tat_us, tat_us - self._interval_us])
+        except RedisError:
+            log.warning("could not give back a cancelled rate-limit slot", exc_info=True)
+
+
+# KEYS: pause. ARGV: ms. Extends the pause to at least ARGV[1] ms from now, never shortens it;
+# replies with the ms left afterwards.
+_EXTEND_PAUSE = """
+local left = redis.call('PTTL', KEYS[1])
+local want = tonumber(ARGV[1])
+if left < want then
+  redis.call('SET', KEYS[1], '1', 'PX', want)
+  return want
+end
+return left
+"""
+
+
+class PoolPause:
+    """A pause for the whole pool: one upstream 429 with Retry-After holds back every actor until it ends."""
+
+    def __init__(self, redis: Redis, key: str) -> None:
+        self.redis = redis
+        self.key = f"{key}:pause"
+        self._extend = redis.register_script(_EXTEND_PAUSE)
+
+    async def set(self, seconds: float) -> float:
+        """Pause for at least `seconds` from now (a longer pause already set stays); returns the seconds left."""
+        ms = math.ceil(seconds * 1000)
+        if ms <= 0:
+            return await self.remaining()
+        return await self._extend(keys=[self.key], args=[ms]) / 1000
+
+    async def remaining(self) -> float:
+        return max(await self.redis.pttl(self.key), 0) / 1000
+
+    async def wait(self) -> None:
+        """Return once no pause is set; a pause extended meanwhile is waited out too."""
+        left_ms = await self.redis.pttl(self.key)
+        while left_ms >= 0:
+            await asyncio.sleep(max(left_ms, 1) / 1000)
+            left_ms = await self.redis.pttl(self.key)
