@@ -3,7 +3,8 @@
 Order matters for "never lose a job, never charge twice": each step's output rows and the
 job's progress are written in one transaction, the job's end too, then the reservation is
 settled for the steps that ran (idempotent on the job id). A crash between the two is
-repaired by `settle_unsettled` on the next start.
+repaired by `settle_unsettled` on the next start. The job's terminal event is announced after
+the settlement, so whoever waits for the end sees the credits already settled.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pipelines.steps import StepOutcome
 from storage import assets as asset_queries
 from storage import jobs as job_queries
 from storage import ledger as ledger_queries
-from storage.events import JobEvents
+from storage.events import Event, JobEvents
 
 log = logging.getLogger("daygen.jobs")
 
@@ -142,6 +143,7 @@ async def execute_job(
         await events.publish(claimed.started)
     lease = asyncio.create_task(_keep_lease(sessions, claimed, lease_seconds, cancel))
     outcome: StepOutcome | None = StepOutcome()
+    ending: list[Event] = []  # announced once the credits are settled
     try:
         while done < total and not cancel.is_set():
             step = steps[done]
@@ -173,8 +175,11 @@ async def execute_job(
             if recorded is None:
                 log.warning("lease lost; another attempt owns the job", extra=extra)
                 return None
-            await events.publish(*recorded.events)
             done += 1
+            if done == total:
+                ending = recorded.events
+            else:
+                await events.publish(*recorded.events)
     finally:
         lease.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -196,8 +201,11 @@ async def execute_job(
         if event is None:
             log.warning("lease lost; another attempt owns the job", extra=extra)
             return None
-        await events.publish(event)
-    await settle(claimed.id, charged_for(steps, done))
+        ending = [event]
+    try:
+        await settle(claimed.id, charged_for(steps, done))
+    finally:
+        await events.publish(*ending)
     log.info("job finished", extra={**extra, "status": status, "error_code": outcome.error_code if outcome else None})
     return status
 

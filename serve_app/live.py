@@ -1,9 +1,12 @@
-"""Live job events for the WebSockets of one replica: one Redis reader fans out to every socket.
+"""Live job events for the WebSockets of one replica: one Redis reader, events fanned out in log order.
 
-Each connected user's stream (`<ns>:user:<id>`) is read by a single blocking XREAD over all
-of them, so a replica holds one Redis connection for its sockets, not one per socket. A
-socket's queue is bounded: a client that does not keep up is told so and disconnected,
-without slowing the reader or anyone else.
+Redis tells the replica *that* a user has new events; the events themselves are read from the
+durable log in Postgres, in id order, once per user for all of that user's sockets. An event is
+announced only after its transaction commits, and one user's events commit in id order (the
+per-owner lock of `storage.events.append_event`), so "the log after the last id handed out" is
+complete whenever a doorbell rings: nothing is skipped even when two jobs announce their events
+in the other order. A socket's queue is bounded: a client that does not keep up is told so and
+disconnected, without slowing the reader or anyone else.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.events import Event, JobEvents, parse_entry
+from storage.events import Event, JobEvents, events_after, latest_event_id
 
 log = logging.getLogger("daygen.live")
 
 READ_BLOCK_MS = 5000
 READ_BATCH = 500
+PULL_PAGE = 500
 RETRY_SECONDS = 1.0
 
 
@@ -47,13 +52,17 @@ class Listener:
 
 
 class EventHub:
-    def __init__(self, redis: Redis, events: JobEvents) -> None:
+    def __init__(self, redis: Redis, events: JobEvents, sessions: async_sessionmaker[AsyncSession]) -> None:
         """`redis` is the hub's own client: its blocking read is cancelled whenever a user joins."""
         self.redis = redis
         self.events = events
+        self.sessions = sessions
         self.listeners: dict[uuid.UUID, set[Listener]] = {}
-        self.cursors: dict[str, str] = {}
+        self.cursors: dict[str, str] = {}  # Redis stream -> last entry read
         self.owners: dict[str, uuid.UUID] = {}
+        self.handed_out: dict[uuid.UUID, int] = {}  # user -> last event id fanned out
+        self.pulls: dict[uuid.UUID, asyncio.Task] = {}
+        self.rung: set[uuid.UUID] = set()
         self.reader: asyncio.Task | None = None
 
     async def join(self, listener: Listener) -> None:
@@ -62,6 +71,8 @@ class EventHub:
         if owner not in self.listeners:
             stream = self.events.user_stream(owner)
             latest = await self.redis.xrevrange(stream, count=1)
+            async with self.sessions() as session:
+                self.handed_out[owner] = await latest_event_id(session, owner)
             self.cursors[stream] = latest[0][0].decode() if latest else "0-0"
             self.owners[stream] = owner
             self.listeners[owner] = set()
@@ -79,6 +90,7 @@ class EventHub:
             stream = self.events.user_stream(owner)
             self.cursors.pop(stream, None)
             self.owners.pop(stream, None)
+            self.handed_out.pop(owner, None)
 
     def _restart(self) -> None:
         if self.reader is not None and not self.reader.done():
@@ -86,10 +98,11 @@ class EventHub:
         self.reader = asyncio.create_task(self._read())
 
     async def close(self) -> None:
-        if self.reader is not None:
-            self.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.reader
+        for task in [self.reader, *self.pulls.values()]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _read(self) -> None:
         while self.cursors:
@@ -102,10 +115,34 @@ class EventHub:
             for raw_stream, entries in reply or []:
                 stream = raw_stream.decode()
                 owner = self.owners.get(stream)
-                if owner is None:
+                if owner is None or not entries:
                     continue
-                for entry_id, fields in entries:
-                    self.cursors[stream] = entry_id.decode()
-                    event = parse_entry(fields, owner)
-                    for listener in list(self.listeners.get(owner, ())):
-                        listener.offer(event)
+                self.cursors[stream] = entries[-1][0].decode()
+                self._ring(owner)
+
+    def _ring(self, owner: uuid.UUID) -> None:
+        """Pull the user's new events; a ring during a pull makes it look once more afterwards."""
+        self.rung.add(owner)
+        if owner not in self.pulls:
+            self.pulls[owner] = asyncio.create_task(self._pull(owner))
+
+    async def _pull(self, owner: uuid.UUID) -> None:
+        try:
+            while owner in self.rung and owner in self.listeners:
+                self.rung.discard(owner)
+                while True:
+                    async with self.sessions() as session:
+                        page = await events_after(
+                            session, owner_id=owner, after=self.handed_out[owner], limit=PULL_PAGE
+                        )
+                    for event in page:
+                        self.handed_out[owner] = event.id
+                        for listener in list(self.listeners.get(owner, ())):
+                            listener.offer(event)
+                    if len(page) < PULL_PAGE or owner not in self.listeners:
+                        break
+        except Exception:
+            # The sockets' periodic catch-up reads the log too; the next ring tries again.
+            log.warning("could not read new job events", extra={"user_id": str(owner)}, exc_info=True)
+        finally:
+            self.pulls.pop(owner, None)

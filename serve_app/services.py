@@ -36,7 +36,7 @@ class Services:
     async def event_hub(self) -> EventHub:
         """The replica's live-event reader, made on first use (it needs the replica's event loop)."""
         if self.hub is None:
-            self.hub = EventHub(make_redis(self.settings.redis_url), self.events)
+            self.hub = EventHub(make_redis(self.settings.redis_url), self.events, self.sessions)
         return self.hub
 
     @classmethod

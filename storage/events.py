@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import JobEvent
@@ -68,6 +68,12 @@ async def events_after(
         stmt = stmt.where(JobEvent.job_id == job_id)
     rows = (await session.execute(stmt.order_by(JobEvent.id).limit(limit))).scalars()
     return [Event(r.id, r.job_id, r.owner_id, r.type, r.data, r.created_at) for r in rows]
+
+
+async def latest_event_id(session: AsyncSession, owner_id: uuid.UUID) -> int:
+    """The owner's newest event id, 0 when there is none."""
+    latest = await session.scalar(select(func.max(JobEvent.id)).where(JobEvent.owner_id == owner_id))
+    return latest or 0
 
 
 class JobEvents:
@@ -126,18 +132,6 @@ class JobEvents:
                 if _text(fields.get(b"type", fields.get("type"))) in TERMINAL_EVENTS:
                     return True
         return False
-
-
-def parse_entry(fields: dict[bytes, bytes], owner_id: uuid.UUID) -> Event:
-    """An event as read back from its owner's stream."""
-    return Event(
-        id=int(fields[b"id"]),
-        job_id=uuid.UUID(fields[b"job"].decode()),
-        owner_id=owner_id,
-        type=fields[b"type"].decode(),
-        data=json.loads(fields[b"data"]),
-        created_at=datetime.fromisoformat(fields[b"at"].decode()),
-    )
 
 
 def _text(value: bytes | str | None) -> str | None:

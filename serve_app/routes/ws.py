@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from sqlalchemy import func, select
 from starlette.websockets import WebSocketState
 
 from daygen.errors import NotAuthenticated
@@ -25,8 +24,7 @@ from serve_app.live import Listener
 from serve_app.security import read_token
 from serve_app.services import Services
 from storage import jobs as job_queries
-from storage.events import Event, events_after
-from storage.models import JobEvent
+from storage.events import Event, events_after, latest_event_id
 from storage.users import get_user
 
 log = logging.getLogger("daygen.ws")
@@ -131,7 +129,10 @@ class Connection:
             return
         if channel == "user:me":
             job_id = None
-            start = last if last is not None else await self._latest_id()
+            if last is None:
+                async with self.services.sessions() as session:
+                    last = await latest_event_id(session, self.owner_id)
+            start = last
         elif channel.startswith("job:"):
             try:
                 job_id = uuid.UUID(channel[4:])
@@ -151,11 +152,6 @@ class Connection:
         self.subscriptions[channel] = subscription
         await self.replay(subscription)
         await self.send({"type": "subscribed", "channel": channel, "lastEventId": subscription.last_id})
-
-    async def _latest_id(self) -> int:
-        async with self.services.sessions() as session:
-            latest = await session.scalar(select(func.max(JobEvent.id)).where(JobEvent.owner_id == self.owner_id))
-        return latest or 0
 
 
 def _token(socket: WebSocket) -> tuple[str | None, str | None]:
