@@ -8,19 +8,12 @@ DAYGEN_TEST_DATABASE_URL / DAYGEN_TEST_REDIS_URL are set, else embedded servers)
 2. downloads it back from the returned URL (GET /files/...), checking the sha256,
 3. uploads it again as multipart/form-data (same bytes, so the same content-addressed key).
 
-While that runs, a thread samples the RSS of the Serve replica of `daygen-api` and of the
-Serve proxy every ~20 ms. Sizes are MiB (2**20 bytes); throughput is MiB/s.
+While that runs, a thread samples the RSS of the Serve replica of `daygen-api`, of the HAProxy
+in front of it and of Serve's backup proxy actor every ~20 ms. Sizes are MiB (2**20 bytes); throughput is MiB/s.
 Target: RSS growth under 50 MiB and throughput at least 100 MiB/s on the local disk.
 Exits 1 when a target is missed.
 
-`--direct-ingress` runs the same transfers against Serve's direct ingress instead (the
-replica's own HTTP server, no proxy actor in the path: RAY_SERVE_ENABLE_DIRECT_INGRESS=1 with
-user code on the replica's main loop) and sends `x-request-disconnect-disabled: ?1`, which is
-the only way Serve hands the app uvicorn's own `receive` (with TCP back-pressure) instead of
-draining the whole body into an unbounded queue.
-
     .venv/bin/python bench/assets_transfer.py --size-mb 200 --chunk-kb 1024
-    .venv/bin/python bench/assets_transfer.py --direct-ingress
 """
 
 from __future__ import annotations
@@ -58,6 +51,7 @@ BYTES_PER_PIXEL = 8
 IDAT_BYTES = 1 * MiB  # Pillow's verify() reads one chunk at a time: keep chunks small
 REPLICA_MARK = "ServeReplica:daygen:daygen-api"
 PROXY_MARK = "ProxyActor"
+HAPROXY_MARK = "haproxy"
 THROUGHPUT_TARGET = 100.0  # MiB/s
 RSS_TARGET = 50.0  # MiB
 
@@ -232,20 +226,19 @@ class RssSampler:
 
 
 def serve_processes() -> list[Watched]:
-    """This driver's Serve replica of daygen-api and its Serve proxy, if there is one (with
-    RAY_SERVE_ENABLE_DIRECT_INGRESS there is none). Ray workers are our descendants, so other
-    Ray clusters on the machine are never picked up."""
+    """This driver's Serve replica of daygen-api, the HAProxy in front of it and Serve's backup
+    proxy actor. Ray's processes are our descendants, so other clusters are never picked up."""
     found: dict[str, Watched] = {}
     for proc in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
             title = " ".join(proc.cmdline())
-            if REPLICA_MARK in title and "replica" not in found:
-                found["replica"] = Watched("replica", proc)
-            elif PROXY_MARK in title and "proxy" not in found:
-                found["proxy"] = Watched("proxy", proc)
-    if "replica" not in found:
-        raise RuntimeError(f"could not find the {REPLICA_MARK} process")
-    return [found[label] for label in ("replica", "proxy") if label in found]
+            for label, mark in (("replica", REPLICA_MARK), ("haproxy", HAPROXY_MARK), ("proxy", PROXY_MARK)):
+                if label not in found and mark in title and (label != "haproxy" or proc.name() == "haproxy"):
+                    found[label] = Watched(label, proc)
+    missing = {"replica", "haproxy"} - set(found)
+    if missing:
+        raise RuntimeError(f"could not find the {', '.join(sorted(missing))} process")
+    return [found[label] for label in ("replica", "haproxy", "proxy") if label in found]
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -257,19 +250,6 @@ def rate(label: str, size: int, seconds: float) -> float:
     return mib_s
 
 
-def direct_ingress_url(port: int, deadline: float = 60.0) -> str:
-    """The replica's own HTTP server once it answers /healthz (it starts after the replica is up)."""
-    url = f"http://127.0.0.1:{port}"
-    give_up = time.monotonic() + deadline
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return url
-        if time.monotonic() > give_up:
-            raise RuntimeError(f"the replica's direct ingress server never answered on {url}")
-        time.sleep(0.5)
-
-
 def run(
     base_url: str,
     path: Path,
@@ -277,12 +257,11 @@ def run(
     chunk_size: int,
     multipart: bool,
     pace: float | None,
-    headers: dict[str, str] | None = None,
 ) -> bool:
     """The transfers and the report; True when both targets are met."""
     size = path.stat().st_size
     timeout = httpx.Timeout(300, connect=10)
-    with httpx.Client(base_url=base_url, timeout=timeout, headers=headers) as client:
+    with httpx.Client(base_url=base_url, timeout=timeout) as client:
         signup = client.post(
             "/v1/auth/signup", json={"email": f"bench-{secrets.token_hex(4)}@example.com", "password": "benchmark!"}
         )
@@ -366,7 +345,7 @@ def run(
     growths.append(total_growth)
     if len(sampler.watched) > 1:
         print(
-            f"replica+proxy RSS: baseline {mib(sampler.total.baseline)} MiB, peak {mib(sampler.total.peak)} MiB, "
+            f"all watched RSS: baseline {mib(sampler.total.baseline)} MiB, peak {mib(sampler.total.peak)} MiB, "
             f"growth {total_growth:.1f} MiB ({sampler.samples} samples)"
         )
     fast = min(rates) >= THROUGHPUT_TARGET
@@ -389,20 +368,9 @@ def main() -> None:
     parser.add_argument(
         "--pace-mb-s", type=float, default=None, help="send uploads no faster than this (MiB/s), to probe back-pressure"
     )
-    parser.add_argument(
-        "--direct-ingress", action="store_true", help="go through Serve's direct ingress instead of the proxy actor"
-    )
     args = parser.parse_args()
     # A plain SIGTERM would skip the clean-up below (Ray, the database, the temp dir).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    direct_port = free_port() if args.direct_ingress else None
-    if direct_port is not None:
-        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
-        # With user code on its own loop, a pass-through receive hangs the request.
-        os.environ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] = "0"
-        # One port of our own, so no other cluster's replica shares it (Serve binds with SO_REUSEPORT).
-        os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(direct_port)
-        os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(direct_port + 1)
     import ray
 
     size_bytes = int(args.size_mb * MiB)
@@ -431,16 +399,13 @@ def main() -> None:
             ray_dashboard=False,
             log_level="WARNING",
         )
-        start_ray(temp_dir=work / "ray", dashboard=False, num_cpus=2, object_store_bytes=200 * MiB)
+        ray_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dgr-")))
+        start_ray(temp_dir=ray_dir, dashboard=False, num_cpus=2, object_store_bytes=200 * MiB)
         stack.callback(ray.shutdown)
         base_url = deploy(settings)
-        headers = None
-        if direct_port is not None:
-            base_url = direct_ingress_url(direct_port)
-            headers = {"x-request-disconnect-disabled": "?1"}
-        print(f"serving through {'direct ingress' if headers else 'the Serve proxy'} at {base_url}", flush=True)
+        print(f"serving at {base_url} (HAProxy in front of the replica, docs/ingress.md)", flush=True)
         pace = args.pace_mb_s * MiB if args.pace_mb_s else None
-        met = run(base_url, image, sha256, args.chunk_kb * 1024, not args.no_multipart, pace, headers)
+        met = run(base_url, image, sha256, args.chunk_kb * 1024, not args.no_multipart, pace)
     sys.exit(0 if met else 1)
 
 

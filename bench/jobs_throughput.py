@@ -100,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="daygen-bench-") as tmp:
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="dgb-") as tmp:
         work = Path(tmp)
         pg_url, redis_url = stack.enter_context(service_urls(work))
         database_url = stack.enter_context(private_database(pg_url))

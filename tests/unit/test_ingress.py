@@ -1,0 +1,67 @@
+"""daygen's ingress set-up: which requests stream their bodies, and HAProxy's paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daygen.runtime import ingress_environment
+from serve_app.http_server import StreamRequestBodies, server_middlewares
+
+
+async def headers_seen_by_app(method: str, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen.update(scope)
+
+    await StreamRequestBodies(app)({"type": "http", "method": method, "headers": headers}, None, None)
+    return seen["headers"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+async def test_requests_with_a_body_ask_serve_to_leave_the_body_to_the_app(method):
+    headers = await headers_seen_by_app(method, [(b"content-type", b"image/png")])
+    assert headers == [(b"content-type", b"image/png"), (b"x-request-disconnect-disabled", b"?1")]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE"])
+async def test_requests_without_a_body_keep_serves_disconnect_watch(method):
+    assert await headers_seen_by_app(method, [(b"accept", b"*/*")]) == [(b"accept", b"*/*")]
+
+
+async def test_a_clients_own_hint_is_replaced_not_repeated():
+    headers = await headers_seen_by_app("POST", [(b"x-request-disconnect-disabled", b"?0")])
+    assert headers == [(b"x-request-disconnect-disabled", b"?1")]
+
+
+async def test_websockets_pass_untouched():
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen.update(scope)
+
+    scope = {"type": "websocket", "headers": [(b"origin", b"x")]}
+    await StreamRequestBodies(app)(scope, None, None)
+    assert seen == scope
+
+
+def test_serve_gets_the_middleware_from_the_callback():
+    assert [m.cls for m in server_middlewares()] == [StreamRequestBodies]
+
+
+def test_the_ingress_uses_haproxy_with_user_code_on_the_replica_loop_and_private_paths(tmp_path):
+    short = Path("/tmp/dgr-abc")
+    env = ingress_environment(short)
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "serve_app.http_server:server_middlewares"
+    assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"].startswith("/tmp/dgr-abc/hap/")
+    ports = {env[k] for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")}
+    assert len(ports) == 2 and env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] not in ports
+
+
+def test_a_temp_folder_too_long_for_haproxys_sockets_is_refused_up_front():
+    with pytest.raises(ValueError, match="too long"):
+        ingress_environment(Path("/tmp") / ("x" * 40))
