@@ -8,6 +8,7 @@ through a temporary object while hashing, so no upload is ever held in memory wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
@@ -190,7 +191,11 @@ class ObjectStore:
 
 class ObjectWriter:
     """Streams bytes into a temporary object, hashing and counting as they pass;
-    `commit` files them under their content key, `abort` (or an error) removes them."""
+    `commit` files them under their content key, `abort` (or an error) removes them.
+
+    Full buffers are hashed and written in a worker thread while the next one fills (one in
+    flight at a time, so memory stays at two buffers): hashing is the slowest part of an upload.
+    """
 
     def __init__(self, store: ObjectStore, content_type: str, max_bytes: int | None) -> None:
         self.store = store
@@ -201,10 +206,12 @@ class ObjectWriter:
         self._digest = hashlib.sha256()
         self._buffer = bytearray()
         self._file: IO[bytes] | None = None
+        self._in_flight: asyncio.Future[None] | None = None
         self._finished = False
 
     @property
     def sha256(self) -> str:
+        """Only complete after `close`."""
         return self._digest.hexdigest()
 
     @property
@@ -214,22 +221,32 @@ class ObjectWriter:
     async def write(self, chunk: bytes) -> None:
         if self.max_bytes is not None and self.size + len(chunk) > self.max_bytes:
             raise PayloadTooLarge(f"the upload is over {self.max_bytes} bytes")
-        self._digest.update(chunk)
         self.size += len(chunk)
         self._buffer += chunk
         if len(self._buffer) >= WRITE_BUFFER:
             await self._flush()
 
-    async def _flush(self) -> None:
+    def _write_block(self, data: bytes) -> None:
         if self._file is None:
-            self._file = await asyncio.to_thread(self.store._open_write, self.tmp_key, self.content_type)
+            self._file = self.store._open_write(self.tmp_key, self.content_type)
+        self._digest.update(data)
+        self._file.write(data)
+
+    async def _settle_in_flight(self) -> None:
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            await in_flight
+
+    async def _flush(self) -> None:
+        await self._settle_in_flight()
         data, self._buffer = bytes(self._buffer), bytearray()
-        await asyncio.to_thread(self._file.write, data)
+        self._in_flight = asyncio.ensure_future(asyncio.to_thread(self._write_block, data))
 
     async def close(self) -> None:
         """Finish writing the temporary object; it can then be read back (e.g. to verify it)."""
-        if self._buffer or self._file is None:
+        if self._buffer or (self._file is None and self._in_flight is None):
             await self._flush()
+        await self._settle_in_flight()
         if self._file is not None and not self._file.closed:
             await asyncio.to_thread(self._file.close)
 
@@ -252,6 +269,8 @@ class ObjectWriter:
         if self._finished:
             return
         self._finished = True
+        with contextlib.suppress(Exception):
+            await self._settle_in_flight()
         if self._file is not None and not self._file.closed:
             await asyncio.to_thread(self._file.close)
         await self.store.delete(self.tmp_key)
