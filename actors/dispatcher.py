@@ -1,8 +1,14 @@
-"""The job dispatcher: claims queued jobs from Postgres and runs them on the provider pools."""
+"""The job dispatcher: claims queued jobs from Postgres and runs them on the provider pools.
+
+Each provider gets at most its `max_running_jobs` at once (configs/providers.yaml), claimed
+fairly between users; its steps go to the provider's pool actors in turn.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -19,6 +25,7 @@ from daygen.logs import configure_logging
 from daygen.settings import Settings
 from pipelines.jobs import execute_job, settle_unsettled
 from pipelines.operations import OPERATIONS
+from pipelines.pool_config import ProviderPools
 from pipelines.steps import StepOutcome
 from storage import jobs as job_queries
 from storage.assets import prune_expired
@@ -37,17 +44,19 @@ PRUNE_EVERY = 60
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class JobDispatcher:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, pools: ProviderPools) -> None:
         """Peers are found by name, so a restarted dispatcher needs nothing from its creator."""
         configure_logging(settings.log_level)
         self.settings = settings
+        self.pools = pools
         self.peers: dict[str, ActorHandle] = {}
+        self.turns = {provider: itertools.cycle(range(pool.actors)) for provider, pool in pools.pools.items()}
         self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=5))
         self.events = JobEvents(make_redis(settings.redis_url), settings.redis_namespace)
         self.store = ObjectStore.from_settings(settings)
         self.loop_task: asyncio.Task | None = None
         self.wakeup = asyncio.Event()
-        self.running: set[asyncio.Task] = set()
+        self.running: dict[str, set[asyncio.Task]] = {provider: set() for provider in pools.pools}
         self.cancels: dict[uuid.UUID, asyncio.Event] = {}
 
     async def wake(self) -> None:
@@ -71,7 +80,8 @@ class JobDispatcher:
 
     async def _run_step(self, operation: str, params: dict[str, Any], inputs: dict[str, Any]) -> StepOutcome:
         try:
-            pool = self._peer(pool_name(OPERATIONS[operation].provider))
+            provider = OPERATIONS[operation].provider
+            pool = self._peer(pool_name(provider, next(self.turns[provider])))
             call = pool.run.remote(operation, params, inputs)
             try:
                 return await call
@@ -93,18 +103,8 @@ class JobDispatcher:
                 if rounds % PRUNE_EVERY == 0:
                     await prune_expired(self.sessions, self.store, datetime.now(UTC))
                 rounds += 1
-                free = self.settings.dispatcher_concurrency - len(self.running)
-                if free > 0:
-                    async with self.sessions() as session:
-                        claimed = await job_queries.claim_jobs(
-                            session, limit=free, lease_seconds=self.settings.job_lease_seconds
-                        )
-                    for job in claimed:
-                        task = asyncio.create_task(self._execute(job))
-                        self.running.add(task)
-                        task.add_done_callback(self._job_done)
-                    if len(claimed) == free:
-                        continue
+                if await self._claim_round():
+                    continue
             except Exception:
                 log.exception("dispatch round failed")
             self.wakeup.clear()
@@ -113,8 +113,27 @@ class JobDispatcher:
             except TimeoutError:
                 pass
 
-    def _job_done(self, task: asyncio.Task) -> None:
-        self.running.discard(task)
+    async def _claim_round(self) -> bool:
+        """Claim work for every provider with room; True if some provider may have more waiting."""
+        more = False
+        for provider, pool in self.pools.pools.items():
+            running = self.running[provider]
+            free = pool.max_running_jobs - len(running)
+            if free <= 0:
+                continue
+            async with self.sessions() as session:
+                claimed = await job_queries.claim_jobs(
+                    session, provider=provider, limit=free, lease_seconds=self.settings.job_lease_seconds
+                )
+            for job in claimed:
+                task = asyncio.create_task(self._execute(job))
+                running.add(task)
+                task.add_done_callback(functools.partial(self._job_done, running))
+            more |= len(claimed) == free
+        return more
+
+    def _job_done(self, running: set[asyncio.Task], task: asyncio.Task) -> None:
+        running.discard(task)
         self.wakeup.set()
 
     async def _execute(self, job: job_queries.ClaimedJob) -> None:

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     ideogram_base_url: str = "https://api.ideogram.ai"
     dashscope_api_key: SecretStr | None = None
     dashscope_base_url: str = "https://dashscope-intl.aliyuncs.com/api/v1"
-    ideogram_max_inflight_images: int = Field(10, ge=1)
+    providers_config: Path = Path(__file__).resolve().parents[1] / "configs" / "providers.yaml"
     dashscope_async_tasks: bool = False
     dashscope_poll_seconds: float = Field(10.0, gt=0)
     dashscope_task_timeout_seconds: float = Field(600.0, gt=0)
@@ -55,7 +55,6 @@ class Settings(BaseSettings):
     signup_credits: int = Field(20, ge=0)
     max_json_body_bytes: int = Field(1_000_000, ge=1024)
     job_lease_seconds: float = Field(60.0, gt=0)
-    dispatcher_concurrency: int = Field(8, ge=1)
     ws_heartbeat_seconds: float = Field(15.0, gt=0)
     ws_max_pending_events: int = Field(1000, ge=10)
     ws_max_subscriptions: int = Field(1000, ge=1)

@@ -38,6 +38,10 @@ class Step:
         """The asset ids the step's own params name (a "previous" image is not one of them)."""
         return OPERATIONS[self.operation].asset_refs(self.params)
 
+    @property
+    def provider(self) -> str:
+        return OPERATIONS[self.operation].provider
+
     def stored(self) -> dict[str, Any]:
         return {"operation": self.operation, "params": self.params, "input": self.input, "cost": str(self.cost)}
 

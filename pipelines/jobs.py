@@ -168,9 +168,17 @@ async def execute_job(
                 specs.append(
                     ("job.succeeded", {"status": "succeeded", "progress": 100, "assetIds": result["assetIds"]})
                 )
+            next_provider = steps[done + 1].provider if done + 1 < total else None
             async with sessions() as session:
                 recorded = await job_queries.finish_step(
-                    session, claimed, index=done, total=total, assets=assets, result=result, events=specs
+                    session,
+                    claimed,
+                    index=done,
+                    total=total,
+                    assets=assets,
+                    result=result,
+                    events=specs,
+                    next_provider=next_provider,
                 )
             if recorded is None:
                 log.warning("lease lost; another attempt owns the job", extra=extra)

@@ -217,6 +217,10 @@ class Operation:
         """The cost of one image (or one upscale, one description) times the images asked for."""
         return self.cost * params.get("num_images", 1)
 
+    def images_in_flight(self, params: dict[str, Any]) -> int:
+        """What one request holds of an upstream's in-flight limit: the images it makes."""
+        return 0 if self.name.endswith(".describe") else params.get("num_images", 1)
+
     def asset_refs(self, params: dict[str, Any]) -> dict[str, str]:
         """The asset ids the params name; list params become `name.0`, `name.1`, ..."""
         refs: dict[str, str] = {}

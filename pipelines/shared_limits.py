@@ -308,3 +308,50 @@ class PoolPause:
         while left_ms >= 0:
             await asyncio.sleep(max(left_ms, 1) / 1000)
             left_ms = await self.redis.pttl(self.key)
+
+
+class ProviderGate:
+    """What every upstream call of one provider passes through, on every actor of its pool:
+    a pool-wide pause after a 429, a request-rate slot, and places among the images in flight."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        key: str,
+        *,
+        max_inflight_images: int | None = None,
+        requests_per_minute: float | None = None,
+        lease_seconds: float = 30.0,
+    ) -> None:
+        self.pause = PoolPause(redis, key)
+        self.inflight = (
+            SharedInFlightLimiter(redis, key, capacity=max_inflight_images, lease_seconds=lease_seconds)
+            if max_inflight_images
+            else None
+        )
+        # A per-minute limit is also a per-second one (DashScope: RPS = RPM / 60): no bursts.
+        self.rate = (
+            SharedRateLimiter(redis, key, rate=requests_per_minute, period_seconds=60.0)
+            if requests_per_minute
+            else None
+        )
+
+    @contextlib.asynccontextmanager
+    async def call(self, places: int = 0) -> AsyncIterator[None]:
+        """Wait out a pause, then hold `places` images in flight and take a rate slot for one request."""
+        await self.pause.wait()
+        async with contextlib.AsyncExitStack() as held:
+            if self.inflight is not None and places:
+                await held.enter_async_context(self.inflight.hold(places))
+            if self.rate is not None:
+                await self.rate.acquire()
+            yield
+
+    async def rate_limited(self, retry_after: float | None) -> None:
+        """The upstream said 429: hold back the whole pool for as long as it asked."""
+        if retry_after:
+            await self.pause.set(retry_after)
+
+    async def aclose(self) -> None:
+        if self.inflight is not None:
+            await self.inflight.aclose()

@@ -15,15 +15,18 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from daygen.errors import JobFailed, ProviderError, ProviderMisconfigured, ProviderUnavailable
+from daygen.errors import JobFailed, ProviderError, ProviderMisconfigured, ProviderRateLimited, ProviderUnavailable
 from pipelines import offline
 from pipelines.downloads import copy_image
 from pipelines.ideogram import IdeogramClient
-from pipelines.limits import InFlightLimiter
+from pipelines.operations import OPERATIONS
+from pipelines.pool_config import ProviderPools, pool_key
 from pipelines.providers import ImageFile, ProviderResult
 from pipelines.qwen import QwenClient
 from pipelines.retry import RetryPolicy, call_with_retries
+from pipelines.shared_limits import ProviderGate
 from storage.objects import EXTENSIONS, ObjectStore
+from storage.redis import make_redis
 
 log = logging.getLogger("daygen.steps")
 
@@ -34,13 +37,14 @@ MAX_TASK_POLL_SECONDS = 30.0
 
 @dataclass
 class StepContext:
-    """What a provider worker holds for its steps: the store, HTTP clients, limits, retry policy."""
+    """What a provider worker holds for its steps: the store, HTTP clients, the pools' shared
+    limits (a gate per provider), the retry policy."""
 
     store: ObjectStore
     http: httpx.AsyncClient | None = None
     ideogram: IdeogramClient | None = None
     qwen: QwenClient | None = None
-    ideogram_limiter: InFlightLimiter = field(default_factory=lambda: InFlightLimiter(10))
+    gates: dict[str, ProviderGate] = field(default_factory=dict)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_pixels: int = 100_000_000
     qwen_async_tasks: bool = False
@@ -49,17 +53,28 @@ class StepContext:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     @classmethod
-    def from_settings(cls, settings) -> StepContext:
+    def from_settings(cls, settings, pools: ProviderPools) -> StepContext:
         def key(secret) -> str | None:
             return secret.get_secret_value() if secret is not None else None
 
         http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        redis = make_redis(settings.redis_url)
+        gates = {
+            provider: ProviderGate(
+                redis,
+                pool_key(settings.redis_namespace, provider),
+                max_inflight_images=pool.max_inflight_images,
+                requests_per_minute=pool.requests_per_minute,
+            )
+            for provider, pool in pools.pools.items()
+            if provider in ("ideogram", "qwen")
+        }
         return cls(
             store=ObjectStore.from_settings(settings),
             http=http,
             ideogram=IdeogramClient(http, base_url=settings.ideogram_base_url, api_key=key(settings.ideogram_api_key)),
             qwen=QwenClient(http, base_url=settings.dashscope_base_url, api_key=key(settings.dashscope_api_key)),
-            ideogram_limiter=InFlightLimiter(settings.ideogram_max_inflight_images),
+            gates=gates,
             retry=RetryPolicy(
                 max_attempts=settings.provider_max_attempts,
                 base_seconds=settings.provider_backoff_seconds,
@@ -212,16 +227,28 @@ async def _ideogram(ctx: StepContext, operation: str, p: dict[str, Any], inputs:
         refs = _listed(inputs, param)
         if refs:
             files[argument] = [await _image_file(ctx.store, ref, f"{param}{i}") for i, ref in enumerate(refs)]
-    # Ideogram limits images in flight; describe makes none.
-    places = 0 if operation == "ideogram.describe" else p.get("num_images", 1)
+    places = OPERATIONS[operation].images_in_flight(p)
+    result = await _upstream(ctx, "ideogram", lambda: method(p, **files), places)
+    return await _outcome(ctx, result)
+
+
+async def _upstream(
+    ctx: StepContext, provider: str, call: Callable[[], Awaitable[ProviderResult]], places: int = 0
+) -> ProviderResult:
+    """One upstream request through the provider's gate, with retries; a 429 pauses the whole pool."""
+    gate = ctx.gates.get(provider)
 
     async def attempt() -> ProviderResult:
-        if not places:
-            return await method(p, **files)
-        async with ctx.ideogram_limiter.hold(places):
-            return await method(p, **files)
+        if gate is None:
+            return await call()
+        try:
+            async with gate.call(places):
+                return await call()
+        except ProviderRateLimited as exc:
+            await gate.rate_limited(exc.retry_after)
+            raise
 
-    return await _outcome(ctx, await call_with_retries(attempt, ctx.retry, sleep=ctx.sleep))
+    return await call_with_retries(attempt, ctx.retry, sleep=ctx.sleep)
 
 
 async def _await_task(ctx: StepContext, task_id: str) -> ProviderResult:
@@ -249,12 +276,12 @@ async def _qwen(ctx: StepContext, operation: str, p: dict[str, Any], inputs: Inp
         raise ProviderMisconfigured("DashScope is not configured")
     if operation == "qwen.edit":
         image = await _image_file(ctx.store, inputs["image"], "image")
-        result = await call_with_retries(lambda: qwen.edit(p, image=image), ctx.retry, sleep=ctx.sleep)
+        result = await _upstream(ctx, "qwen", lambda: qwen.edit(p, image=image))
     elif ctx.qwen_async_tasks:
-        task_id = await call_with_retries(lambda: qwen.submit_generate_task(p), ctx.retry, sleep=ctx.sleep)
+        task_id = await _upstream(ctx, "qwen", lambda: qwen.submit_generate_task(p))
         result = await _await_task(ctx, task_id)
     else:
-        result = await call_with_retries(lambda: qwen.generate(p), ctx.retry, sleep=ctx.sleep)
+        result = await _upstream(ctx, "qwen", lambda: qwen.generate(p))
     return await _outcome(ctx, result)
 
 

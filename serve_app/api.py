@@ -8,7 +8,19 @@ from starlette.middleware.cors import CORSMiddleware
 from daygen.settings import Settings
 from serve_app import errors
 from serve_app.middleware import AccessLog, BodyLimit
-from serve_app.routes import assets, auth, compat_images, compat_tools, files, health, jobs, pages, templates, ws
+from serve_app.routes import (
+    assets,
+    auth,
+    compat_images,
+    compat_tools,
+    files,
+    health,
+    jobs,
+    pages,
+    providers,
+    templates,
+    ws,
+)
 from serve_app.services import Services
 
 CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"]
@@ -29,6 +41,7 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         templates.v1,
         templates.compat,
         jobs.v1,
+        providers.v1,
         assets.v1,
         assets.compat,
         compat_images.compat,

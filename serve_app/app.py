@@ -11,7 +11,7 @@ from actors.ledger import LEDGER_NAME, UsageLedger
 from actors.pools import ProviderWorker, pool_name
 from daygen.logs import configure_logging
 from daygen.settings import Settings
-from pipelines.operations import OPERATIONS
+from pipelines.pool_config import ProviderPools
 from serve_app.api import create_api
 from serve_app.services import Services
 
@@ -26,10 +26,10 @@ from serve_app.services import Services
 class Api:
     """Thin shell: holds this replica's services and builds the FastAPI app around them."""
 
-    def __init__(self, settings: Settings, ledger, dispatcher) -> None:
+    def __init__(self, settings: Settings, pools: ProviderPools, ledger, dispatcher) -> None:
         configure_logging(settings.log_level)
         self.settings = settings
-        self.services = Services.build(settings, ledger, dispatcher)
+        self.services = Services.build(settings, pools, ledger, dispatcher)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self.settings, self.services)
@@ -42,13 +42,15 @@ def build_app(settings: Settings) -> Application:
     jobs between deploys) and end with the Ray cluster.
     """
     settings.require_complete()
+    pools = ProviderPools.load(settings.providers_config)
     singleton = {"get_if_exists": True, "lifetime": "detached"}
     ledger = UsageLedger.options(name=LEDGER_NAME, **singleton).remote(settings)
-    for provider in sorted({op.provider for op in OPERATIONS.values()}):
-        ProviderWorker.options(name=pool_name(provider), **singleton).remote(settings, provider)
-    dispatcher = JobDispatcher.options(name=DISPATCHER_NAME, **singleton).remote(settings)
+    for provider, pool in sorted(pools.pools.items()):
+        for index in range(pool.actors):
+            ProviderWorker.options(name=pool_name(provider, index), **singleton).remote(settings, pools, provider)
+    dispatcher = JobDispatcher.options(name=DISPATCHER_NAME, **singleton).remote(settings, pools)
     dispatcher.wake.remote()
-    return Api.bind(settings, ledger, dispatcher)
+    return Api.bind(settings, pools, ledger, dispatcher)
 
 
 def from_environment(args: dict[str, str] | None = None) -> Application:

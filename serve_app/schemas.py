@@ -230,6 +230,30 @@ class JobCreate(Strict):
         return None
 
 
+MAX_BATCH = 100
+
+
+class BatchItem(JobCreate):
+    """One job of a batch: the body of `POST /v1/jobs`, plus its own idempotency key."""
+
+    idempotencyKey: str | None = Field(None, max_length=1000)
+
+
+class JobBatchCreate(Strict):
+    # Items are checked one by one, so one bad item is that item's 422, not the batch's.
+    jobs: list[Any] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchItemResult(Out):
+    status: int
+    jobId: uuid.UUID | None = None
+    error: dict[str, Any] | None = None
+
+
+class JobBatchResult(Out):
+    results: list[BatchItemResult]
+
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
@@ -337,3 +361,18 @@ class JobOut(Out):
 class JobPage(Out):
     items: list[JobOut]
     nextCursor: str | None
+
+
+class ProviderOut(Out):
+    provider: str
+    queued: int
+    running: int
+    pausedForSeconds: float
+    actors: int
+    maxRunningJobs: int
+    maxInflightImages: int | None
+    requestsPerMinute: float | None
+
+
+class ProviderList(Out):
+    items: list[ProviderOut]

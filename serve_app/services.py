@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from daygen.settings import Settings
+from pipelines.pool_config import ProviderPools
 from serve_app import signing
 from serve_app.live import EventHub
 from serve_app.security import hash_password
@@ -26,6 +27,7 @@ class Services:
     redis: Redis
     events: JobEvents
     store: ObjectStore
+    pools: ProviderPools
     ledger: ActorHandle
     dispatcher: ActorHandle
     jwt_secret: str
@@ -40,7 +42,7 @@ class Services:
         return self.hub
 
     @classmethod
-    def build(cls, settings: Settings, ledger: ActorHandle, dispatcher: ActorHandle) -> Services:
+    def build(cls, settings: Settings, pools: ProviderPools, ledger: ActorHandle, dispatcher: ActorHandle) -> Services:
         settings.require_complete()
         engine = make_engine(settings.database_url)
         redis = make_redis(settings.redis_url)
@@ -52,6 +54,7 @@ class Services:
             redis=redis,
             events=JobEvents(redis, settings.redis_namespace),
             store=ObjectStore.from_settings(settings),
+            pools=pools,
             ledger=ledger,
             dispatcher=dispatcher,
             jwt_secret=jwt_secret,

@@ -59,6 +59,7 @@ async def insert_job(
     job_id: uuid.UUID,
     owner_id: uuid.UUID,
     operation: str,
+    provider: str,
     params: dict[str, Any],
     cost: Decimal,
     inputs: dict[str, Any] | None = None,
@@ -70,6 +71,7 @@ async def insert_job(
         id=job_id,
         owner_id=owner_id,
         operation=operation,
+        provider=provider,
         params=params,
         inputs=inputs,
         cost=cost,
@@ -111,19 +113,37 @@ async def list_jobs(
     return list((await session.execute(stmt.order_by(Job.id.desc()).limit(limit))).scalars())
 
 
-async def claim_jobs(session: AsyncSession, *, limit: int, lease_seconds: float) -> list[ClaimedJob]:
-    """Take queued jobs, and running ones whose lease ran out, oldest first."""
+def _claimable():
+    return or_(Job.status == "queued", (Job.status == "running") & (Job.lease_expires_at < func.now()))
+
+
+async def claim_jobs(session: AsyncSession, *, provider: str, limit: int, lease_seconds: float) -> list[ClaimedJob]:
+    """Take up to `limit` of the provider's queued jobs (and running ones whose lease ran out).
+
+    Fair share: users take turns, each user's jobs oldest first, and a user's turn counts the
+    jobs they already have running, so one user's thousand queued jobs wait behind another
+    user's single one rather than in front of it.
+    """
+    running = (
+        select(Job.owner_id, func.count().label("jobs"))
+        .where(Job.provider == provider, Job.status == "running", Job.lease_expires_at >= func.now())
+        .group_by(Job.owner_id)
+        .subquery()
+    )
+    turn = func.coalesce(running.c.jobs, 0) + func.row_number().over(partition_by=Job.owner_id, order_by=Job.id)
+    ranked = (
+        select(Job.id, turn.label("turn"))
+        .outerjoin(running, running.c.owner_id == Job.owner_id)
+        .where(Job.provider == provider, _claimable())
+        .subquery()
+    )
     claimable = (
         select(Job.id)
-        .where(
-            or_(
-                Job.status == "queued",
-                (Job.status == "running") & (Job.lease_expires_at < func.now()),
-            )
-        )
-        .order_by(Job.id)
+        .join(ranked, ranked.c.id == Job.id)
+        .where(_claimable())
+        .order_by(ranked.c.turn, Job.id)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update(of=Job, skip_locked=True)
     )
     stmt = (
         update(Job)
@@ -134,17 +154,7 @@ async def claim_jobs(session: AsyncSession, *, limit: int, lease_seconds: float)
             lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
             started_at=func.coalesce(Job.started_at, func.now()),
         )
-        .returning(
-            Job.id,
-            Job.owner_id,
-            Job.operation,
-            Job.params,
-            Job.attempt,
-            Job.inputs,
-            Job.cost,
-            Job.steps_done,
-            Job.result,
-        )
+        .returning(*CLAIMED_COLUMNS)
     )
     claimed = [ClaimedJob(*row) for row in (await session.execute(stmt)).all()]
     # Per-owner event locks are taken in one order, so two claims can't deadlock on them.
@@ -190,16 +200,20 @@ async def finish_step(
     assets: list[dict[str, Any]],
     result: dict[str, Any],
     events: list[EventSpec],
+    next_provider: str | None = None,
 ) -> StepRecorded | None:
     """Store a step's output rows, the job's result so far and the events in one transaction.
 
-    The last step ends the job. Fenced on the attempt and on the step count, so a step is
-    recorded once; None if the lease was lost.
+    The last step ends the job; otherwise the job moves to the provider of its next step.
+    Fenced on the attempt and on the step count, so a step is recorded once; None if the
+    lease was lost.
     """
     rows = [Asset(owner_id=claimed.owner_id, job_id=claimed.id, source="job", **a) for a in assets]
     session.add_all(rows)
     await session.flush()
     values: dict[str, Any] = {"steps_done": index + 1, "progress": (index + 1) * 100 // total, "result": result}
+    if next_provider is not None:
+        values["provider"] = next_provider
     if index + 1 == total:
         values.update(status="succeeded", completed_at=func.now(), lease_expires_at=None)
     stmt = _fenced(claimed.id, claimed.attempt).where(Job.steps_done == index).values(**values)
@@ -269,6 +283,25 @@ async def request_cancel(session: AsyncSession, job_id: uuid.UUID) -> bool:
 async def cancel_requested(session: AsyncSession, job_id: uuid.UUID) -> bool:
     stmt = select(Job.cancel_requested_at.is_not(None)).where(Job.id == job_id)
     return bool((await session.execute(stmt)).scalar_one_or_none())
+
+
+@dataclass(frozen=True)
+class ProviderLoad:
+    queued: int
+    running: int
+
+
+async def provider_load(session: AsyncSession) -> dict[str, ProviderLoad]:
+    """Jobs waiting for and running on each provider's pool."""
+    stmt = (
+        select(Job.provider, Job.status, func.count())
+        .where(Job.status.in_(("queued", "running")))
+        .group_by(Job.provider, Job.status)
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for provider, status, count in await session.execute(stmt):
+        counts.setdefault(provider, {})[status] = count
+    return {p: ProviderLoad(c.get("queued", 0), c.get("running", 0)) for p, c in counts.items()}
 
 
 async def job_assets(session: AsyncSession, job_id: uuid.UUID) -> list[Asset]:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -91,6 +92,13 @@ class Job(Base):
         CheckConstraint("progress BETWEEN 0 AND 100", name="progress_range"),
         Index("ix_jobs_owner_id_id", "owner_id", "id"),
         Index("ix_jobs_claimable", "status", "lease_expires_at"),
+        Index(
+            "ix_jobs_provider_open",
+            "provider",
+            "owner_id",
+            "id",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = _id()
@@ -98,6 +106,8 @@ class Job(Base):
         UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), nullable=False
     )
     operation: Mapped[str] = mapped_column(Text, nullable=False)
+    # The provider of the next step to run: whose pool claims the job and counts it as queued.
+    provider: Mapped[str] = mapped_column(Text, nullable=False)
     params: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     inputs: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     status: Mapped[str] = mapped_column(Text, nullable=False, default="queued")

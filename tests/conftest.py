@@ -114,8 +114,15 @@ def fake_dashscope() -> Iterator[FakeDashScope]:
         yield fake
 
 
-# The app's in-flight limit for Ideogram, below the fake's own 10, so tests can see it hold.
+# The app's in-flight limit for Ideogram, below the fake's own 10, so tests can see it hold;
+# two actors and more running jobs than places, so only the shared limiter keeps to it.
 IDEOGRAM_INFLIGHT_LIMIT = 3
+IDEOGRAM_RUNNING_JOBS = 8
+TEST_POOLS = f"""
+ideogram: {{actors: 2, max_running_jobs: {IDEOGRAM_RUNNING_JOBS}, max_inflight_images: {IDEOGRAM_INFLIGHT_LIMIT}}}
+qwen: {{actors: 2, max_running_jobs: 8, requests_per_minute: 60000}}
+offline: {{actors: 1, max_running_jobs: 4}}
+"""
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +133,8 @@ def settings(
     fake_ideogram: FakeIdeogram,
     fake_dashscope: FakeDashScope,
 ) -> Settings:
+    providers_config = services_dir / "providers.yaml"
+    providers_config.write_text(TEST_POOLS)
     return Settings(
         _env_file=None,
         home=services_dir,
@@ -140,7 +149,7 @@ def settings(
         log_level="WARNING",
         ideogram_base_url=fake_ideogram.base_url,
         ideogram_api_key=fake_ideogram.api_key,
-        ideogram_max_inflight_images=IDEOGRAM_INFLIGHT_LIMIT,
+        providers_config=providers_config,
         dashscope_base_url=fake_dashscope.base_url,
         dashscope_api_key=fake_dashscope.api_key,
         provider_backoff_seconds=0.01,

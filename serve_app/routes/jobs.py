@@ -11,18 +11,31 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from ray.exceptions import RayError
 from sqlalchemy.exc import IntegrityError
 
-from daygen.errors import Conflict, InsufficientCredits, InvalidInput, NotFound
+from daygen.errors import Conflict, DaygenError, InsufficientCredits, InvalidInput, NotFound
 from daygen.ids import uuid7
 from pipelines.chains import PIPELINE, charged_for, job_steps, prefixed, validate_steps
 from pipelines.operations import OPERATIONS, check_inputs, validate_request
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
+from serve_app.errors import status_for
 from serve_app.pagination import split_page
 from serve_app.routes.assets import asset_out
-from serve_app.schemas import JobAccepted, JobCreate, JobError, JobOut, JobPage, JobResult, JobStepOut
+from serve_app.schemas import (
+    BatchItem,
+    BatchItemResult,
+    JobAccepted,
+    JobBatchCreate,
+    JobBatchResult,
+    JobCreate,
+    JobError,
+    JobOut,
+    JobPage,
+    JobResult,
+    JobStepOut,
+)
 from serve_app.services import Services
 from storage import jobs as queries
 from storage.assets import resolve_inputs
@@ -129,6 +142,7 @@ async def _queue(
     session: SessionDep,
     user: User,
     operation: str,
+    provider: str,
     params: dict,
     cost: Decimal,
     inputs,
@@ -150,6 +164,7 @@ async def _queue(
             job_id=job_id,
             owner_id=owner_id,
             operation=operation,
+            provider=provider,
             params=params,
             cost=cost,
             inputs=inputs,
@@ -180,11 +195,22 @@ async def submit_job(
 ) -> uuid.UUID:
     """Validate, resolve input assets, reserve the price, queue: every way of submitting one operation."""
     operation, params = validate_request(operation_name, raw_params)
+    services.pools.check_fits(operation, params)
     refs = operation.asset_refs(params)
     inputs = await resolve_inputs(session, user.id, refs) if refs else None
     if inputs:
         check_inputs(operation, params, inputs)
-    return await _queue(services, session, user, operation.name, params, operation.price(params), inputs, idempotency)
+    return await _queue(
+        services,
+        session,
+        user,
+        operation.name,
+        operation.provider,
+        params,
+        operation.price(params),
+        inputs,
+        idempotency,
+    )
 
 
 async def submit_chain(
@@ -198,6 +224,10 @@ async def submit_chain(
     steps = validate_steps(raw_steps)
     inputs: dict[str, dict] = {}
     for index, step in enumerate(steps):
+        try:
+            services.pools.check_fits(OPERATIONS[step.operation], step.params)
+        except InvalidInput as exc:
+            raise prefixed(exc, f"steps.{index}") from None
         if step.refs:
             try:
                 resolved = await resolve_inputs(session, user.id, step.refs)
@@ -207,7 +237,7 @@ async def submit_chain(
             inputs[str(index)] = resolved
     cost = sum((s.cost for s in steps), Decimal(0))
     params = {"steps": [s.stored() for s in steps]}
-    return await _queue(services, session, user, PIPELINE, params, cost, inputs or None, idempotency)
+    return await _queue(services, session, user, PIPELINE, steps[0].provider, params, cost, inputs or None, idempotency)
 
 
 async def submit_body(
@@ -248,6 +278,42 @@ async def submit(
         return JobAccepted(jobId=replay.job.id, status=replay.job.status)
     request.state.job_id = str(job_id)
     return JobAccepted(jobId=job_id, status="queued")
+
+
+@v1.post("/batch")
+async def submit_batch(
+    body: JobBatchCreate, request: Request, user: CurrentUser, services: ServicesDep
+) -> JobBatchResult:
+    """Up to 100 jobs in one request, each answered on its own, in order: 202 with its jobId, 200 for a
+    repeat of an earlier idempotency key, or the item's own error (402, 404, 409, 422) with its body."""
+    owner_id = user.id
+    results = []
+    for raw in body.jobs:
+        try:
+            item = BatchItem.model_validate(raw)
+        except ValidationError as exc:
+            details = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
+            results.append(BatchItemResult(status=422, error=item_error(InvalidInput("invalid job", details))))
+            continue
+        # Each item has a session of its own: a failed item rolls back nothing but itself.
+        async with services.sessions() as session:
+            try:
+                request_body = JobCreate.model_validate(item.model_dump(exclude={"idempotencyKey"}))
+                job_id = await submit_body(
+                    services, session, user, request_body, Idempotency.of(item.idempotencyKey, request_body)
+                )
+            except Replayed as replay:
+                results.append(BatchItemResult(status=200, jobId=replay.job.id))
+            except DaygenError as exc:
+                results.append(BatchItemResult(status=status_for(exc), error=item_error(exc)))
+            else:
+                results.append(BatchItemResult(status=202, jobId=job_id))
+    request.state.user_id = str(owner_id)
+    return JobBatchResult(results=results)
+
+
+def item_error(exc: DaygenError) -> dict:
+    return {"code": exc.code, "message": exc.message, "details": exc.details}
 
 
 @v1.post("/{job_id}/cancel")

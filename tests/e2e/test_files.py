@@ -9,6 +9,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 import pytest
 
+from pipelines.pool_config import ProviderPools
 from serve_app import signing
 from serve_app.api import create_api
 from serve_app.services import Services
@@ -91,7 +92,7 @@ async def test_head_answers_the_headers_without_the_body(client, stored):
 async def private_app(settings):
     """The same database and store, served with private_assets on, in-process."""
     private = settings.model_copy(update={"private_assets": True, "signed_url_ttl_seconds": 120})
-    services = Services.build(private, ledger=None, dispatcher=None)
+    services = Services.build(private, ProviderPools.load(private.providers_config), ledger=None, dispatcher=None)
     transport = httpx.ASGITransport(app=create_api(private, services))
     async with httpx.AsyncClient(transport=transport, base_url="http://daygen.test") as app_client:
         yield app_client, services

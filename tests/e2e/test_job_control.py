@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from storage.events import events_after
 from storage.models import JobEvent
+from tests.conftest import IDEOGRAM_INFLIGHT_LIMIT, IDEOGRAM_RUNNING_JOBS
 from tests.e2e.helpers import assert_v1_error, bearer, signup
 from tests.e2e.test_providers import credits
 
@@ -51,19 +52,17 @@ GENERATE = {"operation": "ideogram.generate", "params": {"prompt": "a slow light
 # -- cancel -----------------------------------------------------------------------------------
 
 
-async def test_cancel_stops_running_jobs_and_cancels_a_queued_one_at_once(
-    client, user, fake_ideogram, settings, sessions
-):
+async def test_cancel_stops_running_jobs_and_cancels_a_queued_one_at_once(client, user, fake_ideogram, sessions):
     headers = user["headers"]
-    fake_ideogram.hang_next(times=settings.dispatcher_concurrency, endpoint="generate")
+    fake_ideogram.hang_next(times=IDEOGRAM_RUNNING_JOBS, endpoint="generate")
     running = []
-    for _ in range(settings.dispatcher_concurrency):
+    for _ in range(IDEOGRAM_RUNNING_JOBS):
         response = await submit(client, headers, GENERATE)
         assert response.status_code == 202, response.text
         running.append(response.json()["jobId"])
-    await asyncio.to_thread(fake_ideogram.wait_until_hung, 3)
-    # Every dispatcher slot holds one of those, so this one stays queued.
-    queued = (await submit(client, headers, {"operation": "offline.generate", "params": {"prompt": "x"}})).json()
+    await asyncio.to_thread(fake_ideogram.wait_until_hung, IDEOGRAM_INFLIGHT_LIMIT)
+    # Every Ideogram slot of the dispatcher holds one of those, so this one stays queued.
+    queued = (await submit(client, headers, GENERATE)).json()
     assert await credits(client, headers) == 20 - len(running) - 1
 
     response = await client.post(f"/v1/jobs/{queued['jobId']}/cancel", headers=headers)

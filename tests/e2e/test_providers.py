@@ -226,4 +226,5 @@ async def test_thirty_concurrent_ideogram_jobs_stay_under_the_in_flight_limit(cl
         fake_ideogram.set_latency(0)
     assert [j["status"] for j in jobs] == ["succeeded"] * 30
     assert fake_ideogram.peak_inflight_images <= IDEOGRAM_INFLIGHT_LIMIT
+    assert fake_ideogram.peak_inflight_images == IDEOGRAM_INFLIGHT_LIMIT, "the pool's two actors use all of it"
     assert len(fake_ideogram.requests_to("generate")) == 30, "no request was refused for the in-flight limit"

@@ -41,6 +41,7 @@ async def queued_job(sessions, owner: uuid.UUID, prompt: str = "lifecycle") -> u
             job_id=job_id,
             owner_id=owner,
             operation="offline.generate",
+            provider="offline",
             params={"prompt": prompt, "width": 64, "height": 64, "seed": 1},
             cost=Decimal(1),
         )
@@ -50,7 +51,7 @@ async def queued_job(sessions, owner: uuid.UUID, prompt: str = "lifecycle") -> u
 async def claim_one(sessions, job_id: uuid.UUID, lease: float = 60) -> job_queries.ClaimedJob:
     while True:
         async with sessions() as session:
-            claimed = await job_queries.claim_jobs(session, limit=50, lease_seconds=lease)
+            claimed = await job_queries.claim_jobs(session, provider="offline", limit=50, lease_seconds=lease)
         for job in claimed:
             if job.id == job_id:
                 return job
@@ -70,7 +71,7 @@ async def test_a_claimed_job_is_not_claimed_again_while_its_lease_holds(sessions
     job_id = await queued_job(sessions, owner)
     first = await claim_one(sessions, job_id)
     async with sessions() as session:
-        again = await job_queries.claim_jobs(session, limit=50, lease_seconds=60)
+        again = await job_queries.claim_jobs(session, provider="offline", limit=50, lease_seconds=60)
     assert job_id not in [j.id for j in again]
     assert first.attempt == 1
 
@@ -185,6 +186,7 @@ async def queued_chain(sessions, owner: uuid.UUID) -> uuid.UUID:
             job_id=job_id,
             owner_id=owner,
             operation=PIPELINE,
+            provider=steps[0].provider,
             params={"steps": [s.stored() for s in steps]},
             cost=cost,
         )

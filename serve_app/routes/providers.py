@@ -1,0 +1,36 @@
+"""The provider pools as a client sees them: how many jobs wait and run, and whether a pool is paused."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from pipelines.pool_config import pool_key
+from pipelines.shared_limits import PoolPause
+from serve_app.deps import CurrentUser, ServicesDep, SessionDep
+from serve_app.schemas import ProviderList, ProviderOut
+from storage import jobs as queries
+
+v1 = APIRouter(prefix="/v1/providers", tags=["providers"])
+
+
+@v1.get("")
+async def list_providers(user: CurrentUser, services: ServicesDep, session: SessionDep) -> ProviderList:
+    """Queue depth per provider (all users' jobs), its limits, and the seconds left of a pause after an upstream 429."""
+    load = await queries.provider_load(session)
+    items = []
+    for provider, pool in sorted(services.pools.pools.items()):
+        counts = load.get(provider, queries.ProviderLoad(0, 0))
+        paused = await PoolPause(services.redis, pool_key(services.settings.redis_namespace, provider)).remaining()
+        items.append(
+            ProviderOut(
+                provider=provider,
+                queued=counts.queued,
+                running=counts.running,
+                pausedForSeconds=paused,
+                actors=pool.actors,
+                maxRunningJobs=pool.max_running_jobs,
+                maxInflightImages=pool.max_inflight_images,
+                requestsPerMinute=pool.requests_per_minute,
+            )
+        )
+    return ProviderList(items=items)
