@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipelines.webhooks import parse_schedule
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DAYGEN_", env_file=None, extra="ignore")
@@ -55,6 +57,14 @@ class Settings(BaseSettings):
     signup_credits: int = Field(20, ge=0)
     max_json_body_bytes: int = Field(1_000_000, ge=1024)
     job_lease_seconds: float = Field(60.0, gt=0)
+    api_base_url: str | None = None
+    webhook_allowed_hosts: str = ""
+    webhook_retry_schedule: str = "5,30,120,600,1800,3600,10800,21600,43200,86400"
+    webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    webhook_max_response_bytes: int = Field(64 * 1024, ge=0, le=1024 * 1024)
+    webhook_poll_seconds: float = Field(1.0, gt=0)
+    webhook_concurrency: int = Field(32, ge=1)
+    webhook_secret_overlap_seconds: int = Field(24 * 3600, ge=0)
     ws_heartbeat_seconds: float = Field(15.0, gt=0)
     ws_max_pending_events: int = Field(1000, ge=10)
     ws_max_subscriptions: int = Field(1000, ge=1)
@@ -71,6 +81,25 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+asyncpg://" + url[len(prefix) :]
         return url
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, text: str) -> str:
+        parse_schedule(text)  # refuse a bad schedule at start-up, not at the first failed delivery
+        return text
+
+    @property
+    def webhook_schedule(self) -> tuple[float, ...]:
+        return parse_schedule(self.webhook_retry_schedule)
+
+    @property
+    def webhook_allowed_host_set(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip())
+
+    @property
+    def api_base(self) -> str:
+        """Where clients reach the API, for links made outside a request (webhook payloads)."""
+        return (self.api_base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -19,6 +19,7 @@ from serve_app.routes import (
     pages,
     providers,
     templates,
+    webhooks,
     ws,
 )
 from serve_app.services import Services
@@ -42,6 +43,7 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         templates.compat,
         jobs.v1,
         providers.v1,
+        webhooks.v1,
         assets.v1,
         assets.compat,
         compat_images.compat,

@@ -9,6 +9,7 @@ from ray.serve import Application
 from actors.dispatcher import DISPATCHER_NAME, JobDispatcher
 from actors.ledger import LEDGER_NAME, UsageLedger
 from actors.pools import ProviderWorker, pool_name
+from actors.webhooks import WEBHOOK_SENDER_NAME, WebhookSender
 from daygen.logs import configure_logging
 from daygen.settings import Settings
 from pipelines.pool_config import ProviderPools
@@ -49,6 +50,7 @@ def build_app(settings: Settings) -> Application:
         for index in range(pool.actors):
             ProviderWorker.options(name=pool_name(provider, index), **singleton).remote(settings, pools, provider)
     dispatcher = JobDispatcher.options(name=DISPATCHER_NAME, **singleton).remote(settings, pools)
+    WebhookSender.options(name=WEBHOOK_SENDER_NAME, **singleton).remote(settings)
     dispatcher.wake.remote()
     return Api.bind(settings, pools, ledger, dispatcher)
 

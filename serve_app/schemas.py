@@ -218,6 +218,9 @@ class JobCreate(Strict):
     operation: OperationName | None = None
     params: JsonObject | None = None
     steps: list[StepCreate] | None = None
+    webhookUrl: str | None = Field(
+        None, max_length=2048, description="http(s) URL that receives the job's terminal event, signed"
+    )
 
     def shape_problem(self) -> tuple[str, str] | None:
         """(field, message) when the body is neither one operation nor a chain; the route answers 422."""
@@ -376,3 +379,71 @@ class ProviderOut(Out):
 
 class ProviderList(Out):
     items: list[ProviderOut]
+
+
+WebhookEventType = Literal[
+    "job.queued", "job.started", "job.progress", "job.step_succeeded", "job.succeeded", "job.failed", "job.canceled"
+]
+DEFAULT_WEBHOOK_EVENTS: list[str] = ["job.succeeded", "job.failed", "job.canceled"]
+Description = Annotated[str, StringConstraints(max_length=500)]
+
+
+def _distinct(values: list[str] | None) -> list[str] | None:
+    return None if values is None else list(dict.fromkeys(values))
+
+
+EventTypes = Annotated[list[WebhookEventType], Field(min_length=1), AfterValidator(_distinct)]
+
+
+class WebhookEndpointCreate(Strict):
+    url: str = Field(max_length=2048)
+    description: Description | None = None
+    eventTypes: EventTypes = Field(default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS))
+
+
+class WebhookEndpointUpdate(Strict):
+    url: str | None = Field(None, max_length=2048)
+    description: Description | None = None
+    eventTypes: EventTypes | None = None
+    enabled: bool | None = None
+
+
+class WebhookEndpointOut(Out):
+    id: uuid.UUID
+    url: str
+    description: str | None
+    eventTypes: list[str]
+    enabled: bool
+    disabledReason: str | None
+    createdAt: datetime
+    updatedAt: datetime
+
+
+class WebhookEndpointPage(Out):
+    items: list[WebhookEndpointOut]
+    nextCursor: str | None
+
+
+class WebhookSecretOut(Out):
+    secret: str
+    previousSecretValidUntil: datetime | None
+
+
+class WebhookDeliveryOut(Out):
+    id: uuid.UUID
+    eventType: str
+    eventId: int
+    jobId: uuid.UUID
+    status: Literal["pending", "delivering", "succeeded", "failed"]
+    attempts: int
+    lastStatusCode: int | None
+    lastError: str | None
+    lastResponse: str | None
+    nextAttemptAt: datetime | None
+    createdAt: datetime
+    deliveredAt: datetime | None
+
+
+class WebhookDeliveryPage(Out):
+    items: list[WebhookDeliveryOut]
+    nextCursor: str | None

@@ -21,6 +21,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import JobEvent
+from storage.webhooks import enqueue_deliveries
 
 log = logging.getLogger("daygen.events")
 
@@ -47,7 +48,8 @@ async def append_event(
     """Add an event inside the caller's transaction.
 
     The per-owner lock, held until commit, makes one owner's event ids commit in order, so a
-    reader that has seen id N never later finds a smaller id appear.
+    reader that has seen id N never later finds a smaller id appear. The event's webhook
+    deliveries are queued in the same transaction.
     """
     await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 1))"), {"k": str(owner_id)})
     stmt = (
@@ -56,6 +58,7 @@ async def append_event(
         .returning(JobEvent.id, JobEvent.created_at)
     )
     event_id, created_at = (await session.execute(stmt)).one()
+    await enqueue_deliveries(session, event_id=event_id, job_id=job_id, owner_id=owner_id, event_type=type)
     return Event(event_id, job_id, owner_id, type, data, created_at)
 
 

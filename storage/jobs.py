@@ -65,6 +65,7 @@ async def insert_job(
     inputs: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    webhook_url: str | None = None,
 ) -> tuple[Job, Event]:
     """The job row and its `job.queued` event, in one transaction."""
     job = Job(
@@ -78,6 +79,7 @@ async def insert_job(
         status="queued",
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        webhook_url=webhook_url,
     )
     session.add(job)
     await session.flush()

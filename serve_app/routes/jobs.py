@@ -19,6 +19,7 @@ from daygen.errors import Conflict, DaygenError, InsufficientCredits, InvalidInp
 from daygen.ids import uuid7
 from pipelines.chains import PIPELINE, charged_for, job_steps, prefixed, validate_steps
 from pipelines.operations import OPERATIONS, check_inputs, validate_request
+from pipelines.webhooks import check_target
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
 from serve_app.errors import status_for
 from serve_app.pagination import split_page
@@ -147,6 +148,7 @@ async def _queue(
     cost: Decimal,
     inputs,
     idempotency: Idempotency | None,
+    webhook_url: str | None = None,
 ) -> uuid.UUID:
     """Reserve the price, then insert the job; the reservation is given back if the insert fails."""
     owner_id = user.id  # read once: a rollback below expires the loaded user
@@ -170,6 +172,7 @@ async def _queue(
             inputs=inputs,
             idempotency_key=idempotency.key if idempotency else None,
             request_hash=idempotency.request_hash if idempotency else None,
+            webhook_url=webhook_url,
         )
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key got in first.
@@ -192,6 +195,7 @@ async def submit_job(
     operation_name: str,
     raw_params: dict,
     idempotency: Idempotency | None = None,
+    webhook_url: str | None = None,
 ) -> uuid.UUID:
     """Validate, resolve input assets, reserve the price, queue: every way of submitting one operation."""
     operation, params = validate_request(operation_name, raw_params)
@@ -210,6 +214,7 @@ async def submit_job(
         operation.price(params),
         inputs,
         idempotency,
+        webhook_url,
     )
 
 
@@ -219,6 +224,7 @@ async def submit_chain(
     user: User,
     raw_steps: list[dict],
     idempotency: Idempotency | None = None,
+    webhook_url: str | None = None,
 ) -> uuid.UUID:
     """The same for a chain: every step is checked, and the whole price reserved, before anything runs."""
     steps = validate_steps(raw_steps)
@@ -246,9 +252,15 @@ async def submit_body(
     """One `POST /v1/jobs` body, an operation or a chain, queued."""
     if problem := body.shape_problem():
         raise InvalidInput(problem[1], details=[{"field": problem[0], "message": problem[1]}])
+    webhook_url = None
+    if body.webhookUrl is not None:
+        # The guard runs again before every delivery; here it turns a bad URL into a 422 before any charge.
+        target = await check_target(body.webhookUrl, services.settings.webhook_allowed_host_set)
+        webhook_url = target.url
     if body.steps is not None:
-        return await submit_chain(services, session, user, [s.model_dump() for s in body.steps], idempotency)
-    return await submit_job(services, session, user, body.operation or "", body.params or {}, idempotency)
+        steps = [s.model_dump() for s in body.steps]
+        return await submit_chain(services, session, user, steps, idempotency, webhook_url)
+    return await submit_job(services, session, user, body.operation or "", body.params or {}, idempotency, webhook_url)
 
 
 @v1.post(
