@@ -40,6 +40,15 @@ class ProviderResult:
     upstream_request_id: str | None = None
 
 
+REDACTED = "<redacted>"
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` without `secret`: an upstream that echoes what it was sent must not carry our key
+    into job errors or logs."""
+    return text.replace(secret, REDACTED) if secret else text
+
+
 def retry_after_seconds(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after", "").strip()
     try:
