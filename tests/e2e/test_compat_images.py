@@ -151,7 +151,7 @@ async def test_resize_is_a_reframe(client, headers, fake_ideogram):
         client,
         headers,
         "ideogram",
-        {"prompt": "", "references": [asset["id"]], "jobType": "IMAGE_RESIZE", "resolution": "1024x576"},
+        {"prompt": "", "references": [asset["id"]], "jobType": "IMAGE_RESIZE", "resolution": "1312x736"},
     )
     job = await finished(client, headers, job_id)
     assert job["status"] == "COMPLETED", job["error"]

@@ -143,10 +143,10 @@ async def test_edit_sends_the_uploaded_image_and_mask_and_answers_the_edited_ima
         (
             "reframe",
             "ideogram.reframe",
-            {"resolution": "1024x576", "num_images": "1"},
+            {"resolution": "1312x736", "num_images": "1"},
             "reframe",
             "image",
-            (1024, 576),
+            (1312, 736),
             1,
         ),
         (
@@ -271,7 +271,7 @@ async def test_bad_params_are_422_naming_the_field_before_anything_is_stored(
 ):
     response = await client.post(
         "/api/ideogram/reframe",
-        data={"resolution": "1024x576", **fields} if fields else {},
+        data={"resolution": "1312x736", **fields} if fields else {},
         files={"image": png_file(png())},
         headers=headers,
     )
@@ -326,7 +326,7 @@ async def test_no_token_or_a_bad_token_is_401(client, fake_ideogram):
     for headers in ({}, bearer("not-a-token")):
         response = await client.post(
             "/api/ideogram/reframe",
-            data={"resolution": "1024x576"},
+            data={"resolution": "1312x736"},
             files={"image": png_file(png())},
             headers=headers,
         )

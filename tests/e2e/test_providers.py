@@ -121,7 +121,7 @@ async def test_ideogram_edit_sends_the_exact_image_and_mask_bytes(client, user, 
 @pytest.mark.parametrize(
     ("operation", "endpoint", "params", "file_field"),
     [
-        ("ideogram.reframe", "reframe", {"resolution": "1024x576"}, "image"),
+        ("ideogram.reframe", "reframe", {"resolution": "1312x736"}, "image"),
         ("ideogram.replace_background", "replace-background", {"prompt": "a beach"}, "image"),
         ("ideogram.remix", "remix", {"prompt": "at night", "image_weight": 70}, "image"),
         ("ideogram.upscale", "upscale", {"resemblance": 55}, "image_file"),
