@@ -13,12 +13,11 @@ from typing import Any
 import httpx
 
 from daygen.errors import ContentRejected, ProviderMisconfigured, ProviderUnavailable
-from pipelines.providers import ImageFile, ProviderResult, error_for, redact
+from pipelines.providers import DEFAULT_TIMEOUT, ImageFile, ProviderResult, error_for, redact
 
 log = logging.getLogger("daygen.ideogram")
 
 PROVIDER = "Ideogram"
-DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 V3 = "/v1/ideogram-v3"
 
 # Operation params that name stored assets; their bytes arrive as ImageFile arguments instead.

@@ -20,6 +20,15 @@ from daygen.errors import (
     ProviderUnavailable,
 )
 
+# What a client uses when none is given; the pool passes the configured one (provider_*_timeout_seconds).
+# A generation takes tens of seconds before the first byte of the answer; connecting should not.
+DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
+
+
+def provider_timeout(*, connect_seconds: float, read_seconds: float) -> httpx.Timeout:
+    """How long to wait for an upstream connection, and then between bytes of its answer (and our upload)."""
+    return httpx.Timeout(read_seconds, connect=connect_seconds)
+
 
 @dataclass(frozen=True)
 class ImageFile:

@@ -40,7 +40,7 @@ from daygen.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from pipelines.providers import ImageFile, ProviderResult, error_for, redact
+from pipelines.providers import DEFAULT_TIMEOUT, ImageFile, ProviderResult, error_for, redact
 
 logger = logging.getLogger("daygen.qwen")
 
@@ -50,9 +50,6 @@ EDIT_MODEL = "qwen-image-edit"
 GENERATION_PATH = "/services/aigc/multimodal-generation/generation"
 SYNTHESIS_PATH = "/services/aigc/text2image/image-synthesis"
 TASK_PATH = "/tasks/{task_id}"
-
-# Image generation takes tens of seconds on a synchronous call; connecting should not.
-DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 
 # Without Retry-After: the per-second window clears within a second, the per-minute quota
 # "recovers within a minute" (providers.md), so wait a fraction of it rather than hammer it.

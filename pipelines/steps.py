@@ -20,7 +20,7 @@ from pipelines import offline
 from pipelines.downloads import copy_image
 from pipelines.ideogram import IdeogramClient
 from pipelines.limits import InFlightLimiter
-from pipelines.providers import ImageFile, ProviderResult
+from pipelines.providers import DEFAULT_TIMEOUT, ImageFile, ProviderResult, provider_timeout
 from pipelines.qwen import QwenClient
 from pipelines.retry import RetryPolicy, call_with_retries
 from storage.objects import EXTENSIONS, ObjectStore
@@ -42,6 +42,7 @@ class StepContext:
     qwen: QwenClient | None = None
     ideogram_limiter: InFlightLimiter = field(default_factory=lambda: InFlightLimiter(10))
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
     max_pixels: int = 100_000_000
     qwen_async_tasks: bool = False
     poll_seconds: float = 10.0
@@ -54,11 +55,19 @@ class StepContext:
             return secret.get_secret_value() if secret is not None else None
 
         http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        timeout = provider_timeout(
+            connect_seconds=settings.provider_connect_timeout_seconds,
+            read_seconds=settings.provider_read_timeout_seconds,
+        )
         return cls(
             store=ObjectStore.from_settings(settings),
             http=http,
-            ideogram=IdeogramClient(http, base_url=settings.ideogram_base_url, api_key=key(settings.ideogram_api_key)),
-            qwen=QwenClient(http, base_url=settings.dashscope_base_url, api_key=key(settings.dashscope_api_key)),
+            ideogram=IdeogramClient(
+                http, base_url=settings.ideogram_base_url, api_key=key(settings.ideogram_api_key), timeout=timeout
+            ),
+            qwen=QwenClient(
+                http, base_url=settings.dashscope_base_url, api_key=key(settings.dashscope_api_key), timeout=timeout
+            ),
             ideogram_limiter=InFlightLimiter(settings.ideogram_max_inflight_images),
             retry=RetryPolicy(
                 max_attempts=settings.provider_max_attempts,
@@ -66,6 +75,7 @@ class StepContext:
                 cap_seconds=settings.provider_backoff_cap_seconds,
                 rate_limit_budget_seconds=settings.provider_rate_limit_budget_seconds,
             ),
+            timeout=timeout,
             max_pixels=settings.max_image_pixels,
             qwen_async_tasks=settings.dashscope_async_tasks,
             poll_seconds=settings.dashscope_poll_seconds,
@@ -191,7 +201,9 @@ async def _outcome(ctx: StepContext, result: ProviderResult) -> StepOutcome:
     if ctx.http is None:
         raise ProviderMisconfigured("this worker has no HTTP client")
     assets = [
-        await copy_image(ctx.http, url, ctx.store, max_bytes=MAX_OUTPUT_BYTES, max_pixels=ctx.max_pixels)
+        await copy_image(
+            ctx.http, url, ctx.store, max_bytes=MAX_OUTPUT_BYTES, max_pixels=ctx.max_pixels, http_timeout=ctx.timeout
+        )
         for url in result.image_urls
     ]
     return StepOutcome(assets=assets, texts=list(result.texts))
