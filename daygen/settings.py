@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     provider_backoff_seconds: float = Field(0.5, gt=0)
     provider_backoff_cap_seconds: float = Field(20.0, gt=0)
     provider_rate_limit_budget_seconds: float = Field(600.0, ge=0)
+    provider_connect_timeout_seconds: float = Field(5.0, gt=0)
+    provider_read_timeout_seconds: float = Field(120.0, gt=0)
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str = "https://api.stripe.com"

@@ -110,6 +110,30 @@ def job_steps(operation: str, params: dict[str, Any], cost: Decimal, inputs: dic
     ]
 
 
+def first_prompt(operation: str, params: dict[str, Any]) -> str | None:
+    """The prompt a job was asked for: its own, or a chain's first step that has one."""
+    for step in job_steps(operation, params, Decimal(0), None):
+        if isinstance(step.params.get("prompt"), str) and step.params["prompt"]:
+            return step.params["prompt"]
+    return None
+
+
+def made_by(operation: str, result: dict[str, Any] | None, asset_id: str) -> str:
+    """The operation of the step that produced the asset: a chain's step, never `pipeline` itself."""
+    for step in (result or {}).get("steps", []):
+        if asset_id in step.get("assetIds", []):
+            return step["operation"]
+    return operation
+
+
+def final_image(result: dict[str, Any] | None) -> str | None:
+    """The job's end product: the first image of the last step that made any (a closing describe makes none)."""
+    for step in reversed((result or {}).get("steps", [])):
+        if step.get("assetIds"):
+            return step["assetIds"][0]
+    return None
+
+
 def charged_for(steps: list[Step], steps_done: int) -> Decimal:
     """What a job costs once `steps_done` of its steps have run: the rest is given back."""
     return sum((s.cost for s in steps[:steps_done]), Decimal(0))

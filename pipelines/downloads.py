@@ -7,18 +7,23 @@ from typing import Any
 import httpx
 
 from daygen.errors import DaygenError, ProviderUnavailable
+from pipelines.providers import DEFAULT_TIMEOUT
 from storage.images import received_image
 from storage.objects import ObjectStore
 
-DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
-
 
 async def copy_image(
-    http: httpx.AsyncClient, url: str, store: ObjectStore, *, max_bytes: int, max_pixels: int
+    http: httpx.AsyncClient,
+    url: str,
+    store: ObjectStore,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    http_timeout: httpx.Timeout = DEFAULT_TIMEOUT,
 ) -> dict[str, Any]:
     """Stream one upstream image into the store; returns the fields of its asset row."""
     try:
-        async with http.stream("GET", url, timeout=DOWNLOAD_TIMEOUT, follow_redirects=True) as response:
+        async with http.stream("GET", url, timeout=http_timeout, follow_redirects=True) as response:
             if response.status_code != 200:
                 raise ProviderUnavailable(f"the provider's output could not be fetched (HTTP {response.status_code})")
             async with received_image(

@@ -13,12 +13,11 @@ from typing import Any
 import httpx
 
 from daygen.errors import ContentRejected, ProviderMisconfigured, ProviderUnavailable
-from pipelines.providers import ImageFile, ProviderResult, error_for
+from pipelines.providers import DEFAULT_TIMEOUT, ImageFile, ProviderResult, error_for, redact
 
 log = logging.getLogger("daygen.ideogram")
 
 PROVIDER = "Ideogram"
-DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 V3 = "/v1/ideogram-v3"
 
 # Operation params that name stored assets; their bytes arrive as ImageFile arguments instead.
@@ -127,11 +126,7 @@ class IdeogramClient:
             return response
         if response.status_code in (401, 403):
             log.warning("Ideogram refused our API key (HTTP %s on %s)", response.status_code, path)
-        raise error_for(response, PROVIDER, self._redact(_error_message(response))[:_MESSAGE_CHARS])
-
-    def _redact(self, text: str) -> str:
-        # An upstream that echoes what it was sent must not carry our key into logs or job errors.
-        return text.replace(self._api_key, "<redacted>") if self._api_key else text
+        raise error_for(response, PROVIDER, redact(_error_message(response), self._api_key)[:_MESSAGE_CHARS])
 
 
 def _text_parts(params: dict[str, Any]) -> list[_Part]:

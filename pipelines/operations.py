@@ -78,11 +78,34 @@ IDEOGRAM_ASPECT_RATIOS = (
     "1x3", "3x1", "1x2", "2x1", "9x16", "16x9", "10x16", "16x10",
     "2x3", "3x2", "3x4", "4x3", "4x5", "5x4", "1x1",
 )  # fmt: skip
+# Ideogram 3.0's `ResolutionV3` enum, which generate, reframe and remix share: the API reference's
+# "Generate with Ideogram 3.0" (developer.ideogram.ai/api-reference/api-reference/generate-v3),
+# components.schemas.ResolutionV3. Any other WxH is refused upstream.
+IDEOGRAM_RESOLUTIONS = (
+    "512x1536", "576x1408", "576x1472", "576x1536", "640x1344", "640x1408", "640x1472", "640x1536",
+    "704x1152", "704x1216", "704x1280", "704x1344", "704x1408", "704x1472", "736x1312", "768x1088",
+    "768x1216", "768x1280", "768x1344", "800x1280", "832x960", "832x1024", "832x1088", "832x1152",
+    "832x1216", "832x1248", "864x1152", "896x960", "896x1024", "896x1088", "896x1120", "896x1152",
+    "960x832", "960x896", "960x1024", "960x1088", "1024x832", "1024x896", "1024x960", "1024x1024",
+    "1088x768", "1088x832", "1088x896", "1088x960", "1120x896", "1152x704", "1152x832", "1152x864",
+    "1152x896", "1216x704", "1216x768", "1216x832", "1248x832", "1280x704", "1280x768", "1280x800",
+    "1312x736", "1344x640", "1344x704", "1344x768", "1408x576", "1408x640", "1408x704", "1472x576",
+    "1472x640", "1472x704", "1536x512", "1536x576", "1536x640",
+)  # fmt: skip
 QWEN_SIZES = ("1328*1328", "1664*928", "1472*1140", "1140*1472", "928*1664")
 NumImages = Annotated[int, Field(ge=1, le=8)]
 StylePreset = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9_]{1,64}$")]
 NegativePrompt = Annotated[str, StringConstraints(max_length=4000)]
-Resolution = Annotated[str, StringConstraints(pattern=r"^\d{3,4}x\d{3,4}$")]
+
+
+def _resolution(value: str) -> str:
+    value = value.strip().lower()
+    if value not in IDEOGRAM_RESOLUTIONS:
+        raise ValueError("must be one of Ideogram 3.0's resolutions, such as 1024x1024, 1312x736 or 736x1312")
+    return value
+
+
+Resolution = Annotated[str, AfterValidator(_resolution)]
 References = Annotated[list[uuid.UUID], Field(max_length=3)]
 
 

@@ -20,6 +20,15 @@ from daygen.errors import (
     ProviderUnavailable,
 )
 
+# What a client uses when none is given; the pool passes the configured one (provider_*_timeout_seconds).
+# A generation takes tens of seconds before the first byte of the answer; connecting should not.
+DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
+
+
+def provider_timeout(*, connect_seconds: float, read_seconds: float) -> httpx.Timeout:
+    """How long to wait for an upstream connection, and then between bytes of its answer (and our upload)."""
+    return httpx.Timeout(read_seconds, connect=connect_seconds)
+
 
 @dataclass(frozen=True)
 class ImageFile:
@@ -38,6 +47,15 @@ class ProviderResult:
     texts: list[str] = field(default_factory=list)
     seeds: list[int | None] = field(default_factory=list)
     upstream_request_id: str | None = None
+
+
+REDACTED = "<redacted>"
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` without `secret`: an upstream that echoes what it was sent must not carry our key
+    into job errors or logs."""
+    return text.replace(secret, REDACTED) if secret else text
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:

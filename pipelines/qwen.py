@@ -40,7 +40,7 @@ from daygen.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from pipelines.providers import ImageFile, ProviderResult, error_for
+from pipelines.providers import DEFAULT_TIMEOUT, ImageFile, ProviderResult, error_for, redact
 
 logger = logging.getLogger("daygen.qwen")
 
@@ -50,9 +50,6 @@ EDIT_MODEL = "qwen-image-edit"
 GENERATION_PATH = "/services/aigc/multimodal-generation/generation"
 SYNTHESIS_PATH = "/services/aigc/text2image/image-synthesis"
 TASK_PATH = "/tasks/{task_id}"
-
-# Image generation takes tens of seconds on a synchronous call; connecting should not.
-DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 
 # Without Retry-After: the per-second window clears within a second, the per-minute quota
 # "recovers within a minute" (providers.md), so wait a fraction of it rather than hammer it.
@@ -136,9 +133,10 @@ class QwenClient:
         if status not in TASK_STATUSES:
             raise ProviderUnavailable(f"{PROVIDER} reported task status {str(status)[:40]!r}")
         if status == "SUCCEEDED":
-            return _succeeded(task_id, payload, output)
+            return _succeeded(task_id, payload, output, self._api_key)
         if status == "FAILED":
-            return TaskStatus(status, error=task_error(task_id, output.get("code"), output.get("message")))
+            message = redact(str(output.get("message") or ""), self._api_key)
+            return TaskStatus(status, error=task_error(task_id, output.get("code"), message))
         if status == "CANCELED":
             return TaskStatus(status, error=ProviderUnavailable(f"{PROVIDER} task {task_id} was canceled"))
         if status == "UNKNOWN":
@@ -161,7 +159,8 @@ class QwenClient:
         except httpx.TimeoutException as exc:
             raise ProviderUnavailable(f"{PROVIDER} did not answer in time ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
-            raise ProviderUnavailable(f"{PROVIDER} could not be reached ({type(exc).__name__}: {exc})"[:500]) from exc
+            reason = redact(f"{type(exc).__name__}: {exc}", self._api_key)
+            raise ProviderUnavailable(f"{PROVIDER} could not be reached ({reason})"[:500]) from exc
         if not response.is_success:
             raise self._error(response)
         try:
@@ -173,7 +172,8 @@ class QwenClient:
         return payload
 
     def _error(self, response: httpx.Response) -> ProviderError:
-        code, message = _code_and_message(response)
+        # Redacted before anything reads it: the error, the job and the warning below all quote it.
+        code, message = (redact(text, self._api_key) for text in _code_and_message(response))
         detail = f"{code}: {message}" if code or message else response.reason_phrase or "no details"
         error = error_for(response, PROVIDER, detail)
         if isinstance(error, ProviderMisconfigured):
@@ -242,7 +242,7 @@ def _sync_result(payload: dict[str, Any], seed: int | None) -> ProviderResult:
     return ProviderResult(image_urls=urls, seeds=[seed] * len(urls), upstream_request_id=_request_id(payload))
 
 
-def _succeeded(task_id: str, payload: dict[str, Any], output: dict[str, Any]) -> TaskStatus:
+def _succeeded(task_id: str, payload: dict[str, Any], output: dict[str, Any], secret: str | None) -> TaskStatus:
     results = output.get("results")
     if not isinstance(results, list) or not all(isinstance(item, dict) for item in results):
         raise ProviderUnavailable(f"{PROVIDER} reported task {task_id} SUCCEEDED without results")
@@ -250,7 +250,8 @@ def _succeeded(task_id: str, payload: dict[str, Any], output: dict[str, Any]) ->
     if not urls:
         # Every image of the task failed on its own (e.g. output moderation): a failure by its first code.
         first = results[0] if results else {}
-        return TaskStatus("FAILED", error=task_error(task_id, first.get("code"), first.get("message")))
+        message = redact(str(first.get("message") or ""), secret)
+        return TaskStatus("FAILED", error=task_error(task_id, first.get("code"), message))
     result = ProviderResult(image_urls=urls, seeds=[None] * len(urls), upstream_request_id=_request_id(payload))
     return TaskStatus("SUCCEEDED", result=result)
 

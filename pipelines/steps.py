@@ -21,7 +21,7 @@ from pipelines.downloads import copy_image
 from pipelines.ideogram import IdeogramClient
 from pipelines.operations import OPERATIONS
 from pipelines.pool_config import ProviderPools, pool_key
-from pipelines.providers import ImageFile, ProviderResult
+from pipelines.providers import DEFAULT_TIMEOUT, ImageFile, ProviderResult, provider_timeout
 from pipelines.qwen import QwenClient
 from pipelines.retry import RetryPolicy, call_with_retries
 from pipelines.shared_limits import ProviderGate
@@ -46,6 +46,7 @@ class StepContext:
     qwen: QwenClient | None = None
     gates: dict[str, ProviderGate] = field(default_factory=dict)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
     max_pixels: int = 100_000_000
     qwen_async_tasks: bool = False
     poll_seconds: float = 10.0
@@ -69,11 +70,19 @@ class StepContext:
             for provider, pool in pools.pools.items()
             if provider in ("ideogram", "qwen")
         }
+        timeout = provider_timeout(
+            connect_seconds=settings.provider_connect_timeout_seconds,
+            read_seconds=settings.provider_read_timeout_seconds,
+        )
         return cls(
             store=ObjectStore.from_settings(settings),
             http=http,
-            ideogram=IdeogramClient(http, base_url=settings.ideogram_base_url, api_key=key(settings.ideogram_api_key)),
-            qwen=QwenClient(http, base_url=settings.dashscope_base_url, api_key=key(settings.dashscope_api_key)),
+            ideogram=IdeogramClient(
+                http, base_url=settings.ideogram_base_url, api_key=key(settings.ideogram_api_key), timeout=timeout
+            ),
+            qwen=QwenClient(
+                http, base_url=settings.dashscope_base_url, api_key=key(settings.dashscope_api_key), timeout=timeout
+            ),
             gates=gates,
             retry=RetryPolicy(
                 max_attempts=settings.provider_max_attempts,
@@ -81,6 +90,7 @@ class StepContext:
                 cap_seconds=settings.provider_backoff_cap_seconds,
                 rate_limit_budget_seconds=settings.provider_rate_limit_budget_seconds,
             ),
+            timeout=timeout,
             max_pixels=settings.max_image_pixels,
             qwen_async_tasks=settings.dashscope_async_tasks,
             poll_seconds=settings.dashscope_poll_seconds,
@@ -206,7 +216,9 @@ async def _outcome(ctx: StepContext, result: ProviderResult) -> StepOutcome:
     if ctx.http is None:
         raise ProviderMisconfigured("this worker has no HTTP client")
     assets = [
-        await copy_image(ctx.http, url, ctx.store, max_bytes=MAX_OUTPUT_BYTES, max_pixels=ctx.max_pixels)
+        await copy_image(
+            ctx.http, url, ctx.store, max_bytes=MAX_OUTPUT_BYTES, max_pixels=ctx.max_pixels, http_timeout=ctx.timeout
+        )
         for url in result.image_urls
     ]
     return StepOutcome(assets=assets, texts=list(result.texts))

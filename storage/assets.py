@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -139,12 +139,19 @@ async def count_assets(session: AsyncSession, owner_id: uuid.UUID) -> int:
     return await session.scalar(select(func.count()).where(Asset.owner_id == owner_id, _live())) or 0
 
 
-async def job_origins(session: AsyncSession, job_ids: set[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str | None]]:
-    """For each job id: its operation and prompt, which the gallery shows beside the image."""
+class JobOrigin(NamedTuple):
+    """What the gallery reads off the job that made an image: the operation, the params, which step made what."""
+
+    operation: str
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+
+
+async def job_origins(session: AsyncSession, job_ids: set[uuid.UUID]) -> dict[uuid.UUID, JobOrigin]:
     if not job_ids:
         return {}
-    rows = await session.execute(select(Job.id, Job.operation, Job.params).where(Job.id.in_(job_ids)))
-    return {job_id: (operation, (params or {}).get("prompt")) for job_id, operation, params in rows}
+    rows = await session.execute(select(Job.id, Job.operation, Job.params, Job.result).where(Job.id.in_(job_ids)))
+    return {job_id: JobOrigin(operation, params or {}, result) for job_id, operation, params, result in rows}
 
 
 async def _release_object(session: AsyncSession, store: ObjectStore, key: str) -> bool:

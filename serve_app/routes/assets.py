@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from daygen.errors import InvalidInput, NotFound, PayloadTooLarge
+from pipelines.chains import first_prompt, made_by
 from serve_app import multipart
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
 from serve_app.pagination import split_page
@@ -191,7 +192,10 @@ async def compat_files(
     origins = await queries.job_origins(session, {a.job_id for a in page if a.job_id is not None})
     items = []
     for asset in page:
-        operation, prompt = origins.get(asset.job_id, (None, None)) if asset.job_id else (None, None)
+        origin = origins.get(asset.job_id) if asset.job_id else None
+        # A chain's image shows the step that made it and the chain's prompt, not "pipeline" and none.
+        operation = made_by(origin.operation, origin.result, str(asset.id)) if origin else None
+        prompt = first_prompt(origin.operation, origin.params) if origin else None
         items.append(
             ApiFile(
                 id=asset.id,

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from daygen.errors import InvalidInput, NotFound
+from pipelines.chains import final_image
 from pipelines.operations import OPERATIONS
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
 from serve_app.pagination import split_page
@@ -204,20 +205,25 @@ async def generate_image(
 
 
 async def api_job(services: Services, request: Request, session: AsyncSession, job: Job) -> ApiJob:
-    urls: list[str] = []
+    urls: dict[str, str] = {}
     if job.status == "succeeded":
-        urls = [await asset_url(services, request, a.key) for a in await job_queries.job_assets(session, job.id)]
+        urls = {
+            str(a.id): await asset_url(services, request, a.key) for a in await job_queries.job_assets(session, job.id)
+        }
+    # A chain's result is what its last image-making step made, not the first image along the way
+    # (if the user deleted that one, the latest image left).
+    final = final_image(job.result)
     error = (job.error_message or job.error_code) if job.status in ("failed", "canceled") else None
     return ApiJob(
         id=job.id,
         status=STATUS.get(job.status, "PENDING"),
         progress=job.progress,
-        resultUrl=urls[0] if urls else None,
+        resultUrl=urls.get(final or "") or next(reversed(urls.values()), None),
         error=error or None,
         createdAt=job.created_at,
         completedAt=job.completed_at,
         metadata=ApiJobMetadata(
-            operation=job.operation, params=job.params, assets=urls, text=(job.result or {}).get("text")
+            operation=job.operation, params=job.params, assets=list(urls.values()), text=(job.result or {}).get("text")
         ),
     )
 

@@ -3,6 +3,7 @@ through the real app against the local provider fakes."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 
@@ -151,12 +152,127 @@ async def test_resize_is_a_reframe(client, headers, fake_ideogram):
         client,
         headers,
         "ideogram",
-        {"prompt": "", "references": [asset["id"]], "jobType": "IMAGE_RESIZE", "resolution": "1024x576"},
+        {"prompt": "", "references": [asset["id"]], "jobType": "IMAGE_RESIZE", "resolution": "1312x736"},
     )
     job = await finished(client, headers, job_id)
     assert job["status"] == "COMPLETED", job["error"]
     assert job["metadata"]["operation"] == "ideogram.reframe"
     assert len(fake_ideogram.requests_to("reframe")) == 1
+
+
+async def downloaded(client: httpx.AsyncClient, url: str) -> Image.Image:
+    response = await client.get(url)
+    assert response.status_code == 200, response.text
+    return Image.open(io.BytesIO(response.content))
+
+
+async def test_recreate_image_is_a_remix_of_the_first_reference(client, headers, fake_ideogram):
+    image = png(size=(96, 64))
+    asset = await upload(client, headers, image)
+    job_id = await submit(
+        client,
+        headers,
+        "ideogram",
+        {"prompt": "the same, at dusk", "references": [asset["id"]], "jobType": "RECREATE_IMAGE", "image_weight": 30},
+    )
+    job = await finished(client, headers, job_id)
+    assert job["status"] == "COMPLETED", job["error"]
+    assert job["metadata"]["operation"] == "ideogram.remix"
+    assert job["metadata"]["params"]["image"] == asset["id"]
+    [sent] = fake_ideogram.requests_to("remix")
+    assert sent.file("image").data == image
+    assert (sent.fields["prompt"], sent.fields["image_weight"]) == ("the same, at dusk", "30")
+    assert (await downloaded(client, job["resultUrl"])).size == (96, 64)
+
+
+async def test_an_image_url_alone_is_a_remix_of_it(client, headers, fake_ideogram):
+    image = png()
+    asset = await upload(client, headers, image)
+    job_id = await submit(client, headers, "ideogram", {"prompt": "as a poster", "imageUrl": asset["url"]})
+    job = await finished(client, headers, job_id)
+    assert job["status"] == "COMPLETED", job["error"]
+    assert job["metadata"]["operation"] == "ideogram.remix"
+    [sent] = fake_ideogram.requests_to("remix")
+    assert (sent.file("image").data, sent.fields["prompt"]) == (image, "as a poster")
+    assert fake_ideogram.requests_to("generate") == []
+
+
+async def test_references_on_a_plain_generate_are_style_references(client, headers, fake_ideogram):
+    styles = [png(colour="yellow"), png(size=(40, 40), colour="blue")]
+    first, second = [await upload(client, headers, s) for s in styles]
+    job_id = await submit(
+        client, headers, "ideogram", {"prompt": "a kite in these styles", "references": [first["id"], second["url"]]}
+    )
+    job = await finished(client, headers, job_id)
+    assert job["status"] == "COMPLETED", job["error"]
+    assert job["metadata"]["operation"] == "ideogram.generate"
+    assert job["metadata"]["params"]["style_reference_images"] == [first["id"], second["id"]]
+    [sent] = fake_ideogram.requests_to("generate")
+    assert [p.data for p in sent.files_named("style_reference_images")] == styles
+    assert sent.files_named("character_reference_images") == []
+    assert (await downloaded(client, job["resultUrl"])).size == (256, 256)
+
+
+async def test_a_mask_with_a_reference_is_an_edit_even_without_a_job_type(client, headers, fake_ideogram):
+    image, mask = png(), mask_png()
+    image_asset, mask_asset = await upload(client, headers, image), await upload(client, headers, mask)
+    body = {"prompt": "a red door", "references": [image_asset["id"]], "mask": mask_asset["url"]}
+    job_id = await submit(client, headers, "ideogram", body)
+    job = await finished(client, headers, job_id)
+    assert job["status"] == "COMPLETED", job["error"]
+    assert job["metadata"]["operation"] == "ideogram.edit"
+    [sent] = fake_ideogram.requests_to("edit")
+    assert (sent.file("image").data, sent.file("mask").data, sent.fields["prompt"]) == (image, mask, "a red door")
+    assert (await downloaded(client, job["resultUrl"])).size == (80, 60)
+
+
+async def status_of(client: httpx.AsyncClient, headers: dict, job_id: str) -> dict:
+    response = await client.get(f"/api/jobs/{job_id}", headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def cancel(client: httpx.AsyncClient, headers: dict, job_id: str) -> None:
+    response = await client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
+    assert response.status_code in (200, 202), response.text
+
+
+async def test_the_frontend_sees_pending_processing_and_cancelled(client, headers, fake_ideogram, settings):
+    fake_ideogram.hang_next(times=settings.dispatcher_concurrency, endpoint="generate")
+    try:
+        running = [
+            await submit(client, headers, "ideogram", {"prompt": f"slow {i}"})
+            for i in range(settings.dispatcher_concurrency)
+        ]
+        await asyncio.to_thread(fake_ideogram.wait_until_hung, 1)
+        # Every dispatcher slot holds one of those, so this one waits its turn.
+        waiting = await submit(client, headers, "qwen", {"prompt": "queued"})
+
+        pending = await status_of(client, headers, waiting)
+        assert (pending["status"], pending["progress"], pending["resultUrl"]) == ("PENDING", 0, None)
+        assert pending["completedAt"] is None
+        processing = await status_of(client, headers, running[0])
+        assert (processing["status"], processing["resultUrl"], processing["error"]) == ("PROCESSING", None, None)
+
+        for job_id in [waiting, *running]:
+            await cancel(client, headers, job_id)
+            job = await finished(client, headers, job_id)
+            assert (job["status"], job["resultUrl"]) == ("CANCELLED", None)
+            assert job["completedAt"]
+    finally:
+        fake_ideogram.release_hung()
+    listed = {j["id"]: j["status"] for j in (await client.get("/api/jobs", headers=headers)).json()["jobs"]}
+    assert listed == dict.fromkeys([waiting, *running], "CANCELLED")
+    assert (await client.get("/v1/auth/me", headers=headers)).json()["credits"] == 20
+
+
+async def test_the_frontend_sees_a_failed_job_with_its_reason(client, headers, fake_ideogram):
+    fake_ideogram.fail_next(422, endpoint="generate")
+    job = await finished(client, headers, await submit(client, headers, "ideogram", {"prompt": "refused"}))
+    assert (job["status"], job["resultUrl"], job["metadata"]["assets"]) == ("FAILED", None, [])
+    assert "safety" in job["error"]
+    assert job["completedAt"]
+    assert (await client.get("/v1/auth/me", headers=headers)).json()["credits"] == 20
 
 
 async def test_another_users_images_and_jobs_are_not_found(client, headers):

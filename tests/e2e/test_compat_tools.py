@@ -50,12 +50,18 @@ async def downloaded(client: httpx.AsyncClient, url: str) -> Image.Image:
 
 
 async def assert_outputs_stored(client: httpx.AsyncClient, headers: dict, urls: list[str], operation: str) -> None:
-    """Each URL downloads a stored image that the gallery lists as made by `operation`."""
+    """Each URL downloads a stored image that the gallery lists as made by `operation`, at its size."""
     files = {f["fileUrl"]: f for f in (await gallery(client, headers))["items"]}
     for url in urls:
         assert not url.startswith("data:")
-        assert (await downloaded(client, url)).format == "PNG"
-        assert files[url]["model"] == operation
+        response = await client.get(url)
+        assert response.status_code == 200, response.text
+        image = Image.open(io.BytesIO(response.content))
+        assert image.format == "PNG"
+        listed = files[url]
+        assert listed["model"] == operation
+        assert (listed["fileSize"], listed["mimeType"]) == (len(response.content), "image/png")
+        assert (listed["width"], listed["height"]) == image.size
 
 
 async def assert_nothing_kept(client: httpx.AsyncClient, headers: dict) -> None:
@@ -96,6 +102,7 @@ async def test_generate_form_sends_the_fields_and_references_and_answers_storage
     assert [f.data for f in sent.files_named("style_reference_images")] == styles
     assert len(body["dataUrls"]) == 2
     fake_ideogram.expire_urls()
+    assert [(await downloaded(client, url)).size for url in body["dataUrls"]] == [(256, 144)] * 2
     await assert_outputs_stored(client, headers, body["dataUrls"], "ideogram.generate")
     assert await credits(client, headers) == 18
 
@@ -143,10 +150,10 @@ async def test_edit_sends_the_uploaded_image_and_mask_and_answers_the_edited_ima
         (
             "reframe",
             "ideogram.reframe",
-            {"resolution": "1024x576", "num_images": "1"},
+            {"resolution": "1312x736", "num_images": "1"},
             "reframe",
             "image",
-            (1024, 576),
+            (1312, 736),
             1,
         ),
         (
@@ -171,6 +178,9 @@ async def test_each_image_tool_reaches_its_endpoint_with_the_uploaded_image(
     assert response.status_code == 200, response.text
     [sent] = fake_ideogram.requests_to(endpoint)
     assert sent.file(file_field).data == image
+    # Upscale's options travel as one JSON field (test_upscale_passes_its_options_in_the_image_request).
+    sent_fields = json.loads(sent.fields["image_request"]) if endpoint == "upscale" else sent.fields
+    assert {name: str(sent_fields.get(name)) for name in fields} == fields
     [url] = response.json()["dataUrls"]
     assert (await downloaded(client, url)).size == size
     await assert_outputs_stored(client, headers, [url], operation)
@@ -190,14 +200,17 @@ async def test_upscale_passes_its_options_in_the_image_request(client, headers, 
     assert (request["resemblance"], request["detail"], request["prompt"]) == (55, 70, "sharper")
 
 
-async def test_describe_answers_the_descriptions(client, headers, fake_ideogram):
+async def test_describe_sends_the_uploaded_image_and_answers_the_descriptions(client, headers, fake_ideogram):
+    image = png()
     response = await client.post(
-        "/api/ideogram/describe", data={"model_version": "V_2"}, files={"image": png_file(png())}, headers=headers
+        "/api/ideogram/describe", data={"model_version": "V_2"}, files={"image": png_file(image)}, headers=headers
     )
     assert response.status_code == 200, response.text
     assert response.json() == {"descriptions": [{"text": "A solid-colour image, 80 by 60 pixels."}]}
     [sent] = fake_ideogram.requests_to("describe")
     assert sent.fields == {"describe_model_version": "V_2"}
+    assert (sent.file("image_file").data, sent.file("image_file").content_type) == (image, "image/png")
+    assert [f["jobId"] for f in (await gallery(client, headers))["items"]] == [None], "only the upload, no output"
     assert await credits(client, headers) == 19.5
 
 
@@ -221,6 +234,7 @@ async def test_qwen_image_sends_the_options_and_answers_url_and_usage(client, he
     assert body["usage"] == {"image_count": 1, "width": 1664, "height": 928}
     [sent] = fake_dashscope.requests_to("generation")
     assert sent.json["model"] == "qwen-image"
+    assert sent.json["input"] == {"messages": [{"role": "user", "content": [{"text": "a koi pond"}]}]}
     params = sent.json["parameters"]
     assert (params["size"], params["seed"], params["negative_prompt"]) == ("1664*928", 3, "blur")
     assert (params["prompt_extend"], params["watermark"]) == (False, False)
@@ -245,6 +259,8 @@ async def test_qwen_image_edit_sends_the_uploaded_image(client, headers, fake_da
     assert (sent.json["parameters"]["seed"], sent.json["parameters"]["watermark"]) == (4, False)
     parts = sent.json["input"]["messages"][0]["content"]
     assert b64decode(next(p["image"] for p in parts if "image" in p).split(",", 1)[1]) == image
+    assert [p["text"] for p in parts if "text" in p] == ["snow"]
+    assert (await downloaded(client, body["dataUrl"])).size == (80, 60)
     await assert_outputs_stored(client, headers, [body["dataUrl"]], "qwen.edit")
 
 
@@ -271,7 +287,7 @@ async def test_bad_params_are_422_naming_the_field_before_anything_is_stored(
 ):
     response = await client.post(
         "/api/ideogram/reframe",
-        data={"resolution": "1024x576", **fields} if fields else {},
+        data={"resolution": "1312x736", **fields} if fields else {},
         files={"image": png_file(png())},
         headers=headers,
     )
@@ -326,7 +342,7 @@ async def test_no_token_or_a_bad_token_is_401(client, fake_ideogram):
     for headers in ({}, bearer("not-a-token")):
         response = await client.post(
             "/api/ideogram/reframe",
-            data={"resolution": "1024x576"},
+            data={"resolution": "1312x736"},
             files={"image": png_file(png())},
             headers=headers,
         )

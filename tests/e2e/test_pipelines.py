@@ -140,6 +140,63 @@ async def test_a_chain_can_start_from_an_uploaded_image(client, headers):
     assert (reframed["width"], upscaled["width"]) == (128, 256)
 
 
+async def gallery_items(client: httpx.AsyncClient, headers: dict) -> dict[str, dict]:
+    response = await client.get("/api/r2files", headers=headers)
+    assert response.status_code == 200, response.text
+    return {item["id"]: item for item in response.json()["items"]}
+
+
+async def test_a_chains_images_are_in_the_gallery_under_the_step_that_made_them_and_the_chains_prompt(client, headers):
+    upload_id = await upload(client, headers, png(size=(80, 64)))
+    job = await run_chain(
+        client,
+        headers,
+        [
+            {"operation": "offline.upscale", "params": {"image": upload_id, "factor": 2}},
+            {"operation": "offline.remix", "input": "previous", "params": {"prompt": "the same at dusk"}},
+            {"operation": "offline.describe", "input": "previous"},
+        ],
+    )
+    assert job["status"] == "succeeded", job["error"]
+    [upscaled], [remixed] = job["steps"][0]["assets"], job["steps"][1]["assets"]
+
+    items = await gallery_items(client, headers)
+    assert set(items) == {upload_id, upscaled["id"], remixed["id"]}
+    assert (items[upscaled["id"]]["model"], items[upscaled["id"]]["prompt"]) == ("offline.upscale", "the same at dusk")
+    assert (items[remixed["id"]]["model"], items[remixed["id"]]["prompt"]) == ("offline.remix", "the same at dusk")
+    assert items[remixed["id"]]["jobId"] == job["id"]
+    assert (items[upload_id]["model"], items[upload_id]["prompt"], items[upload_id]["jobId"]) == (None, None, None)
+    assert items[remixed["id"]]["fileUrl"] == remixed["url"]
+
+
+async def test_a_chains_result_url_in_the_compat_job_is_its_final_image(client, headers, fake_ideogram):
+    job = await run_chain(
+        client,
+        headers,
+        [
+            {"operation": "ideogram.generate", "params": {"prompt": "a harbour", "num_images": 2}},
+            {"operation": "ideogram.upscale", "input": "previous"},
+            {"operation": "ideogram.describe", "input": "previous"},
+        ],
+    )
+    assert job["status"] == "succeeded", job["error"]
+    generated = job["steps"][0]["assets"]
+    [upscaled] = job["steps"][1]["assets"]
+
+    compat = (await client.get(f"/api/jobs/{job['id']}", headers=headers)).json()
+    assert compat["status"] == "COMPLETED"
+    assert compat["resultUrl"] == upscaled["url"], "the upscale is the result, not the first generated image"
+    assert compat["metadata"]["assets"] == [generated[0]["url"], generated[1]["url"], upscaled["url"]]
+    assert compat["metadata"]["text"] == job["steps"][2]["text"]
+    [listed] = (await client.get("/api/jobs", headers=headers)).json()["jobs"]
+    assert listed["resultUrl"] == upscaled["url"]
+    assert (await fetch(client, upscaled)).size == (512, 512)
+
+    items = await gallery_items(client, headers)
+    assert [items[a["id"]]["model"] for a in generated] == ["ideogram.generate"] * 2
+    assert (items[upscaled["id"]]["model"], items[upscaled["id"]]["prompt"]) == ("ideogram.upscale", "a harbour")
+
+
 async def test_a_chained_check_that_needs_the_image_fails_the_step_not_the_submit(client, headers):
     job = await run_chain(
         client,

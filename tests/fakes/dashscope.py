@@ -13,7 +13,8 @@ Checks on every call, in this order:
 1. ``Authorization: Bearer <api_key>`` exactly, else 401 ``InvalidApiKey`` "Invalid API-key provided.".
 2. Scripted delays: ``set_latency`` on every call, plus ``slow_next`` or ``hang_next`` (a hung
    call waits until ``release_hung()``, ``reset()`` or ``stop()``; on stop it answers 503).
-3. A scripted failure (``fail_next``), else the endpoint's own checks below.
+3. A scripted failure (``fail_next``; with ``echo_auth=True`` its message quotes the call's
+   ``Authorization`` header back), else the endpoint's own checks below.
 
 ``POST /services/aigc/multimodal-generation/generation`` (synchronous; endpoint "generation"):
 
@@ -205,6 +206,7 @@ class _Script:
     code: str = ""
     message: str = ""
     seconds: float = 0.0
+    echo_auth: bool = False
 
 
 @dataclass
@@ -332,14 +334,17 @@ class FakeDashScope:
         code: str | None = None,
         message: str | None = None,
         endpoint: str | None = None,
+        echo_auth: bool = False,
     ) -> None:
         """Answer the next `times` calls (to `endpoint`, or any) with `status` and a DashScope error body.
 
         `code` and `message` default per status (see `FAILURES`): 429 is the rate-limit refusal;
-        pass `code=QUOTA_CODE, message=QUOTA_MESSAGE` for the allocated-quota one.
+        pass `code=QUOTA_CODE, message=QUOTA_MESSAGE` for the allocated-quota one. With `echo_auth`
+        the message quotes the call's own Authorization header, as a careless upstream might.
         """
         default_code, default_message = FAILURES.get(status, ("InternalError", f"Scripted failure {status}."))
         script = _Script(endpoint, times, "fail", status, code or default_code, message or default_message)
+        script.echo_auth = echo_auth
         self._add(script)
 
     def hang_next(self, times: int = 1, *, endpoint: str | None = None) -> None:
@@ -513,7 +518,10 @@ class FakeDashScope:
                     raise DashScopeError(401, *FAILURES[401])
                 await self._delay(name)
                 if failure := self._take({"fail"}, name):
-                    raise DashScopeError(failure.status, failure.code, failure.message)
+                    message = failure.message
+                    if failure.echo_auth:
+                        message = f"{message} (Authorization: {request.headers.get('authorization')})"
+                    raise DashScopeError(failure.status, failure.code, message)
                 answer = await handlers[name](request, body)
                 response = JSONResponse({"request_id": request_id, **answer})
             except DashScopeError as exc:

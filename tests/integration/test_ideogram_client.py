@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,8 +26,10 @@ from daygen.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
+from daygen.settings import Settings
 from pipelines.ideogram import IdeogramClient
 from pipelines.providers import ImageFile, ProviderResult
+from pipelines.steps import StepContext, run_step
 from tests.fakes.ideogram import FakeIdeogram, ReceivedRequest
 from tests.fakes.server import FakeServer
 from tests.images import encoded
@@ -450,6 +453,35 @@ async def test_a_hung_upstream_times_out_as_unavailable(http: httpx.AsyncClient,
     assert isinstance(raised.value.__cause__, httpx.TimeoutException)
     assert_key_hidden(raised.value)
     assert [r.endpoint for r in fake.received] == ["generate"]
+
+
+async def test_a_short_read_timeout_setting_fails_a_hung_upstream_as_unavailable_after_the_retries(
+    fake: FakeIdeogram, tmp_path: Path
+) -> None:
+    settings = Settings(
+        _env_file=None,
+        storage_url=f"file://{tmp_path}",
+        ideogram_base_url=fake.base_url,
+        ideogram_api_key=KEY,
+        provider_read_timeout_seconds=0.2,
+        provider_max_attempts=3,
+        provider_backoff_seconds=0.01,
+        provider_backoff_cap_seconds=0.02,
+    )
+    fake.hang_next(times=3, endpoint="generate")
+    ctx = StepContext.from_settings(settings)
+    try:
+        outcome = await run_step(ctx, "ideogram.generate", {"prompt": "a kite", "num_images": 1, "seed": 1}, {})
+    finally:
+        fake.release_hung()
+        assert ctx.http is not None
+        await ctx.http.aclose()
+
+    assert outcome.error_code == "provider_unavailable"
+    assert "in time" in (outcome.error_message or "")
+    assert KEY not in (outcome.error_message or "")
+    assert [r.endpoint for r in fake.received] == ["generate"] * 3, "each hung attempt was retried until none were left"
+    assert outcome.assets == []
 
 
 async def test_a_closed_port_is_unavailable(http: httpx.AsyncClient) -> None:

@@ -306,6 +306,49 @@ async def test_each_error_status_becomes_the_error_that_names_it(
     assert_keeps_the_key_secret(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (400, ProviderBadRequest),
+        (401, ProviderMisconfigured),
+        (422, ContentRejected),
+        (429, ProviderRateLimited),
+        (500, ProviderUnavailable),
+    ],
+)
+async def test_an_upstream_error_echoing_our_key_is_redacted_in_the_error_and_the_logs(
+    fake: FakeDashScope,
+    qwen: QwenClient,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    expected: type[ProviderError],
+) -> None:
+    fake.fail_next(status, message="Rejected the call.", echo_auth=True)
+
+    with caplog.at_level(logging.DEBUG), pytest.raises(ProviderError) as raised:
+        await qwen.generate({"prompt": "a quiet harbour"})
+
+    assert type(raised.value) is expected
+    assert fake.received[0].status == status
+    if status != 401:  # a refused key is reported without DashScope's words at all
+        assert "Rejected the call. (Authorization: Bearer <redacted>)" in str(raised.value)
+    else:
+        assert "(Authorization: Bearer <redacted>)" in caplog.text, "the operator's warning quotes it, redacted"
+    assert_keeps_the_key_secret(raised.value)
+    assert SECRET_KEY not in caplog.text
+
+
+async def test_a_failed_task_whose_message_quotes_our_key_is_redacted(fake: FakeDashScope, qwen: QwenClient) -> None:
+    fake.task_polls = 1
+    fake.fail_next_task("InternalError.Algo", f"Worker saw header Bearer {SECRET_KEY} and gave up.")
+
+    status = await qwen.task_status(await qwen.submit_generate_task({"prompt": "a storm"}))
+
+    assert isinstance(status.error, ProviderUnavailable)
+    assert "Worker saw header Bearer <redacted> and gave up." in str(status.error)
+    assert_keeps_the_key_secret(status.error)
+
+
 async def test_errors_on_task_calls_are_mapped_the_same_way(fake: FakeDashScope, qwen: QwenClient) -> None:
     fake.fail_next(503, endpoint="tasks")
 

@@ -451,6 +451,17 @@ async def test_a_scripted_failure_answers_once_with_the_dashscope_error_body(
     assert after.status_code == 200
 
 
+async def test_a_scripted_failure_can_echo_the_callers_authorization_header(
+    fake: FakeDashScope, api: httpx.AsyncClient
+):
+    fake.fail_next(400, message="Bad header.", echo_auth=True)
+
+    failed = await api.post(GENERATION, json=generate_body())
+
+    assert failed.status_code == 400
+    assert failed.json()["message"] == f"Bad header. (Authorization: Bearer {fake.api_key})"
+
+
 async def test_failures_scripted_for_polls_leave_other_endpoints_alone(fake: FakeDashScope, api: httpx.AsyncClient):
     fake.fail_next(500, times=2, endpoint="tasks")
     task_id = (await api.post(SYNTHESIS, json=synthesis_body(), headers=ASYNC)).json()["output"]["task_id"]

@@ -1,5 +1,6 @@
 import contextlib
 import stat
+import uuid
 
 import pytest
 
@@ -55,3 +56,10 @@ def test_ids_are_version_7_and_sort_by_creation_time():
     ids = [uuid7() for _ in range(3)]
     assert all(i.version == 7 for i in ids)
     assert ids[0].int >> 80 <= ids[1].int >> 80 <= ids[2].int >> 80
+
+
+def test_ids_made_in_the_same_millisecond_still_sort_in_the_order_they_were_made():
+    ids = [uuid7() for _ in range(2000)]
+    assert len({i.int >> 80 for i in ids}) < len(ids), "some share a millisecond"
+    assert ids == sorted(ids)
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
