@@ -11,6 +11,7 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
+from tests.conftest import IDEOGRAM_RUNNING_JOBS
 from tests.e2e.helpers import assert_api_error, bearer, signup
 
 
@@ -237,16 +238,15 @@ async def cancel(client: httpx.AsyncClient, headers: dict, job_id: str) -> None:
     assert response.status_code in (200, 202), response.text
 
 
-async def test_the_frontend_sees_pending_processing_and_cancelled(client, headers, fake_ideogram, settings):
-    fake_ideogram.hang_next(times=settings.dispatcher_concurrency, endpoint="generate")
+async def test_the_frontend_sees_pending_processing_and_cancelled(client, headers, fake_ideogram):
+    fake_ideogram.hang_next(times=IDEOGRAM_RUNNING_JOBS, endpoint="generate")
     try:
         running = [
-            await submit(client, headers, "ideogram", {"prompt": f"slow {i}"})
-            for i in range(settings.dispatcher_concurrency)
+            await submit(client, headers, "ideogram", {"prompt": f"slow {i}"}) for i in range(IDEOGRAM_RUNNING_JOBS)
         ]
         await asyncio.to_thread(fake_ideogram.wait_until_hung, 1)
-        # Every dispatcher slot holds one of those, so this one waits its turn.
-        waiting = await submit(client, headers, "qwen", {"prompt": "queued"})
+        # Every Ideogram slot of the dispatcher holds one of those, so this one waits its turn.
+        waiting = await submit(client, headers, "ideogram", {"prompt": "queued"})
 
         pending = await status_of(client, headers, waiting)
         assert (pending["status"], pending["progress"], pending["resultUrl"]) == ("PENDING", 0, None)

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,6 +29,7 @@ from daygen.errors import (
 )
 from daygen.settings import Settings
 from pipelines.ideogram import IdeogramClient
+from pipelines.pool_config import ProviderPools
 from pipelines.providers import ImageFile, ProviderResult
 from pipelines.steps import StepContext, run_step
 from tests.fakes.ideogram import FakeIdeogram, ReceivedRequest
@@ -456,20 +458,22 @@ async def test_a_hung_upstream_times_out_as_unavailable(http: httpx.AsyncClient,
 
 
 async def test_a_short_read_timeout_setting_fails_a_hung_upstream_as_unavailable_after_the_retries(
-    fake: FakeIdeogram, tmp_path: Path
+    fake: FakeIdeogram, tmp_path: Path, settings: Settings
 ) -> None:
-    settings = Settings(
-        _env_file=None,
-        storage_url=f"file://{tmp_path}",
-        ideogram_base_url=fake.base_url,
-        ideogram_api_key=KEY,
-        provider_read_timeout_seconds=0.2,
-        provider_max_attempts=3,
-        provider_backoff_seconds=0.01,
-        provider_backoff_cap_seconds=0.02,
+    settings = settings.model_copy(
+        update={
+            "storage_url": f"file://{tmp_path}",
+            "redis_namespace": f"timeouts-{tmp_path.name}",
+            "ideogram_base_url": fake.base_url,
+            "ideogram_api_key": SecretStr(KEY),
+            "provider_read_timeout_seconds": 0.2,
+            "provider_max_attempts": 3,
+            "provider_backoff_seconds": 0.01,
+            "provider_backoff_cap_seconds": 0.02,
+        }
     )
     fake.hang_next(times=3, endpoint="generate")
-    ctx = StepContext.from_settings(settings)
+    ctx = StepContext.from_settings(settings, ProviderPools.load(settings.providers_config))
     try:
         outcome = await run_step(ctx, "ideogram.generate", {"prompt": "a kite", "num_images": 1, "seed": 1}, {})
     finally:
