@@ -40,12 +40,14 @@ DISPATCHER_NAME = "daygen-dispatcher"
 POLL_SECONDS = 1.0
 RECONCILE_EVERY = 30
 PRUNE_EVERY = 60
+POOL_CALL_ATTEMPTS = 5
+POOL_RETRY_SECONDS = 0.5
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class JobDispatcher:
-    def __init__(self, settings: Settings, pools: ProviderPools) -> None:
-        """Peers are found by name, so a restarted dispatcher needs nothing from its creator."""
+    async def __init__(self, settings: Settings, pools: ProviderPools) -> None:
+        """Peers are found by name and the loop starts here, so a restarted dispatcher carries on alone."""
         configure_logging(settings.log_level)
         self.settings = settings
         self.pools = pools
@@ -54,15 +56,13 @@ class JobDispatcher:
         self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=5))
         self.events = JobEvents(make_redis(settings.redis_url), settings.redis_namespace)
         self.store = ObjectStore.from_settings(settings)
-        self.loop_task: asyncio.Task | None = None
         self.wakeup = asyncio.Event()
         self.running: dict[str, set[asyncio.Task]] = {provider: set() for provider in pools.pools}
         self.cancels: dict[uuid.UUID, asyncio.Event] = {}
+        self.loop_task = asyncio.create_task(self._loop())
 
     async def wake(self) -> None:
-        """Called after each submit; also (re)starts the loop, e.g. after the actor restarted."""
-        if self.loop_task is None or self.loop_task.done():
-            self.loop_task = asyncio.create_task(self._loop())
+        """Called after each submit, so new work does not wait for the next poll."""
         self.wakeup.set()
 
     async def cancel(self, job_id: uuid.UUID) -> bool:
@@ -79,17 +79,25 @@ class JobDispatcher:
         return self.peers[name]
 
     async def _run_step(self, operation: str, params: dict[str, Any], inputs: dict[str, Any]) -> StepOutcome:
-        try:
-            provider = OPERATIONS[operation].provider
-            pool = self._peer(pool_name(provider, next(self.turns[provider])))
-            call = pool.run.remote(operation, params, inputs)
+        """The step on one of its provider's actors; an actor that dies mid-call (Ray restarts it)
+        costs a retry on the next actor, not the job."""
+        provider = OPERATIONS[operation].provider
+        for _ in range(POOL_CALL_ATTEMPTS):
+            try:
+                pool = self._peer(pool_name(provider, next(self.turns[provider])))
+                call = pool.run.remote(operation, params, inputs)
+            except ValueError:  # no such actor (yet): the pool is being restarted
+                await asyncio.sleep(POOL_RETRY_SECONDS)
+                continue
             try:
                 return await call
             except asyncio.CancelledError:
                 ray.cancel(call)  # the job was canceled: stop the upstream call too
                 raise
-        except (RayActorError, ValueError):
-            return StepOutcome(error_code="provider_unavailable", error_message="the provider worker stopped")
+            except RayActorError:
+                log.warning("a pool actor died mid-step; trying again", extra={"operation": operation})
+                await asyncio.sleep(POOL_RETRY_SECONDS)
+        return StepOutcome(error_code="provider_unavailable", error_message="the provider's workers kept stopping")
 
     async def _settle(self, job_id: uuid.UUID, charged: Decimal) -> Any:
         return await self._peer(LEDGER_NAME).settle.remote(job_id, charged)

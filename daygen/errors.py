@@ -54,6 +54,16 @@ class ServiceUnavailable(DaygenError):
     code = "service_unavailable"
 
 
+class ProviderDown(ServiceUnavailable):
+    """A provider that can't take work now (no key configured, our key refused, its account out of
+    funds): new jobs for it are a 503 before anything is charged, `retry_after` seconds if known."""
+
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+
+
 class UpstreamFailed(DaygenError):
     """A job that waited on for its answer failed upstream (502), under the job's own error code."""
 

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     dashscope_async_tasks: bool = False
     dashscope_poll_seconds: float = Field(10.0, gt=0)
     dashscope_task_timeout_seconds: float = Field(600.0, gt=0)
+    provider_outage_seconds: float = Field(60.0, gt=0)
     provider_max_attempts: int = Field(4, ge=1)
     provider_backoff_seconds: float = Field(0.5, gt=0)
     provider_backoff_cap_seconds: float = Field(20.0, gt=0)
@@ -97,6 +98,11 @@ class Settings(BaseSettings):
     @property
     def webhook_allowed_host_set(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip())
+
+    def provider_configured(self, provider: str) -> bool:
+        """Whether the provider has the API key it needs (the offline engine needs none)."""
+        name = {"ideogram": "ideogram_api_key", "qwen": "dashscope_api_key"}.get(provider)
+        return name is None or getattr(self, name) is not None
 
     @property
     def api_base(self) -> str:

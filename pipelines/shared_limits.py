@@ -310,6 +310,29 @@ class PoolPause:
             left_ms = await self.redis.pttl(self.key)
 
 
+class ProviderOutage:
+    """A provider marked down for a while (our key refused, its account out of funds): the pool's
+    actors record it, every replica's submit reads it and refuses new jobs until it runs out."""
+
+    def __init__(self, redis: Redis, key: str) -> None:
+        self.redis = redis
+        self.key = f"{key}:down"
+
+    async def mark(self, code: str, seconds: float) -> None:
+        await self.redis.set(self.key, code, px=max(1, math.ceil(seconds * 1000)))
+
+    async def current(self) -> tuple[str, float] | None:
+        """(the error code, seconds left), or None when the provider is not marked down."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            code, left_ms = await pipe.get(self.key).pttl(self.key).execute()
+        if code is None or left_ms < 0:
+            return None
+        return (code.decode() if isinstance(code, bytes) else code), left_ms / 1000
+
+    async def clear(self) -> None:
+        await self.redis.delete(self.key)
+
+
 class ProviderGate:
     """What every upstream call of one provider passes through, on every actor of its pool:
     a pool-wide pause after a 429, a request-rate slot, and places among the images in flight."""
@@ -322,8 +345,11 @@ class ProviderGate:
         max_inflight_images: int | None = None,
         requests_per_minute: float | None = None,
         lease_seconds: float = 30.0,
+        outage_seconds: float = 60.0,
     ) -> None:
         self.pause = PoolPause(redis, key)
+        self.outage = ProviderOutage(redis, key)
+        self.outage_seconds = outage_seconds
         self.inflight = (
             SharedInFlightLimiter(redis, key, capacity=max_inflight_images, lease_seconds=lease_seconds)
             if max_inflight_images
@@ -346,6 +372,10 @@ class ProviderGate:
             if self.rate is not None:
                 await self.rate.acquire()
             yield
+
+    async def refused(self, code: str) -> None:
+        """The upstream refused our key or our account: stop taking new jobs for it for a while."""
+        await self.outage.mark(code, self.outage_seconds)
 
     async def rate_limited(self, retry_after: float | None) -> None:
         """The upstream said 429: hold back the whole pool for as long as it asked."""

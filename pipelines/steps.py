@@ -15,7 +15,14 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from daygen.errors import JobFailed, ProviderError, ProviderMisconfigured, ProviderRateLimited, ProviderUnavailable
+from daygen.errors import (
+    JobFailed,
+    ProviderError,
+    ProviderMisconfigured,
+    ProviderOutOfFunds,
+    ProviderRateLimited,
+    ProviderUnavailable,
+)
 from pipelines import offline
 from pipelines.downloads import copy_image
 from pipelines.ideogram import IdeogramClient
@@ -66,6 +73,7 @@ class StepContext:
                 pool_key(settings.redis_namespace, provider),
                 max_inflight_images=pool.max_inflight_images,
                 requests_per_minute=pool.requests_per_minute,
+                outage_seconds=settings.provider_outage_seconds,
             )
             for provider, pool in pools.pools.items()
             if provider in ("ideogram", "qwen")
@@ -247,7 +255,8 @@ async def _ideogram(ctx: StepContext, operation: str, p: dict[str, Any], inputs:
 async def _upstream(
     ctx: StepContext, provider: str, call: Callable[[], Awaitable[ProviderResult]], places: int = 0
 ) -> ProviderResult:
-    """One upstream request through the provider's gate, with retries; a 429 pauses the whole pool."""
+    """One upstream request through the provider's gate, with retries; a 429 pauses the whole pool,
+    a refused key or an empty account marks the provider down (new jobs get a 503 for a while)."""
     gate = ctx.gates.get(provider)
 
     async def attempt() -> ProviderResult:
@@ -258,6 +267,9 @@ async def _upstream(
                 return await call()
         except ProviderRateLimited as exc:
             await gate.rate_limited(exc.retry_after)
+            raise
+        except (ProviderMisconfigured, ProviderOutOfFunds) as exc:
+            await gate.refused(exc.job_code)
             raise
 
     return await call_with_retries(attempt, ctx.retry, sleep=ctx.sleep)

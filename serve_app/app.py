@@ -51,7 +51,6 @@ def build_app(settings: Settings) -> Application:
             ProviderWorker.options(name=pool_name(provider, index), **singleton).remote(settings, pools, provider)
     dispatcher = JobDispatcher.options(name=DISPATCHER_NAME, **singleton).remote(settings, pools)
     WebhookSender.options(name=WEBHOOK_SENDER_NAME, **singleton).remote(settings)
-    dispatcher.wake.remote()
     return Api.bind(settings, pools, ledger, dispatcher)
 
 

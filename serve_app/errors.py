@@ -7,6 +7,7 @@ the original backend's `{"statusCode", "message", "error"}`.
 from __future__ import annotations
 
 import logging
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -67,8 +68,11 @@ def error_response(
 
 async def _domain_error(request: Request, exc: errors.DaygenError) -> JSONResponse:
     status = status_for(exc)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return error_response(request, status, exc.code, exc.message, exc.details, headers)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return error_response(request, status, exc.code, exc.message, exc.details, headers or None)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -371,6 +371,10 @@ class ProviderOut(Out):
     queued: int
     running: int
     pausedForSeconds: float
+    unavailable: JobError | None = Field(
+        None, description="why new jobs for it are refused right now (503), if they are"
+    )
+    unavailableForSeconds: float = 0
     actors: int
     maxRunningJobs: int
     maxInflightImages: int | None

@@ -131,4 +131,6 @@ async def test_up_runs_everything_embedded_and_ctrl_c_stops_it_all(tmp_path):
     assert processes_under(home) == [], "Ctrl-C leaves no embedded server running"
     assert processes_under(ray_dir) == [], "Ctrl-C leaves no Ray process running"
     with socket.socket() as probe:
+        # As the next `daygen up` binds: connections HAProxy closed may linger in TIME_WAIT.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))

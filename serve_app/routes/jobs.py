@@ -15,10 +15,12 @@ from pydantic import BaseModel, ValidationError
 from ray.exceptions import RayError
 from sqlalchemy.exc import IntegrityError
 
-from daygen.errors import Conflict, DaygenError, InsufficientCredits, InvalidInput, NotFound
+from daygen.errors import Conflict, DaygenError, InsufficientCredits, InvalidInput, NotFound, ProviderDown
 from daygen.ids import uuid7
 from pipelines.chains import PIPELINE, charged_for, job_steps, prefixed, validate_steps
 from pipelines.operations import OPERATIONS, check_inputs, validate_request
+from pipelines.pool_config import pool_key
+from pipelines.shared_limits import ProviderOutage
 from pipelines.webhooks import check_target
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
 from serve_app.errors import status_for
@@ -115,6 +117,24 @@ class Idempotency:
         return cls(key, hashlib.sha256(canonical.encode()).hexdigest())
 
 
+OUTAGE_MESSAGES = {
+    "provider_misconfigured": "{provider} refused our API key; the operators have been alerted",
+    "provider_out_of_funds": "{provider} cannot take work on our account right now",
+}
+
+
+async def check_provider_ready(services: Services, provider: str) -> None:
+    """A 503 before any charge for a provider that can't take work: no key here, or marked down
+    by its pool after refusing our key or account (for `DAYGEN_PROVIDER_OUTAGE_SECONDS`)."""
+    if not services.settings.provider_configured(provider):
+        raise ProviderDown("provider_misconfigured", f"{provider} is not configured on this server")
+    outage = await ProviderOutage(services.redis, pool_key(services.settings.redis_namespace, provider)).current()
+    if outage is not None:
+        code, seconds_left = outage
+        message = OUTAGE_MESSAGES.get(code, "{provider} is unavailable").format(provider=provider)
+        raise ProviderDown(code, message, retry_after=seconds_left)
+
+
 class Replayed(Exception):
     """The request repeats an earlier one with the same Idempotency-Key: answer with that job."""
 
@@ -200,6 +220,7 @@ async def submit_job(
     """Validate, resolve input assets, reserve the price, queue: every way of submitting one operation."""
     operation, params = validate_request(operation_name, raw_params)
     services.pools.check_fits(operation, params)
+    await check_provider_ready(services, operation.provider)
     refs = operation.asset_refs(params)
     inputs = await resolve_inputs(session, user.id, refs) if refs else None
     if inputs:
@@ -228,6 +249,8 @@ async def submit_chain(
 ) -> uuid.UUID:
     """The same for a chain: every step is checked, and the whole price reserved, before anything runs."""
     steps = validate_steps(raw_steps)
+    for provider in dict.fromkeys(step.provider for step in steps):
+        await check_provider_ready(services, provider)
     inputs: dict[str, dict] = {}
     for index, step in enumerate(steps):
         try:

@@ -376,8 +376,11 @@ async def test_an_upstream_safety_refusal_is_422_and_releases_the_credit(client,
     assert await credits(client, headers) == 20
 
 
-async def test_an_upstream_out_of_funds_is_503_and_releases_the_credit(client, headers, fake_ideogram):
-    fake_ideogram.fail_next(402, endpoint="edit")
+@pytest.mark.parametrize("status", [401, 402])
+async def test_an_upstream_that_refuses_our_key_or_account_is_503_and_releases_the_credit(
+    client, headers, fake_ideogram, status
+):
+    fake_ideogram.fail_next(status, endpoint="edit")
     response = await client.post(
         "/api/ideogram/edit",
         data={"prompt": "a door"},

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
+from pipelines.pool_config import ProviderPools
+from serve_app.api import create_api
+from serve_app.services import Services
 from tests.conftest import IDEOGRAM_INFLIGHT_LIMIT, IDEOGRAM_RUNNING_JOBS
 from tests.e2e.helpers import assert_v1_error, bearer, signup
 from tests.e2e.test_providers import credits
@@ -65,3 +69,53 @@ async def test_queue_depth_per_provider_shows_waiting_and_running_jobs(client, h
 
 async def test_queue_depth_needs_a_token(client):
     assert_v1_error(await client.get("/v1/providers"), 401, "not_authenticated")
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, "provider_misconfigured"), (402, "provider_out_of_funds")])
+async def test_after_the_provider_refuses_our_key_or_account_new_jobs_are_503_before_any_charge(
+    client, headers, fake_ideogram, status, code
+):
+    fake_ideogram.fail_next(status)
+    first = await client.post("/v1/jobs", json=GENERATE, headers=headers)
+    job = (await client.get(f"/v1/jobs/{first.json()['jobId']}", params={"wait": 30}, headers=headers)).json()
+    assert (job["status"], job["error"]["code"]) == ("failed", code)
+
+    refused = await client.post("/v1/jobs", json=GENERATE, headers=headers)
+    error = assert_v1_error(refused, 503, code)
+    assert fake_ideogram.api_key not in error["message"]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    chain = {"steps": [{**OFFLINE_STEP}, {"operation": "ideogram.upscale", "input": "previous"}]}
+    assert_v1_error(await client.post("/v1/jobs", json=chain, headers=headers), 503, code)
+    compat = await client.post("/api/image/ideogram", json={"prompt": "still down"}, headers=headers)
+    assert compat.status_code == 503 and compat.json()["statusCode"] == 503
+    assert await credits(client, headers) == 20, "neither the failed job nor the refused ones cost anything"
+    assert len(fake_ideogram.requests_to("generate")) == 1
+
+    pools = {p["provider"]: p for p in (await client.get("/v1/providers", headers=headers)).json()["items"]}
+    assert pools["ideogram"]["unavailable"]["code"] == code and pools["ideogram"]["unavailableForSeconds"] > 0
+    assert pools["offline"]["unavailable"] is None
+    offline = await client.post(
+        "/v1/jobs", json={"operation": "offline.generate", "params": OFFLINE_STEP["params"]}, headers=headers
+    )
+    assert offline.status_code == 202, "other providers keep working"
+
+
+OFFLINE_STEP = {"operation": "offline.generate", "params": {"prompt": "fine", "width": 64, "height": 64}}
+
+
+async def test_a_provider_without_a_key_on_this_server_is_503_at_submit(settings):
+    keyless = settings.model_copy(update={"ideogram_api_key": None, "dashscope_api_key": None})
+    services = Services.build(keyless, ProviderPools.load(keyless.providers_config), ledger=None, dispatcher=None)
+    transport = httpx.ASGITransport(app=create_api(keyless, services))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://daygen.test") as app_client:
+            headers = bearer((await signup(app_client))["accessToken"])
+            for body in (GENERATE, {"operation": "qwen.generate", "params": {"prompt": "x"}}):
+                error = assert_v1_error(
+                    await app_client.post("/v1/jobs", json=body, headers=headers), 503, "provider_misconfigured"
+                )
+                assert "not configured" in error["message"]
+            assert await credits(app_client, headers) == 20
+    finally:
+        await services.engine.dispose()
+        await services.redis.aclose()

@@ -132,7 +132,7 @@ async def test_an_endpoint_receives_the_event_types_it_asked_for_in_order(client
 async def test_a_failed_delivery_is_retried_with_the_same_id_until_it_lands(client, user, receiver):
     path = unique_path()
     created = await endpoint(client, user["headers"], receiver.url(path))
-    receiver.answer_next(500, times=2)
+    receiver.answer_next(500, times=2, path=path)
     await run(client, user["headers"])
     attempts = await arrived(receiver, 3, path)
     assert len({d.headers["webhook-id"] for d in attempts}) == 1, "every attempt is the same message"
@@ -144,7 +144,7 @@ async def test_a_failed_delivery_is_retried_with_the_same_id_until_it_lands(clie
 async def test_retry_after_is_waited_out_even_when_the_schedule_is_sooner(client, user, receiver):
     path = unique_path()
     await endpoint(client, user["headers"], receiver.url(path))
-    receiver.answer_next(503, headers={"Retry-After": "1"})
+    receiver.answer_next(503, headers={"Retry-After": "1"}, path=path)
     await run(client, user["headers"])
     first, second = await arrived(receiver, 2, path)
     assert second.at - first.at >= 0.95, "the schedule says 0.3 s; the receiver asked for 1 s"
@@ -153,7 +153,7 @@ async def test_retry_after_is_waited_out_even_when_the_schedule_is_sooner(client
 async def test_a_delivery_that_keeps_failing_is_given_up_and_can_be_sent_again_by_hand(client, user, receiver):
     path = unique_path()
     created = await endpoint(client, user["headers"], receiver.url(path))
-    receiver.answer_next(500, times=4)  # the first attempt and the schedule's three retries
+    receiver.answer_next(500, times=4, path=path)  # the first attempt and the schedule's three retries
     await run(client, user["headers"])
     await arrived(receiver, 4, path)
     failed = await settled(client, user["headers"], created["id"], "failed")
@@ -172,7 +172,7 @@ async def test_a_410_turns_the_endpoint_off_until_it_is_turned_back_on(client, u
     gone, control = unique_path(), unique_path()
     created = await endpoint(client, user["headers"], receiver.url(gone))
     await endpoint(client, user["headers"], receiver.url(control))
-    receiver.answer_next(410)
+    receiver.answer_next(410, path=gone)
     await run(client, user["headers"])
     await arrived(receiver, 1, gone)
     assert (await settled(client, user["headers"], created["id"], "failed"))["attempts"] == 1

@@ -36,7 +36,7 @@ class Delivery:
 class WebhookReceiver:
     def __init__(self) -> None:
         self.deliveries: list[Delivery] = []
-        self._replies: list[tuple[int, dict[str, str]]] = []
+        self._replies: list[tuple[str | None, int, dict[str, str]]] = []
         self._changed = threading.Condition()
         self._server = FakeServer(Starlette(routes=[Route("/{path:path}", self._receive, methods=["POST"])]))
 
@@ -50,10 +50,12 @@ class WebhookReceiver:
     def url(self, path: str = "/hook") -> str:
         return f"{self._server.base_url}{path}"
 
-    def answer_next(self, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
-        """The next `times` deliveries get `status` (with `headers`); then 200 again."""
+    def answer_next(
+        self, status: int, times: int = 1, headers: dict[str, str] | None = None, path: str | None = None
+    ) -> None:
+        """The next `times` deliveries (to `path`, or any) get `status` (with `headers`); then 200 again."""
         with self._changed:
-            self._replies += [(status, headers or {})] * times
+            self._replies += [(path, status, headers or {})] * times
 
     def reset(self) -> None:
         with self._changed:
@@ -79,6 +81,11 @@ class WebhookReceiver:
         body = await request.body()
         with self._changed:
             self.deliveries.append(Delivery(request.url.path, dict(request.headers), body, time.monotonic()))
-            status, headers = self._replies.pop(0) if self._replies else (200, {})
+            status, headers = 200, {}
+            for index, (path, scripted, scripted_headers) in enumerate(self._replies):
+                if path is None or path == request.url.path:
+                    status, headers = scripted, scripted_headers
+                    del self._replies[index]
+                    break
             self._changed.notify_all()
         return Response(b'{"ok": true}', status, headers=headers, media_type="application/json")

@@ -86,7 +86,7 @@ async def test_a_jobs_end_is_written_to_the_outbox_with_the_event_and_sent_signe
 async def test_a_failed_attempt_is_due_again_and_a_dead_senders_claim_runs_out(sessions, outbox, receiver):
     path = f"/outbox-{uuid.uuid4().hex[:8]}"
     owner, job_id = await job_with_hook(sessions, receiver.url(path))
-    receiver.answer_next(500)
+    receiver.answer_next(500, path=path)
     await emit(sessions, owner, job_id, "job.succeeded", {"status": "succeeded"})
     await send_until_quiet(outbox)
     async with sessions() as session:

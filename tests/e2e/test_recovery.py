@@ -1,0 +1,128 @@
+"""Killing parts of the running app for real: a pool actor mid-call, the dispatcher mid-job.
+
+Afterwards every job ends exactly once, is charged exactly once, and a WebSocket subscriber and
+a webhook endpoint each saw its end. (Stopping and restarting the whole app: tests/test_restart.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+import ray
+from sqlalchemy import func, select
+from websockets.asyncio.client import connect
+
+from actors.dispatcher import DISPATCHER_NAME
+from actors.pools import pool_name
+from daygen.runtime import RAY_NAMESPACE
+from storage.models import JobEvent, LedgerEntry
+from tests.conftest import IDEOGRAM_INFLIGHT_LIMIT
+from tests.e2e.helpers import bearer, set_balance, signup
+from tests.e2e.test_providers import credits
+from tests.fakes.webhook_receiver import WebhookReceiver
+
+GENERATE = {"operation": "ideogram.generate", "params": {"prompt": "a survivor"}}
+TERMINAL = {"job.succeeded", "job.failed", "job.canceled"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_fakes(fake_ideogram):
+    fake_ideogram.reset()
+    yield
+    fake_ideogram.release_hung()
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    with WebhookReceiver() as server:
+        yield server
+
+
+@pytest.fixture
+async def account(client, sessions, receiver) -> dict:
+    created = await signup(client)
+    headers = bearer(created["accessToken"])
+    await set_balance(sessions, created["user"]["id"], Decimal(10))
+    path = f"/recovery-{uuid.uuid4().hex[:8]}"
+    response = await client.post("/v1/webhooks", json={"url": receiver.url(path)}, headers=headers)
+    assert response.status_code == 201, response.text
+    return {"headers": headers, "id": created["user"]["id"], "token": created["accessToken"], "hook": path}
+
+
+async def watch(app_url: str, token: str, job_ids: set[str], frames: list[dict]) -> None:
+    """A user:me subscriber that keeps every frame until each job's end has arrived."""
+    url = app_url.replace("http://", "ws://") + f"/v1/ws?token={token}"
+    async with connect(url) as socket:
+        await socket.send(json.dumps({"action": "subscribe", "channel": "user:me", "lastEventId": 0}))
+        ended: set[str] = set()
+        while not job_ids <= ended:
+            frame = json.loads(await socket.recv())
+            frames.append(frame)
+            if frame.get("type") in TERMINAL:
+                ended.add(frame["jobId"])
+
+
+async def submit_hung(client, headers, fake_ideogram, count: int) -> list[str]:
+    fake_ideogram.hang_next(times=count, endpoint="generate")
+    ids = []
+    for _ in range(count):
+        response = await client.post("/v1/jobs", json=GENERATE, headers=headers)
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["jobId"])
+    await asyncio.to_thread(fake_ideogram.wait_until_hung, count, 30)  # pool actors may be restarting
+    return ids
+
+
+async def assert_ended_once_and_charged_once(client, sessions, account, receiver, job_ids, frames, attempts):
+    for job_id in job_ids:
+        job = (await client.get(f"/v1/jobs/{job_id}", params={"wait": 30}, headers=account["headers"])).json()
+        assert job["status"] == "succeeded", job
+        assert job["attempt"] >= attempts
+    async with sessions() as session:
+        for job_id in job_ids:
+            ends = await session.scalar(
+                select(func.count()).where(JobEvent.job_id == uuid.UUID(job_id), JobEvent.type.in_(TERMINAL))
+            )
+            assert ends == 1, f"job {job_id} ended {ends} times"
+            kinds = sorted(
+                (
+                    await session.execute(select(LedgerEntry.kind).where(LedgerEntry.job_id == uuid.UUID(job_id)))
+                ).scalars()
+            )
+            assert kinds == ["commit", "reserve"], f"job {job_id} was settled as {kinds}"
+    assert await credits(client, account["headers"]) == 10 - len(job_ids), "each job charged exactly once"
+    ended = [f for f in frames if f.get("type") in TERMINAL]
+    assert sorted(f["jobId"] for f in ended) == sorted(job_ids), "the subscriber saw each end once"
+    hooks = await asyncio.to_thread(receiver.wait_for, len(job_ids), account["hook"])
+    assert {d.json["data"]["jobId"] for d in hooks} == set(job_ids), "the endpoint saw each end"
+
+
+async def test_a_pool_actor_killed_mid_call_costs_a_retry_not_the_job(
+    client, app_url, sessions, account, fake_ideogram, receiver
+):
+    job_ids = await submit_hung(client, account["headers"], fake_ideogram, IDEOGRAM_INFLIGHT_LIMIT - 1)
+    frames: list[dict] = []
+    watcher = asyncio.create_task(watch(app_url, account["token"], set(job_ids), frames))
+    for index in range(2):  # both Ideogram actors: whichever holds the calls dies mid-call
+        ray.kill(ray.get_actor(pool_name("ideogram", index), namespace=RAY_NAMESPACE), no_restart=False)
+    fake_ideogram.release_hung()  # answers nobody now; the retries find the restarted actors
+    await asyncio.wait_for(watcher, 60)
+    await assert_ended_once_and_charged_once(client, sessions, account, receiver, job_ids, frames, attempts=1)
+    assert len(fake_ideogram.requests_to("generate")) == 2 * len(job_ids), "each job's call went out again"
+
+
+async def test_a_dispatcher_killed_mid_job_is_restarted_and_its_jobs_taken_over_once(
+    client, app_url, sessions, account, fake_ideogram, receiver
+):
+    job_ids = await submit_hung(client, account["headers"], fake_ideogram, IDEOGRAM_INFLIGHT_LIMIT - 1)
+    frames: list[dict] = []
+    watcher = asyncio.create_task(watch(app_url, account["token"], set(job_ids), frames))
+    ray.kill(ray.get_actor(DISPATCHER_NAME, namespace=RAY_NAMESPACE), no_restart=False)
+    fake_ideogram.release_hung()  # the pool answers a dispatcher that is gone
+    # The restarted dispatcher re-claims the jobs once their leases (3 s here) run out.
+    await asyncio.wait_for(watcher, 60)
+    await assert_ended_once_and_charged_once(client, sessions, account, receiver, job_ids, frames, attempts=2)
