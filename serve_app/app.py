@@ -19,7 +19,6 @@ from serve_app.services import Services
 
 @serve.deployment(
     name="daygen-api",
-    max_ongoing_requests=1000,
     ray_actor_options={"num_cpus": 0},
     logging_config={"enable_access_log": False},
 )
@@ -51,7 +50,9 @@ def build_app(settings: Settings) -> Application:
             ProviderWorker.options(name=pool_name(provider, index), **singleton).remote(settings, pools, provider)
     dispatcher = JobDispatcher.options(name=DISPATCHER_NAME, **singleton).remote(settings, pools)
     WebhookSender.options(name=WEBHOOK_SENDER_NAME, **singleton).remote(settings)
-    return Api.bind(settings, pools, ledger, dispatcher)
+    # Every open WebSocket is an ongoing request of the replica: room for them and for requests.
+    api = Api.options(max_ongoing_requests=settings.api_max_ongoing_requests)
+    return api.bind(settings, pools, ledger, dispatcher)
 
 
 def from_environment(args: dict[str, str] | None = None) -> Application:

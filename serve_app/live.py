@@ -32,7 +32,7 @@ RETRY_SECONDS = 1.0
 
 
 class Listener:
-    """One socket's inbox: events of its user, in order, until it overflows."""
+    """One socket's inbox: the events of its user it subscribed to, in order, until it overflows."""
 
     def __init__(self, owner_id: uuid.UUID, max_pending: int) -> None:
         self.owner_id = owner_id
@@ -40,9 +40,15 @@ class Listener:
         # Events, and whatever else its socket orders with them (client messages); None: overflowed.
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.overflowed = False
+        # What its socket subscribed to, so other jobs' events never wake it.
+        self.every_job = False
+        self.job_ids: set[uuid.UUID] = set()
+
+    def wants(self, event: Event) -> bool:
+        return self.every_job or event.job_id in self.job_ids
 
     def offer(self, event: Event) -> None:
-        if self.overflowed:
+        if self.overflowed or not self.wants(event):
             return
         if self.queue.qsize() >= self.max_pending:
             self.overflowed = True

@@ -156,7 +156,7 @@ def settings(
         provider_backoff_cap_seconds=0.05,
         dashscope_poll_seconds=0.01,
         ws_heartbeat_seconds=1.0,
-        job_lease_seconds=3,
+        job_lease_seconds=5,
         webhook_allowed_hosts="127.0.0.1",
         webhook_retry_schedule="0.3,0.3,0.3",
         webhook_poll_seconds=0.05,

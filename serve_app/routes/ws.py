@@ -95,6 +95,10 @@ class Connection:
         for subscription in list(self.subscriptions.values()):
             await self.replay(subscription)
 
+    def _listen_to_subscriptions(self) -> None:
+        self.listener.every_job = any(s.job_id is None for s in self.subscriptions.values())
+        self.listener.job_ids = {s.job_id for s in self.subscriptions.values() if s.job_id is not None}
+
     async def handle(self, raw: str) -> None:
         if len(raw) > MAX_MESSAGE_CHARS:
             await self.error("bad_request", f"messages are limited to {MAX_MESSAGE_CHARS} characters")
@@ -116,6 +120,7 @@ class Connection:
             return
         if action == "unsubscribe":
             self.subscriptions.pop(channel, None)
+            self._listen_to_subscriptions()
             await self.send({"type": "unsubscribed", "channel": channel})
             return
         if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 0):
@@ -150,6 +155,7 @@ class Connection:
             return
         subscription = Subscription(channel, job_id, start)
         self.subscriptions[channel] = subscription
+        self._listen_to_subscriptions()  # before the replay, so nothing falls between the two
         await self.replay(subscription)
         await self.send({"type": "subscribed", "channel": channel, "lastEventId": subscription.last_id})
 

@@ -123,6 +123,6 @@ async def test_a_dispatcher_killed_mid_job_is_restarted_and_its_jobs_taken_over_
     watcher = asyncio.create_task(watch(app_url, account["token"], set(job_ids), frames))
     ray.kill(ray.get_actor(DISPATCHER_NAME, namespace=RAY_NAMESPACE), no_restart=False)
     fake_ideogram.release_hung()  # the pool answers a dispatcher that is gone
-    # The restarted dispatcher re-claims the jobs once their leases (3 s here) run out.
+    # The restarted dispatcher re-claims the jobs once their leases (5 s here) run out.
     await asyncio.wait_for(watcher, 60)
     await assert_ended_once_and_charged_once(client, sessions, account, receiver, job_ids, frames, attempts=2)

@@ -97,7 +97,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -191,6 +191,7 @@ class ReceivedRequest:
     headers: dict[str, str]
     json: Any = None
     status: int | None = None
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     def __repr__(self) -> str:
         headers = {k: ("Bearer <redacted>" if k == "authorization" else v) for k, v in self.headers.items()}

@@ -23,6 +23,7 @@ async def test_events_announced_out_of_order_reach_a_listener_once_each_in_id_or
     events = JobEvents(make_redis(settings.redis_url), f"{settings.redis_namespace}:hub-{uuid.uuid4().hex}")
     hub = EventHub(redis, events, sessions)
     listener = Listener(owner, max_pending=100)
+    listener.every_job = True
     await hub.join(listener)
     try:
         written = []
@@ -58,6 +59,7 @@ async def test_a_listener_that_joins_later_gets_only_what_comes_after(sessions, 
         before = await append_event(session, job_id=job_id, owner_id=owner, type="job.started", data={})
     await events.publish(before)
     listener = Listener(owner, max_pending=100)
+    listener.job_ids = {job_id}
     await hub.join(listener)
     try:
         async with sessions.begin() as session:

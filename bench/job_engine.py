@@ -1,0 +1,450 @@
+"""Benchmark: the job engine driven through the public API, every job's end seen on /v1/ws.
+
+Starts its own stack like the tests (the machine's Postgres/Redis when DAYGEN_TEST_DATABASE_URL /
+DAYGEN_TEST_REDIS_URL are set, else embedded servers) with the fake DashScope and Ideogram on
+loopback. A job is `qwen.generate` against the fake: one upstream call (no latency, or 2 s), its
+image copied into the store, the job's rows, the ledger, the events. Scenarios (issue 6):
+
+  latency     one client: submit, then wait for the job's end on its WebSocket; p50/p99
+              (target p50 <= 20 ms, p99 <= 100 ms)
+  throughput  50 clients in a closed loop (submit, wait for the end, submit again), 5,000 jobs;
+              jobs/s, p50/p99, and the ratio to Serve's plain /healthz measured in the same run
+              (target >= 538 jobs/s, Celery's figure; `--batch K` submits K jobs a request)
+  burst       2,000 jobs of 2 s submitted at once in batches of 100, 1,000 WebSocket subscribers
+              open (two jobs each): time until every subscriber has seen both ends, none lost, peak
+              memory of the app's processes (target <= 4.0 s)
+  limits      Ideogram's images in flight and DashScope's requests per second as the fakes saw
+              them, against the configured limits under saturation (target: never above, >= 90 % used)
+
+    .venv/bin/python bench/job_engine.py                       # all four
+    .venv/bin/python bench/job_engine.py --scenario throughput --batch 10
+
+Users are made straight in the database with their tokens minted here (signup's password hashing
+would dominate the set-up otherwise). Exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import psutil
+from websockets.asyncio.client import ClientConnection, connect
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from daygen.runtime import deploy, start_ray  # noqa: E402
+from daygen.settings import Settings  # noqa: E402
+from serve_app.security import issue_token  # noqa: E402
+from storage import ledger  # noqa: E402
+from storage.db import make_engine, make_sessionmaker  # noqa: E402
+from storage.models import User  # noqa: E402
+from tests.conftest import free_port, private_database, service_urls  # noqa: E402
+from tests.fakes.dashscope import FakeDashScope  # noqa: E402
+from tests.fakes.ideogram import FakeIdeogram  # noqa: E402
+
+TERMINAL = {"job.succeeded", "job.failed", "job.canceled"}
+JOB = {"operation": "qwen.generate", "params": {"prompt": "a benchmark", "size": "1328*1328", "seed": 7}}
+IDEOGRAM_INFLIGHT = 10
+DASHSCOPE_RPM = 1200  # 20 requests a second
+POOLS = f"""
+ideogram: {{actors: 2, max_running_jobs: 40, max_inflight_images: {IDEOGRAM_INFLIGHT}}}
+qwen: {{actors: 2, max_running_jobs: 2500, requests_per_minute: 60000000}}
+offline: {{actors: 1, max_running_jobs: 4}}
+"""
+LIMIT_POOLS = f"""
+ideogram: {{actors: 2, max_running_jobs: 40, max_inflight_images: {IDEOGRAM_INFLIGHT}}}
+qwen: {{actors: 2, max_running_jobs: 40, requests_per_minute: {DASHSCOPE_RPM}}}
+offline: {{actors: 1, max_running_jobs: 4}}
+"""
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+@dataclass
+class Stack:
+    base: str
+    settings: Settings
+    dashscope: FakeDashScope
+    ideogram: FakeIdeogram
+    failures: list[str] = field(default_factory=list)
+
+    def ws(self, token: str) -> str:
+        return self.base.replace("http://", "ws://") + f"/v1/ws?token={token}"
+
+    async def users(self, count: int, credits: int) -> list[tuple[str, dict[str, str]]]:
+        """(token, headers) of `count` new users with `credits` each."""
+        engine = make_engine(self.settings.database_url, pool_size=2)
+        made = []
+        async with make_sessionmaker(engine).begin() as session:
+            for _ in range(count):
+                user = User(id=uuid.uuid4(), email=f"bench-{secrets.token_hex(6)}@example.com", password_hash="!")
+                session.add(user)
+                await session.flush()
+                await ledger.append_entry(
+                    session,
+                    account_id=user.id,
+                    kind="grant",
+                    amount=Decimal(credits),
+                    idempotency_key=f"bench:{uuid.uuid4()}",
+                    reason="benchmark",
+                )
+                token = issue_token(user.id, self.settings.jwt_secret.get_secret_value(), 3600)
+                made.append((token, {"Authorization": f"Bearer {token}"}))
+        await engine.dispose()
+        return made
+
+    def check(self, ok: bool, what: str) -> None:
+        if not ok:
+            self.failures.append(what)
+
+
+class Ends:
+    """One WebSocket of a user: `user:me` from now on, each job's end resolved as it arrives."""
+
+    def __init__(self, socket: ClientConnection) -> None:
+        self.socket = socket
+        self.waiting: dict[str, asyncio.Future] = {}
+        self.early: dict[str, float] = {}
+        self.reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, url: str) -> Ends:
+        socket = await connect(url, max_queue=None)
+        await socket.send(json.dumps({"action": "subscribe", "channel": "user:me"}))
+        while json.loads(await socket.recv()).get("type") != "subscribed":
+            pass
+        return cls(socket)
+
+    async def _read(self) -> None:
+        async for raw in self.socket:
+            frame = json.loads(raw)
+            if frame.get("type") in TERMINAL:
+                now = time.perf_counter()
+                future = self.waiting.pop(frame["jobId"], None)
+                if future is None:
+                    self.early[frame["jobId"]] = now
+                elif not future.done():
+                    future.set_result(now)
+
+    def end_of(self, job_id: str) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        if job_id in self.early:
+            future.set_result(self.early.pop(job_id))
+        else:
+            self.waiting[job_id] = future
+        return future
+
+    async def close(self) -> None:
+        self.reader.cancel()
+        await self.socket.close()
+
+
+async def submit(client: httpx.AsyncClient, headers: dict, count: int) -> list[str]:
+    if count == 1:
+        response = await client.post("/v1/jobs", json=JOB, headers=headers)
+        response.raise_for_status()
+        return [response.json()["jobId"]]
+    response = await client.post("/v1/jobs/batch", json={"jobs": [JOB] * count}, headers=headers)
+    response.raise_for_status()
+    results = response.json()["results"]
+    if any(r["status"] != 202 for r in results):
+        raise RuntimeError(f"a batch item was refused: {results}")
+    return [r["jobId"] for r in results]
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+
+async def latency(stack: Stack, samples: int) -> None:
+    [(token, headers)] = await stack.users(1, samples + 10)
+    ends = await Ends.open(stack.ws(token))
+    times = []
+    async with httpx.AsyncClient(base_url=stack.base, timeout=60) as client:
+        for _ in range(samples):
+            started = time.perf_counter()
+            [job_id] = await submit(client, headers, 1)
+            finished = await asyncio.wait_for(ends.end_of(job_id), 30)
+            times.append((finished - started) * 1000)
+    await ends.close()
+    p50, p99 = pct(times, 50), pct(times, 99)
+    print(
+        f"1. latency, submit to the end on the WebSocket, 1 client, {samples} jobs: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+    )
+    stack.check(p50 <= 20 and p99 <= 100, "latency: p50 <= 20 ms and p99 <= 100 ms")
+
+
+async def ping_rate(base: str, clients: int, seconds: float) -> float:
+    done = 0
+    deadline = time.perf_counter() + seconds
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=clients)) as client:
+
+        async def loop() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                (await client.get("/healthz")).raise_for_status()
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        return done / (time.perf_counter() - started)
+
+
+async def throughput(stack: Stack, clients: int, total: int, batch: int) -> None:
+    users = await stack.users(clients, total // clients + batch + 10)
+    sockets = [await Ends.open(stack.ws(token)) for token, _ in users]
+    left = total
+    times: list[float] = []
+    async with httpx.AsyncClient(
+        base_url=stack.base, timeout=60, limits=httpx.Limits(max_connections=clients)
+    ) as client:
+
+        async def closed_loop(headers: dict, ends: Ends) -> None:
+            nonlocal left
+            while left > 0:
+                count = min(batch, left)
+                left -= count
+                started = time.perf_counter()
+                job_ids = await submit(client, headers, count)
+                for finished in await asyncio.wait_for(asyncio.gather(*map(ends.end_of, job_ids)), 120):
+                    times.append((finished - started) * 1000)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(closed_loop(headers, ends) for (_, headers), ends in zip(users, sockets, strict=True)))
+        elapsed = time.perf_counter() - started
+    for ends in sockets:
+        await ends.close()
+    rate = len(times) / elapsed
+    ping = await ping_rate(stack.base, clients, 5.0)
+    print(
+        f"2. throughput, {clients} clients in a closed loop, {len(times)} jobs, {batch} a request: "
+        f"{rate:.0f} jobs/s in {elapsed:.1f} s; per job p50 {pct(times, 50):.0f} ms, p99 {pct(times, 99):.0f} ms; "
+        f"Serve /healthz with {clients} clients: {ping:.0f} req/s, jobs/s to it {rate / ping:.2f}"
+    )
+    stack.check(rate >= 538, "throughput: >= 538 jobs/s")
+
+
+class MemoryWatch:
+    """Peak summed RSS of the app's processes (the driver's descendants: Ray, Serve, HAProxy)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self.baseline = self._total()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _total(self) -> int:
+        total = 0
+        for process in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += process.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._total())
+
+    def __enter__(self) -> MemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+async def burst(stack: Stack, jobs: int, subscribers: int, submitters: int) -> None:
+    stack.dashscope.set_latency(2.0)
+    per_batch = jobs // submitters
+    owners = await stack.users(submitters, per_batch + 10)
+    watchers_per_owner = subscribers // submitters
+    jobs_per_watcher = per_batch // watchers_per_owner
+    # Each subscriber watches its own jobs' channels; they are opened before anything is submitted.
+    sockets: list[list[ClientConnection]] = []
+    for token, _ in owners:
+        sockets.append([await connect(stack.ws(token), max_queue=None) for _ in range(watchers_per_owner)])
+    seen: dict[str, int] = {}
+    try:
+        with MemoryWatch() as memory:
+            async with httpx.AsyncClient(base_url=stack.base, timeout=120) as client:
+                started = time.perf_counter()
+                batches = await asyncio.gather(*(submit(client, headers, per_batch) for _, headers in owners))
+                submitted = time.perf_counter() - started
+
+                async def watch(socket: ClientConnection, job_ids: list[str]) -> float:
+                    for job_id in job_ids:
+                        await socket.send(json.dumps({"action": "subscribe", "channel": f"job:{job_id}"}))
+                    pending = set(job_ids)
+                    while pending:
+                        frame = json.loads(await socket.recv())
+                        if frame.get("type") in TERMINAL:
+                            pending.discard(frame["jobId"])
+                            seen[frame["jobId"]] = seen.get(frame["jobId"], 0) + 1
+                    return time.perf_counter()
+
+                watches = []
+                for owner_sockets, job_ids in zip(sockets, batches, strict=True):
+                    for i, socket in enumerate(owner_sockets):
+                        watches.append(watch(socket, job_ids[i * jobs_per_watcher : (i + 1) * jobs_per_watcher]))
+                ended = await asyncio.wait_for(asyncio.gather(*watches), 300)
+                elapsed = max(ended) - started
+    finally:
+        stack.dashscope.set_latency(0)
+        for owner_sockets in sockets:
+            for socket in owner_sockets:
+                await socket.close()
+    lost = jobs - len(seen)
+    twice = sum(1 for count in seen.values() if count > 1)
+    print(
+        f"3. burst, {jobs} jobs of 2 s in {submitters} batches, {len(watches)} WebSocket subscribers: "
+        f"all ended and seen in {elapsed:.2f} s (submitted in {submitted:.2f} s); lost {lost}, seen twice {twice}; "
+        f"app memory {memory.baseline / 2**20:.0f} MiB before, peak {memory.peak / 2**20:.0f} MiB"
+    )
+    stack.check(elapsed <= 4.0 and lost == 0, "burst: all ended within 4.0 s, none lost")
+
+
+async def limits(stack: Stack, jobs: int) -> None:
+    [(_, headers)] = await stack.users(1, 2 * jobs + 10)
+    stack.ideogram.set_latency(0.2)
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.005):
+            samples.append(stack.ideogram.inflight_images)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    async with httpx.AsyncClient(base_url=stack.base, timeout=120) as client:
+        ideogram_job = {"operation": "ideogram.generate", "params": {"prompt": "limits", "seed": 1}}
+        sampler.start()
+        response = await client.post("/v1/jobs/batch", json={"jobs": [ideogram_job] * jobs}, headers=headers)
+        ids = [r["jobId"] for r in response.json()["results"]]
+        for job_id in ids:
+            await client.get(f"/v1/jobs/{job_id}", params={"wait": 30}, headers=headers)
+        stop.set()
+        sampler.join()
+        stack.ideogram.set_latency(0)
+
+        before = len(stack.dashscope.received)
+        response = await client.post("/v1/jobs/batch", json={"jobs": [JOB] * jobs}, headers=headers)
+        ids = [r["jobId"] for r in response.json()["results"]]
+        for job_id in ids:
+            await client.get(f"/v1/jobs/{job_id}", params={"wait": 30}, headers=headers)
+    busy = [s for s in samples if s > 0]
+    used = statistics.mean(busy[len(busy) // 10 : -len(busy) // 10 or None]) / IDEOGRAM_INFLIGHT
+    peak = stack.ideogram.peak_inflight_images
+    refused = sum(1 for r in stack.ideogram.received if r.status == 429)
+    calls = [r for r in stack.dashscope.received[before:] if r.endpoint != "download" and r.method == "POST"]
+    stamps = sorted(r.at for r in calls)
+    per_second = max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps)
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    limit = DASHSCOPE_RPM / 60
+    throttled = sum(1 for r in calls if r.status == 429)
+    print(
+        f"4. limits: Ideogram in flight peak {peak} of {IDEOGRAM_INFLIGHT}, {used:.0%} used while busy, "
+        f"{refused} refused; DashScope {len(calls)} calls, busiest second {per_second} of {limit:.0f}, "
+        f"{rate:.1f}/s = {rate / limit:.0%} of the limit, {throttled} throttled"
+    )
+    stack.check(peak <= IDEOGRAM_INFLIGHT and refused == 0 and used >= 0.9, "limits: Ideogram in flight")
+    stack.check(per_second <= limit and throttled == 0 and rate >= 0.9 * limit, "limits: DashScope rate")
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_stack(work: Path, pools: str, dashscope_rpm: int | None):
+    import ray
+
+    with contextlib.ExitStack() as stack:
+        pg_url, redis_url = stack.enter_context(service_urls(work))
+        database_url = stack.enter_context(private_database(pg_url))
+        dashscope = stack.enter_context(FakeDashScope())
+        ideogram = stack.enter_context(FakeIdeogram(inflight_limit=IDEOGRAM_INFLIGHT))
+        dashscope.set_rpm(dashscope_rpm)
+        config = work / f"providers-{secrets.token_hex(3)}.yaml"
+        config.write_text(pools)
+        settings = Settings(
+            _env_file=None,
+            home=work,
+            port=free_port(),
+            database_url=database_url,
+            redis_url=redis_url,
+            redis_namespace=f"daygen-bench-{secrets.token_hex(4)}",
+            storage_url=f"file://{work / 'objects'}",
+            jwt_secret=secrets.token_urlsafe(32),
+            ray_dashboard=False,
+            log_level="WARNING",
+            providers_config=config,
+            ideogram_base_url=ideogram.base_url,
+            ideogram_api_key=ideogram.api_key,
+            dashscope_base_url=dashscope.base_url,
+            dashscope_api_key=dashscope.api_key,
+            ws_max_pending_events=100_000,
+        )
+        ray_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dgr-")))
+        start_ray(temp_dir=ray_dir, dashboard=False, num_cpus=2, object_store_bytes=200 * 2**20)
+        stack.callback(ray.shutdown)
+        yield Stack(deploy(settings), settings, dashscope, ideogram)
+
+
+async def run_all(stack: Stack, args: argparse.Namespace) -> None:
+    if "latency" in args.scenario:
+        await latency(stack, args.latency_jobs)
+    if "throughput" in args.scenario:
+        await throughput(stack, args.clients, args.jobs, args.batch)
+    if "burst" in args.scenario:
+        await burst(stack, args.burst_jobs, args.subscribers, args.burst_batches)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--scenario",
+        nargs="+",
+        default=["latency", "throughput", "burst", "limits"],
+        choices=["latency", "throughput", "burst", "limits"],
+    )
+    parser.add_argument("--latency-jobs", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=1, help="jobs a closed-loop client submits per request")
+    parser.add_argument("--burst-jobs", type=int, default=2000)
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--burst-batches", type=int, default=20)
+    parser.add_argument("--limit-jobs", type=int, default=200)
+    args = parser.parse_args()
+    print(f"cpus={os.cpu_count()} scenarios={' '.join(args.scenario)}", flush=True)
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="dgb-") as tmp:
+        work = Path(tmp)
+        if set(args.scenario) & {"latency", "throughput", "burst"}:
+            with running_stack(work, POOLS, None) as stack:
+                asyncio.run(run_all(stack, args))
+                failures += stack.failures
+        if "limits" in args.scenario:
+            with running_stack(work, LIMIT_POOLS, DASHSCOPE_RPM) as stack:
+                asyncio.run(limits(stack, args.limit_jobs))
+                failures += stack.failures
+    print("targets missed: " + ("; ".join(failures) if failures else "none"), flush=True)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
