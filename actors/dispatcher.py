@@ -53,7 +53,7 @@ class JobDispatcher:
         self.pools = pools
         self.peers: dict[str, ActorHandle] = {}
         self.turns = {provider: itertools.cycle(range(pool.actors)) for provider, pool in pools.pools.items()}
-        self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=5))
+        self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=16))
         self.events = JobEvents(make_redis(settings.redis_url), settings.redis_namespace)
         self.store = ObjectStore.from_settings(settings)
         self.wakeup = asyncio.Event()

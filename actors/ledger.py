@@ -24,7 +24,7 @@ LEDGER_NAME = "daygen-ledger"
 class UsageLedger:
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level)
-        self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=5))
+        self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=8))
 
     async def reserve(self, account_id: uuid.UUID, job_id: uuid.UUID, amount: Decimal) -> dict:
         """Answers {accepted, balance}: a refusal is a normal answer, not an exception across Ray."""

@@ -67,7 +67,8 @@ async def insert_job(
     request_hash: str | None = None,
     webhook_url: str | None = None,
 ) -> tuple[Job, Event]:
-    """The job row and its `job.queued` event, in one transaction."""
+    """The job row and its `job.queued` event, in one transaction (the row's server defaults,
+    such as `created_at`, are not read back)."""
     job = Job(
         id=job_id,
         owner_id=owner_id,
@@ -85,7 +86,6 @@ async def insert_job(
     await session.flush()
     queued = await append_event(session, job_id=job_id, owner_id=owner_id, type="job.queued", data={"status": "queued"})
     await session.commit()
-    await session.refresh(job)
     return job, queued
 
 

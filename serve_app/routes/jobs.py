@@ -169,8 +169,11 @@ async def _queue(
     inputs,
     idempotency: Idempotency | None,
     webhook_url: str | None = None,
+    wake: bool = True,
 ) -> uuid.UUID:
-    """Reserve the price, then insert the job; the reservation is given back if the insert fails."""
+    """Reserve the price, then insert the job; the reservation is given back if the insert fails.
+
+    `wake` tells the dispatcher at once; a batch tells it once, after its last job."""
     owner_id = user.id  # read once: a rollback below expires the loaded user
     await earlier_job(session, owner_id, idempotency)
     job_id = uuid7()
@@ -204,7 +207,8 @@ async def _queue(
         await services.ledger.settle.remote(job_id, Decimal(0))
         raise
     await services.events.publish(queued)
-    services.dispatcher.wake.remote()
+    if wake:
+        services.dispatcher.wake.remote()
     return job_id
 
 
@@ -216,6 +220,8 @@ async def submit_job(
     raw_params: dict,
     idempotency: Idempotency | None = None,
     webhook_url: str | None = None,
+    *,
+    wake: bool = True,
 ) -> uuid.UUID:
     """Validate, resolve input assets, reserve the price, queue: every way of submitting one operation."""
     operation, params = validate_request(operation_name, raw_params)
@@ -236,6 +242,7 @@ async def submit_job(
         inputs,
         idempotency,
         webhook_url,
+        wake,
     )
 
 
@@ -246,6 +253,8 @@ async def submit_chain(
     raw_steps: list[dict],
     idempotency: Idempotency | None = None,
     webhook_url: str | None = None,
+    *,
+    wake: bool = True,
 ) -> uuid.UUID:
     """The same for a chain: every step is checked, and the whole price reserved, before anything runs."""
     steps = validate_steps(raw_steps)
@@ -270,7 +279,13 @@ async def submit_chain(
 
 
 async def submit_body(
-    services: Services, session: SessionDep, user: User, body: JobCreate, idempotency: Idempotency | None
+    services: Services,
+    session: SessionDep,
+    user: User,
+    body: JobCreate,
+    idempotency: Idempotency | None,
+    *,
+    wake: bool = True,
 ) -> uuid.UUID:
     """One `POST /v1/jobs` body, an operation or a chain, queued."""
     if problem := body.shape_problem():
@@ -282,8 +297,9 @@ async def submit_body(
         webhook_url = target.url
     if body.steps is not None:
         steps = [s.model_dump() for s in body.steps]
-        return await submit_chain(services, session, user, steps, idempotency, webhook_url)
-    return await submit_job(services, session, user, body.operation or "", body.params or {}, idempotency, webhook_url)
+        return await submit_chain(services, session, user, steps, idempotency, webhook_url, wake=wake)
+    params = body.params or {}
+    return await submit_job(services, session, user, body.operation or "", params, idempotency, webhook_url, wake=wake)
 
 
 @v1.post(
@@ -333,16 +349,16 @@ async def submit_batch(
         # Each item has a session of its own: a failed item rolls back nothing but itself.
         async with services.sessions() as session:
             try:
-                request_body = JobCreate.model_validate(item.model_dump(exclude={"idempotencyKey"}))
-                job_id = await submit_body(
-                    services, session, user, request_body, Idempotency.of(item.idempotencyKey, request_body)
-                )
+                idempotency = Idempotency.of(item.idempotencyKey, item)
+                job_id = await submit_body(services, session, user, item, idempotency, wake=False)
             except Replayed as replay:
                 results.append(BatchItemResult(status=200, jobId=replay.job.id))
             except DaygenError as exc:
                 results.append(BatchItemResult(status=status_for(exc), error=item_error(exc)))
             else:
                 results.append(BatchItemResult(status=202, jobId=job_id))
+    if any(r.status == 202 for r in results):
+        services.dispatcher.wake.remote()
     request.state.user_id = str(owner_id)
     return JobBatchResult(results=results)
 
