@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = Field(1.0, gt=0)
     webhook_concurrency: int = Field(32, ge=1)
     webhook_secret_overlap_seconds: int = Field(24 * 3600, ge=0)
+    api_replicas: int = Field(1, ge=1)
     api_max_ongoing_requests: int = Field(5000, ge=10)
     ws_heartbeat_seconds: float = Field(15.0, gt=0)
     ws_max_pending_events: int = Field(1000, ge=10)

@@ -51,7 +51,7 @@ def build_app(settings: Settings) -> Application:
     dispatcher = JobDispatcher.options(name=DISPATCHER_NAME, **singleton).remote(settings, pools)
     WebhookSender.options(name=WEBHOOK_SENDER_NAME, **singleton).remote(settings)
     # Every open WebSocket is an ongoing request of the replica: room for them and for requests.
-    api = Api.options(max_ongoing_requests=settings.api_max_ongoing_requests)
+    api = Api.options(num_replicas=settings.api_replicas, max_ongoing_requests=settings.api_max_ongoing_requests)
     return api.bind(settings, pools, ledger, dispatcher)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from daygen import errors
@@ -92,6 +93,15 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return error_response(request, exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
+async def _database_busy(request: Request, exc: SQLAlchemyTimeoutError) -> JSONResponse:
+    """Every database connection of this replica stayed busy for the pool's whole timeout: overload,
+    not a bug; the client may try again shortly."""
+    log.warning("database pool exhausted", extra={"path": request.url.path})
+    return error_response(
+        request, 503, "overloaded", "the service is busy; try again shortly", headers={"Retry-After": "1"}
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", extra={"path": request.url.path})
     return error_response(request, 500, "internal_error", "something went wrong on our side")
@@ -101,4 +111,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(errors.DaygenError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(SQLAlchemyTimeoutError, _database_busy)
     app.add_exception_handler(Exception, _unexpected)

@@ -44,7 +44,8 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, pools: ProviderPools, ledger: ActorHandle, dispatcher: ActorHandle) -> Services:
         settings.require_complete()
-        engine = make_engine(settings.database_url)
+        # Requests come in bursts (a thousand WebSockets connecting): room for them past the pool.
+        engine = make_engine(settings.database_url, pool_size=20, max_overflow=20)
         redis = make_redis(settings.redis_url)
         jwt_secret = settings.jwt_secret.get_secret_value()
         return cls(

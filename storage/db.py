@@ -5,11 +5,11 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
-def make_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
-    """A pool of `pool_size` connections kept open. No overflow: under load, callers wait for a
-    connection (back-pressure) rather than each opening and closing one of their own, which costs
-    far more than the query it is for."""
-    return create_async_engine(database_url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
+def make_engine(database_url: str, pool_size: int = 10, max_overflow: int = 0) -> AsyncEngine:
+    """A pool of `pool_size` connections kept open, plus `max_overflow` opened for a burst and closed
+    after it. Actors under steady load take none: they wait for a connection (back-pressure) rather
+    than each opening and closing one of their own, which costs far more than the query it is for."""
+    return create_async_engine(database_url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -3,7 +3,7 @@
 Afterwards every job has ended exactly once and been charged exactly once, a WebSocket client
 that reconnects with its last event id has seen every event once, and a webhook endpoint has
 seen every job's end. The app runs as a user runs it: `daygen up` in a subprocess, settings in
-its environment, on a database and Redis namespace of its own.
+its environment, on a database and Redis namespace of its own, with two ingress replicas.
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ def world(server_urls, tmp_path):
                 DAYGEN_IDEOGRAM_API_KEY=ideogram.api_key,
                 DAYGEN_PROVIDERS_CONFIG=str(pools),
                 DAYGEN_JOB_LEASE_SECONDS="5",
+                DAYGEN_API_REPLICAS="2",  # the reconnecting WebSocket may land on the other one
                 DAYGEN_WEBHOOK_ALLOWED_HOSTS="127.0.0.1",
                 DAYGEN_WEBHOOK_RETRY_SCHEDULE="0.5,0.5,0.5,0.5,0.5,0.5",
                 DAYGEN_WEBHOOK_POLL_SECONDS="0.1",
