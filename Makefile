@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) bench/jobs_throughput.py
+	$(PY) bench/job_engine.py
 
 clean:
 	rm -rf $(VENV) .daygen
