@@ -48,9 +48,6 @@ class WebhookSender:
         self.poll_seconds = settings.webhook_poll_seconds
         self.loop = asyncio.create_task(self._loop())
 
-    async def ready(self) -> bool:
-        return not self.loop.done()
-
     async def _loop(self) -> None:
         while True:
             try:

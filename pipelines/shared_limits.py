@@ -329,9 +329,6 @@ class ProviderOutage:
             return None
         return (code.decode() if isinstance(code, bytes) else code), left_ms / 1000
 
-    async def clear(self) -> None:
-        await self.redis.delete(self.key)
-
 
 class ProviderGate:
     """What every upstream call of one provider passes through, on every actor of its pool:

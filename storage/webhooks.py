@@ -19,15 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from daygen.ids import uuid7
 from storage.models import Job, User, WebhookDelivery, WebhookEndpoint
 
-JOB_EVENT_TYPES = (
-    "job.queued",
-    "job.started",
-    "job.progress",
-    "job.step_succeeded",
-    "job.succeeded",
-    "job.failed",
-    "job.canceled",
-)
 TERMINAL_EVENT_TYPES = ("job.succeeded", "job.failed", "job.canceled")
 
 
@@ -259,14 +250,6 @@ async def list_deliveries(
     if before is not None:
         stmt = stmt.where(WebhookDelivery.id < before)
     return list((await session.execute(stmt.order_by(WebhookDelivery.id.desc()).limit(limit))).scalars())
-
-
-async def job_deliveries(session: AsyncSession, owner_id: uuid.UUID, job_id: uuid.UUID) -> list[WebhookDelivery]:
-    """Deliveries to a job's own webhookUrl."""
-    stmt = select(WebhookDelivery).where(
-        WebhookDelivery.owner_id == owner_id, WebhookDelivery.job_id == job_id, WebhookDelivery.endpoint_id.is_(None)
-    )
-    return list((await session.execute(stmt.order_by(WebhookDelivery.id))).scalars())
 
 
 async def redeliver(session: AsyncSession, endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> WebhookDelivery | None:
