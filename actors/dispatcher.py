@@ -23,14 +23,15 @@ from actors.ledger import LEDGER_NAME
 from actors.pools import pool_name
 from daygen.logs import configure_logging
 from daygen.settings import Settings
-from pipelines.jobs import execute_job, settle_unsettled
+from pipelines.batching import Batcher
+from pipelines.jobs import execute_job, recorder, settle_unsettled
 from pipelines.operations import OPERATIONS
 from pipelines.pool_config import ProviderPools
 from pipelines.steps import StepOutcome
 from storage import jobs as job_queries
 from storage.assets import prune_expired
 from storage.db import make_engine, make_sessionmaker
-from storage.events import JobEvents
+from storage.events import Event, JobEvents
 from storage.objects import ObjectStore
 from storage.redis import make_redis
 
@@ -59,6 +60,10 @@ class JobDispatcher:
         self.wakeup = asyncio.Event()
         self.running: dict[str, set[asyncio.Task]] = {provider: set() for provider in pools.pools}
         self.cancels: dict[uuid.UUID, asyncio.Event] = {}
+        # Whatever finishes meanwhile shares one transaction, one ledger call and one Redis round trip.
+        self.record = recorder(self.sessions)
+        self.settling = Batcher(self._settle_many, max_size=500)
+        self.publishing = Batcher(self._publish_many, max_size=500)
         self.loop_task = asyncio.create_task(self._loop())
 
     async def wake(self) -> None:
@@ -99,8 +104,19 @@ class JobDispatcher:
                 await asyncio.sleep(POOL_RETRY_SECONDS)
         return StepOutcome(error_code="provider_unavailable", error_message="the provider's workers kept stopping")
 
+    async def _settle_many(self, charges: list[tuple[uuid.UUID, Decimal]]) -> list[Any]:
+        return await self._peer(LEDGER_NAME).settle.remote(charges)
+
     async def _settle(self, job_id: uuid.UUID, charged: Decimal) -> Any:
-        return await self._peer(LEDGER_NAME).settle.remote(job_id, charged)
+        return await self.settling((job_id, charged))
+
+    async def _publish_many(self, groups: list[tuple[Event, ...]]) -> list[None]:
+        await self.events.publish(*(event for group in groups for event in group))
+        return [None] * len(groups)
+
+    async def _publish(self, *events: Event) -> None:
+        if events:
+            await self.publishing(events)
 
     async def _loop(self) -> None:
         rounds = 0
@@ -133,6 +149,7 @@ class JobDispatcher:
                 claimed = await job_queries.claim_jobs(
                     session, provider=provider, limit=free, lease_seconds=self.settings.job_lease_seconds
                 )
+            await self._publish(*(job.started for job in claimed if job.started is not None))
             for job in claimed:
                 task = asyncio.create_task(self._execute(job))
                 running.add(task)
@@ -151,8 +168,9 @@ class JobDispatcher:
                 job,
                 sessions=self.sessions,
                 run_step=self._run_step,
+                record=self.record,
                 settle=self._settle,
-                events=self.events,
+                publish=self._publish,
                 lease_seconds=self.settings.job_lease_seconds,
                 cancel=self.cancels[job.id],
             )

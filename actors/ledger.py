@@ -1,19 +1,20 @@
 """The usage ledger: a named singleton actor, the one writer of credit debits.
 
-Postgres holds the truth (storage/ledger.py); the actor keeps no balance of its own,
-so a restart loses nothing.
+Postgres holds the truth (storage/ledger.py); the actor keeps no balance of its own, so a
+restart loses nothing. Calls that arrive together share one transaction (group commit).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
 
 import ray
 
-from daygen.errors import InsufficientCredits
 from daygen.logs import configure_logging
 from daygen.settings import Settings
+from pipelines.batching import Batcher
 from storage import ledger
 from storage.db import make_engine, make_sessionmaker
 
@@ -25,16 +26,21 @@ class UsageLedger:
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level)
         self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=8))
+        self.reserving = Batcher(self._reserve_many, max_size=500)
+        self.settling = Batcher(self._settle_many, max_size=500)
 
-    async def reserve(self, account_id: uuid.UUID, job_id: uuid.UUID, amount: Decimal) -> dict:
-        """Answers {accepted, balance}: a refusal is a normal answer, not an exception across Ray."""
+    async def _reserve_many(self, requests: list[ledger.Reservation]) -> list[ledger.Reserved]:
         async with self.sessions.begin() as session:
-            try:
-                left = await ledger.reserve(session, account_id=account_id, job_id=job_id, amount=amount)
-            except InsufficientCredits as exc:
-                return {"accepted": False, **exc.details}
-        return {"accepted": True, "balance": float(left)}
+            return await ledger.reserve_many(session, requests)
 
-    async def settle(self, job_id: uuid.UUID, charged: Decimal) -> str | None:
+    async def _settle_many(self, charges: list[tuple[uuid.UUID, Decimal]]) -> list[ledger.Settlement | None]:
         async with self.sessions.begin() as session:
-            return await ledger.settle(session, job_id=job_id, charged=charged)
+            return await ledger.settle_many(session, charges)
+
+    async def reserve(self, requests: list[ledger.Reservation]) -> list[ledger.Reserved]:
+        """Each request judged in order; a refusal is a normal answer (accepted False), not an exception across Ray."""
+        return list(await asyncio.gather(*map(self.reserving, requests)))
+
+    async def settle(self, charges: list[tuple[uuid.UUID, Decimal]]) -> list[ledger.Settlement | None]:
+        """(job id, credits charged) each; safe to repeat."""
+        return list(await asyncio.gather(*map(self.settling, charges)))

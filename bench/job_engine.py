@@ -162,7 +162,8 @@ async def submit(client: httpx.AsyncClient, headers: dict, count: int) -> list[s
         response.raise_for_status()
         return [response.json()["jobId"]]
     response = await client.post("/v1/jobs/batch", json={"jobs": [JOB] * count}, headers=headers)
-    response.raise_for_status()
+    if response.is_error:
+        raise RuntimeError(f"batch refused: {response.status_code} {response.text[:500]}")
     results = response.json()["results"]
     if any(r["status"] != 202 for r in results):
         raise RuntimeError(f"a batch item was refused: {results}")
@@ -225,9 +226,11 @@ async def throughput(stack: Stack, clients: int, total: int, batch: int) -> None
                 for finished in await asyncio.wait_for(asyncio.gather(*map(ends.end_of, job_ids)), 120):
                     times.append((finished - started) * 1000)
 
+        cpu = CpuWatch()
         started = time.perf_counter()
         await asyncio.gather(*(closed_loop(headers, ends) for (_, headers), ends in zip(users, sockets, strict=True)))
         elapsed = time.perf_counter() - started
+        spent = cpu.per_part()
     for ends in sockets:
         await ends.close()
     rate = len(times) / elapsed
@@ -237,6 +240,7 @@ async def throughput(stack: Stack, clients: int, total: int, batch: int) -> None
         f"{rate:.0f} jobs/s in {elapsed:.1f} s; per job p50 {pct(times, 50):.0f} ms, p99 {pct(times, 99):.0f} ms; "
         f"Serve /healthz through the same client, {clients} at once: {ping:.0f} req/s, jobs/s to it {rate / ping:.2f}"
     )
+    print(cpu_line(spent, len(times)))
     stack.check(rate >= 538, "throughput: >= 538 jobs/s")
 
 
@@ -267,6 +271,49 @@ class MemoryWatch:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class CpuWatch:
+    """CPU seconds spent meanwhile by each part: Ray's actors and Serve (by process title), HAProxy,
+    Postgres, Redis, and this process (the clients and the fake providers)."""
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _part(process: psutil.Process) -> str | None:
+        name = process.name()
+        if name.startswith("postgres") or name.startswith("redis"):
+            return name.split(":")[0].split("-")[0]
+        if process.pid == os.getpid():
+            return "bench (clients, fakes)"
+        if name.startswith("ray::"):
+            title = process.cmdline()[0] if process.cmdline() else name
+            return title.removeprefix("ray::").split(".")[0].split(" ")[0]
+        if name == "haproxy":
+            return name
+        return None
+
+    def _sample(self) -> dict[int, tuple[str, float]]:
+        seen = {}
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if (part := self._part(process)) is not None:
+                    times = process.cpu_times()
+                    seen[process.pid] = (part, times.user + times.system)
+        return seen
+
+    def per_part(self) -> dict[str, float]:
+        spent: dict[str, float] = {}
+        for pid, (part, seconds) in self._sample().items():
+            spent[part] = spent.get(part, 0.0) + seconds - self.start.get(pid, (part, 0.0))[1]
+        return dict(sorted(spent.items(), key=lambda kv: -kv[1]))
+
+
+def cpu_line(spent: dict[str, float], jobs: int) -> str:
+    total = sum(spent.values())
+    parts = ", ".join(f"{part} {seconds * 1000 / jobs:.1f}" for part, seconds in spent.items() if seconds > 0.05)
+    return f"   CPU per job {total * 1000 / jobs:.1f} ms: {parts}"
 
 
 async def burst(stack: Stack, jobs: int, subscribers: int, submitters: int) -> None:

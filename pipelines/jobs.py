@@ -21,18 +21,31 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from daygen.errors import InvalidInput, JobFailed
 from daygen.ids import uuid7
+from pipelines.batching import Batcher
 from pipelines.chains import PREVIOUS, Step, charged_for, job_steps
 from pipelines.operations import OPERATIONS, check_inputs
 from pipelines.steps import StepOutcome
 from storage import assets as asset_queries
 from storage import jobs as job_queries
 from storage import ledger as ledger_queries
-from storage.events import Event, JobEvents
+from storage.events import Event
 
 log = logging.getLogger("daygen.jobs")
 
 RunStep = Callable[[str, dict[str, Any], dict[str, Any]], Awaitable[StepOutcome]]
 Settle = Callable[[uuid.UUID, Decimal], Awaitable[Any]]
+Record = Callable[[job_queries.Finish], Awaitable[list[Event] | None]]
+Publish = Callable[..., Awaitable[None]]
+
+
+def recorder(sessions: async_sessionmaker[AsyncSession]) -> Record:
+    """Ends of steps and jobs recorded together: one transaction for whatever ended meanwhile."""
+
+    async def record(finishes: list[job_queries.Finish]) -> list[list[Event] | None]:
+        async with sessions() as session:
+            return await job_queries.record_finishes(session, finishes)
+
+    return Batcher(record)
 
 
 CANCELED = "canceled"
@@ -120,8 +133,9 @@ async def execute_job(
     *,
     sessions: async_sessionmaker[AsyncSession],
     run_step: RunStep,
+    record: Record,
     settle: Settle,
-    events: JobEvents,
+    publish: Publish,
     lease_seconds: float,
     cancel: asyncio.Event | None = None,
 ) -> str | None:
@@ -139,8 +153,6 @@ async def execute_job(
     cancel = cancel or asyncio.Event()
     if claimed.cancel_requested:
         cancel.set()
-    if claimed.started is not None:
-        await events.publish(claimed.started)
     lease = asyncio.create_task(_keep_lease(sessions, claimed, lease_seconds, cancel))
     outcome: StepOutcome | None = StepOutcome()
     ending: list[Event] = []  # announced once the credits are settled
@@ -154,7 +166,7 @@ async def execute_job(
                 if event is None:
                     log.warning("lease lost; another attempt owns the job", extra=extra)
                     return None
-                await events.publish(event)
+                await publish(event)
             outcome = await _unless_canceled(_run(sessions, run_step, step, result), cancel)
             if outcome is None or not outcome.ok:
                 break
@@ -169,25 +181,17 @@ async def execute_job(
                     ("job.succeeded", {"status": "succeeded", "progress": 100, "assetIds": result["assetIds"]})
                 )
             next_provider = steps[done + 1].provider if done + 1 < total else None
-            async with sessions() as session:
-                recorded = await job_queries.finish_step(
-                    session,
-                    claimed,
-                    index=done,
-                    total=total,
-                    assets=assets,
-                    result=result,
-                    events=specs,
-                    next_provider=next_provider,
-                )
+            recorded = await record(
+                job_queries.StepFinished(claimed, done, total, assets, result, specs, next_provider)
+            )
             if recorded is None:
                 log.warning("lease lost; another attempt owns the job", extra=extra)
                 return None
             done += 1
             if done == total:
-                ending = recorded.events
+                ending = recorded
             else:
-                await events.publish(*recorded.events)
+                await publish(*recorded)
     finally:
         lease.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -202,18 +206,15 @@ async def execute_job(
         else:
             status, code, message = "failed", outcome.error_code, outcome.error_message or ""
             data = {"status": status, "step": done, "error": {"code": code, "message": message}}
-        async with sessions() as session:
-            event = await job_queries.finish_failed(
-                session, claimed, status=status, code=code, message=message, data=data
-            )
-        if event is None:
+        ended = await record(job_queries.JobEnded(claimed, status, code, message, data))
+        if ended is None:
             log.warning("lease lost; another attempt owns the job", extra=extra)
             return None
-        ending = [event]
+        ending = ended
     try:
         await settle(claimed.id, charged_for(steps, done))
     finally:
-        await events.publish(*ending)
+        await publish(*ending)
     log.info("job finished", extra={**extra, "status": status, "error_code": outcome.error_code if outcome else None})
     return status
 

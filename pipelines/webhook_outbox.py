@@ -42,10 +42,21 @@ class Outbox:
         return self.timeout_seconds * 3 + 5
 
     async def send_due(self) -> int:
-        """Send what is due now (at most `concurrency` at once); how many were sent."""
+        """Send what is due now (at most `concurrency` at once); how many were sent.
+
+        One receiver's deliveries go one after another in event order, so its first attempts
+        arrive in the order things happened (a retry can still overtake); receivers in parallel."""
         async with self.sessions() as session:
             due = await queries.claim_due(session, limit=self.concurrency, lease_seconds=self.lease_seconds)
-        await asyncio.gather(*(self._send(delivery) for delivery in due))
+        receivers: dict[Any, list[queries.DueDelivery]] = {}
+        for delivery in sorted(due, key=lambda d: d.event_id):
+            receivers.setdefault(delivery.endpoint_id or delivery.url, []).append(delivery)
+
+        async def in_order(deliveries: list[queries.DueDelivery]) -> None:
+            for delivery in deliveries:
+                await self._send(delivery)
+
+        await asyncio.gather(*map(in_order, receivers.values()))
         return len(due)
 
     async def _send(self, delivery: queries.DueDelivery) -> None:

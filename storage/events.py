@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,24 +43,43 @@ class Event:
         return {"channel": channel, "id": self.id, "type": self.type, "jobId": str(self.job_id), "data": self.data}
 
 
+@dataclass(frozen=True)
+class NewEvent:
+    job_id: uuid.UUID
+    owner_id: uuid.UUID
+    type: str
+    data: dict[str, Any]
+
+
+async def append_events(session: AsyncSession, new: Sequence[NewEvent]) -> list[Event]:
+    """Add events inside the caller's transaction, in order; a fixed number of statements for any number.
+
+    The per-owner locks, held until commit, make one owner's event ids commit in order, so a
+    reader that has seen id N never later finds a smaller id appear; they are taken in one
+    order (sorted) so that two writers can't deadlock. The events' webhook deliveries are
+    queued in the same transaction.
+    """
+    if not new:
+        return []
+    owners = sorted({str(e.owner_id) for e in new})
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(k, 1)) FROM unnest(CAST(:keys AS text[])) AS k"),
+        {"keys": owners},
+    )
+    rows = [{"job_id": e.job_id, "owner_id": e.owner_id, "type": e.type, "data": e.data} for e in new]
+    stmt = insert(JobEvent).returning(JobEvent.id, JobEvent.created_at, sort_by_parameter_order=True)
+    made = (await session.execute(stmt, rows)).all()
+    events = [Event(i, e.job_id, e.owner_id, e.type, e.data, at) for e, (i, at) in zip(new, made, strict=True)]
+    await enqueue_deliveries(session, [(e.id, e.job_id, e.owner_id, e.type) for e in events])
+    return events
+
+
 async def append_event(
     session: AsyncSession, *, job_id: uuid.UUID, owner_id: uuid.UUID, type: str, data: dict[str, Any]
 ) -> Event:
-    """Add an event inside the caller's transaction.
-
-    The per-owner lock, held until commit, makes one owner's event ids commit in order, so a
-    reader that has seen id N never later finds a smaller id appear. The event's webhook
-    deliveries are queued in the same transaction.
-    """
-    await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 1))"), {"k": str(owner_id)})
-    stmt = (
-        insert(JobEvent)
-        .values(job_id=job_id, owner_id=owner_id, type=type, data=data)
-        .returning(JobEvent.id, JobEvent.created_at)
-    )
-    event_id, created_at = (await session.execute(stmt)).one()
-    await enqueue_deliveries(session, event_id=event_id, job_id=job_id, owner_id=owner_id, event_type=type)
-    return Event(event_id, job_id, owner_id, type, data, created_at)
+    """One event: `append_events` of one."""
+    [event] = await append_events(session, [NewEvent(job_id, owner_id, type, data)])
+    return event
 
 
 async def events_after(

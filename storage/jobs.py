@@ -7,15 +7,18 @@ lease expired and was taken over can no longer change the job.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Boolean, Integer, Text, case, column, func, insert, literal, null, or_, select, update, values
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.events import Event, append_event
+from storage.events import Event, NewEvent, append_events
 from storage.models import Asset, Job
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -53,40 +56,32 @@ CLAIMED_COLUMNS = (
 EventSpec = tuple[str, dict[str, Any]]
 
 
-async def insert_job(
-    session: AsyncSession,
-    *,
-    job_id: uuid.UUID,
-    owner_id: uuid.UUID,
-    operation: str,
-    provider: str,
-    params: dict[str, Any],
-    cost: Decimal,
-    inputs: dict[str, Any] | None = None,
-    idempotency_key: str | None = None,
-    request_hash: str | None = None,
-    webhook_url: str | None = None,
-) -> tuple[Job, Event]:
-    """The job row and its `job.queued` event, in one transaction (the row's server defaults,
-    such as `created_at`, are not read back)."""
-    job = Job(
-        id=job_id,
-        owner_id=owner_id,
-        operation=operation,
-        provider=provider,
-        params=params,
-        inputs=inputs,
-        cost=cost,
-        status="queued",
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        webhook_url=webhook_url,
-    )
-    session.add(job)
-    await session.flush()
-    queued = await append_event(session, job_id=job_id, owner_id=owner_id, type="job.queued", data={"status": "queued"})
+@dataclass(frozen=True)
+class NewJob:
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    operation: str
+    provider: str
+    params: dict[str, Any]
+    cost: Decimal
+    inputs: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    webhook_url: str | None = None
+
+
+async def insert_jobs(session: AsyncSession, jobs: Sequence[NewJob]) -> list[Event]:
+    """The job rows and their `job.queued` events, in one transaction; the events in the jobs' order.
+
+    A repeated Idempotency-Key raises IntegrityError and inserts nothing. The rows' server
+    defaults, such as `created_at`, are not read back.
+    """
+    rows = [{**vars(job), "status": "queued"} for job in jobs]
+    await session.execute(insert(Job), rows)
+    queued = [NewEvent(job.id, job.owner_id, "job.queued", {"status": "queued"}) for job in jobs]
+    events = await append_events(session, queued)
     await session.commit()
-    return job, queued
+    return events
 
 
 async def job_by_idempotency_key(session: AsyncSession, owner_id: uuid.UUID, key: str) -> Job | None:
@@ -158,15 +153,16 @@ async def claim_jobs(session: AsyncSession, *, provider: str, limit: int, lease_
         )
         .returning(*CLAIMED_COLUMNS)
     )
-    claimed = [ClaimedJob(*row) for row in (await session.execute(stmt)).all()]
-    # Per-owner event locks are taken in one order, so two claims can't deadlock on them.
-    started = []
-    for job in sorted(claimed, key=lambda j: (str(j.owner_id), j.id)):
-        data = {"status": "running", "attempt": job.attempt, "step": job.steps_done}
-        event = await append_event(session, job_id=job.id, owner_id=job.owner_id, type="job.started", data=data)
-        started.append(replace(job, started=event))
+    claimed = sorted((ClaimedJob(*row) for row in (await session.execute(stmt)).all()), key=lambda j: j.id)
+    starts = [
+        NewEvent(
+            job.id, job.owner_id, "job.started", {"status": "running", "attempt": job.attempt, "step": job.steps_done}
+        )
+        for job in claimed
+    ]
+    events = await append_events(session, starts)
     await session.commit()
-    return sorted(started, key=lambda j: j.id)
+    return [replace(job, started=event) for job, event in zip(claimed, events, strict=True)]
 
 
 def _fenced(job_id: uuid.UUID, attempt: int):
@@ -181,65 +177,131 @@ async def renew_lease(session: AsyncSession, job_id: uuid.UUID, attempt: int, le
 
 
 @dataclass(frozen=True)
-class StepRecorded:
-    assets: list[Asset]
-    events: list[Event]
+class StepFinished:
+    """A step's outputs, the job's result so far and the events to record; the last step ends the job,
+    otherwise the job moves on to the provider of its next step."""
+
+    claimed: ClaimedJob
+    index: int
+    total: int
+    assets: list[dict[str, Any]]
+    result: dict[str, Any]
+    events: list[EventSpec]
+    next_provider: str | None = None
 
 
-async def _append_all(session: AsyncSession, claimed: ClaimedJob, events: list[EventSpec]) -> list[Event]:
-    return [
-        await append_event(session, job_id=claimed.id, owner_id=claimed.owner_id, type=kind, data=data)
-        for kind, data in events
-    ]
+@dataclass(frozen=True)
+class JobEnded:
+    """A job that did not succeed: `failed`, or `canceled` while it ran."""
+
+    claimed: ClaimedJob
+    status: str
+    code: str | None
+    message: str | None
+    data: dict[str, Any]
 
 
-async def finish_step(
-    session: AsyncSession,
-    claimed: ClaimedJob,
-    *,
-    index: int,
-    total: int,
-    assets: list[dict[str, Any]],
-    result: dict[str, Any],
-    events: list[EventSpec],
-    next_provider: str | None = None,
-) -> StepRecorded | None:
-    """Store a step's output rows, the job's result so far and the events in one transaction.
-
-    The last step ends the job; otherwise the job moves to the provider of its next step.
-    Fenced on the attempt and on the step count, so a step is recorded once; None if the
-    lease was lost.
-    """
-    rows = [Asset(owner_id=claimed.owner_id, job_id=claimed.id, source="job", **a) for a in assets]
-    session.add_all(rows)
-    await session.flush()
-    values: dict[str, Any] = {"steps_done": index + 1, "progress": (index + 1) * 100 // total, "result": result}
-    if next_provider is not None:
-        values["provider"] = next_provider
-    if index + 1 == total:
-        values.update(status="succeeded", completed_at=func.now(), lease_expires_at=None)
-    stmt = _fenced(claimed.id, claimed.attempt).where(Job.steps_done == index).values(**values)
-    if (await session.execute(stmt.returning(Job.id))).scalar_one_or_none() is None:
-        await session.rollback()
-        return None
-    recorded = StepRecorded(rows, await _append_all(session, claimed, events))
-    await session.commit()
-    return recorded
+Finish = StepFinished | JobEnded
 
 
-async def finish_failed(
-    session: AsyncSession, claimed: ClaimedJob, *, status: str, code: str | None, message: str | None, data: dict
-) -> Event | None:
-    """End a job that did not succeed (`failed`, or `canceled` while it ran) with its event; None if fenced out."""
-    stmt = _fenced(claimed.id, claimed.attempt).values(
-        status=status, error_code=code, error_message=message, completed_at=func.now(), lease_expires_at=None
+def _finished_steps(finished: list[StepFinished]):
+    rows = values(
+        column("id", PgUUID(as_uuid=True)),
+        column("attempt", Integer),
+        column("done_before", Integer),
+        column("progress", Integer),
+        column("result", JSONB),
+        column("provider", Text),
+        column("last", Boolean),
+        name="finished",
+    ).data(
+        [
+            (
+                f.claimed.id,
+                f.claimed.attempt,
+                f.index,
+                (f.index + 1) * 100 // f.total,
+                f.result,
+                f.next_provider,
+                f.index + 1 == f.total,
+            )
+            for f in finished
+        ]
     )
-    if (await session.execute(stmt.returning(Job.id))).scalar_one_or_none() is None:
-        await session.rollback()
-        return None
-    [event] = await _append_all(session, claimed, [(f"job.{status}", data)])
+    return (
+        update(Job)
+        .where(Job.id == rows.c.id, Job.attempt == rows.c.attempt, Job.status == "running")
+        .where(Job.steps_done == rows.c.done_before)
+        .values(
+            steps_done=rows.c.done_before + 1,
+            progress=rows.c.progress,
+            result=rows.c.result,
+            provider=func.coalesce(rows.c.provider, Job.provider),
+            status=case((rows.c.last, literal("succeeded")), else_=Job.status),
+            completed_at=case((rows.c.last, func.now()), else_=Job.completed_at),
+            lease_expires_at=case((rows.c.last, null()), else_=Job.lease_expires_at),
+        )
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _ended_jobs(ended: list[JobEnded]):
+    rows = values(
+        column("id", PgUUID(as_uuid=True)),
+        column("attempt", Integer),
+        column("status", Text),
+        column("code", Text),
+        column("message", Text),
+        name="ended",
+    ).data([(e.claimed.id, e.claimed.attempt, e.status, e.code, e.message) for e in ended])
+    return (
+        update(Job)
+        .where(Job.id == rows.c.id, Job.attempt == rows.c.attempt, Job.status == "running")
+        .values(
+            status=rows.c.status,
+            error_code=rows.c.code,
+            error_message=rows.c.message,
+            completed_at=func.now(),
+            lease_expires_at=None,
+        )
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> list[list[Event] | None]:
+    """Record ended steps and jobs, many at once, in one transaction; each answered with its events.
+
+    Fenced on the attempt (and a step on the step count, so it is recorded once): an item
+    whose attempt lost the job is answered None and writes nothing.
+    """
+    steps = [f for f in finishes if isinstance(f, StepFinished)]
+    ended = [f for f in finishes if isinstance(f, JobEnded)]
+    owned: set[uuid.UUID] = set()
+    if steps:
+        owned |= set((await session.execute(_finished_steps(steps))).scalars())
+    if ended:
+        owned |= set((await session.execute(_ended_jobs(ended))).scalars())
+    kept = [f for f in finishes if f.claimed.id in owned]
+    assets = [
+        {**a, "owner_id": f.claimed.owner_id, "job_id": f.claimed.id, "source": "job"}
+        for f in kept
+        if isinstance(f, StepFinished)
+        for a in f.assets
+    ]
+    if assets:
+        await session.execute(insert(Asset), assets)
+    specs = [f.events if isinstance(f, StepFinished) else [(f"job.{f.status}", f.data)] for f in kept]
+    new = [
+        NewEvent(f.claimed.id, f.claimed.owner_id, kind, data)
+        for f, spec in zip(kept, specs, strict=True)
+        for kind, data in spec
+    ]
+    made = iter(await append_events(session, new))
     await session.commit()
-    return event
+    recorded = {f.claimed.id: [next(made) for _ in spec] for f, spec in zip(kept, specs, strict=True)}
+    return [recorded.get(f.claimed.id) for f in finishes]
 
 
 async def record_event(session: AsyncSession, claimed: ClaimedJob, kind: str, data: dict) -> Event | None:
@@ -248,7 +310,7 @@ async def record_event(session: AsyncSession, claimed: ClaimedJob, kind: str, da
     if (await session.execute(stmt.returning(Job.id))).scalar_one_or_none() is None:
         await session.rollback()
         return None
-    [event] = await _append_all(session, claimed, [(kind, data)])
+    [event] = await append_events(session, [NewEvent(claimed.id, claimed.owner_id, kind, data)])
     await session.commit()
     return event
 
@@ -263,9 +325,7 @@ async def cancel_queued(session: AsyncSession, job: Job) -> Event | None:
     if (await session.execute(stmt.returning(Job.id))).scalar_one_or_none() is None:
         await session.rollback()
         return None
-    event = await append_event(
-        session, job_id=job.id, owner_id=job.owner_id, type="job.canceled", data={"status": "canceled"}
-    )
+    [event] = await append_events(session, [NewEvent(job.id, job.owner_id, "job.canceled", {"status": "canceled"})])
     await session.commit()
     return event
 

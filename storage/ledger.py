@@ -7,6 +7,8 @@ the last credit, whichever process makes them.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
@@ -52,68 +54,134 @@ async def balance(session: AsyncSession, account_id: uuid.UUID) -> Decimal:
     return Decimal((await session.execute(stmt)).scalar_one())
 
 
-async def _lock_account(session: AsyncSession, account_id: uuid.UUID) -> None:
-    await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": str(account_id)})
+async def _lock_accounts(session: AsyncSession, accounts: set[uuid.UUID]) -> None:
+    """Per-account locks until commit, taken in one order (sorted) so two writers can't deadlock."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(CAST(:keys AS text[])) AS k"),
+        {"keys": sorted(str(a) for a in accounts)},
+    )
+
+
+async def _insert_entries(session: AsyncSession, rows: list[dict]) -> None:
+    if rows:
+        stmt = insert(LedgerEntry).on_conflict_do_nothing(index_elements=[LedgerEntry.idempotency_key])
+        await session.execute(stmt, rows)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    account_id: uuid.UUID
+    job_id: uuid.UUID
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """Whether the credits are held, and the account's balance after (or, refused, as it stands)."""
+
+    accepted: bool
+    balance: Decimal
+
+
+async def reserve_many(session: AsyncSession, requests: Sequence[Reservation]) -> list[Reserved]:
+    """Hold credits for many jobs at once, each judged in order against what the earlier ones left.
+
+    Idempotent on the job id: a reservation made before is answered accepted and holds nothing more.
+    """
+    await _lock_accounts(session, {r.account_id for r in requests})
+    keys = [f"reserve:{r.job_id}" for r in requests]
+    held = set(
+        (
+            await session.execute(select(LedgerEntry.idempotency_key).where(LedgerEntry.idempotency_key.in_(keys)))
+        ).scalars()
+    )
+    accounts = {r.account_id for r in requests}
+    stmt = (
+        select(LedgerEntry.account_id, func.sum(LedgerEntry.amount))
+        .where(LedgerEntry.account_id.in_(accounts))
+        .group_by(LedgerEntry.account_id)
+    )
+    balances: dict[uuid.UUID, Decimal] = {a: Decimal(0) for a in accounts}
+    balances.update((await session.execute(stmt)).tuples().all())
+    rows, answers = [], []
+    for request, key in zip(requests, keys, strict=True):
+        current = balances[request.account_id]
+        if key not in held:
+            if current < request.amount:
+                answers.append(Reserved(False, current))
+                continue
+            held.add(key)
+            current = balances[request.account_id] = current - request.amount
+            rows.append(
+                {
+                    "account_id": request.account_id,
+                    "kind": "reserve",
+                    "amount": -request.amount,
+                    "idempotency_key": key,
+                    "job_id": request.job_id,
+                    "reason": None,
+                }
+            )
+        answers.append(Reserved(True, current))
+    await _insert_entries(session, rows)
+    return answers
 
 
 async def reserve(session: AsyncSession, *, account_id: uuid.UUID, job_id: uuid.UUID, amount: Decimal) -> Decimal:
     """Hold `amount` for a job; returns the balance after. Idempotent on the job id."""
-    await _lock_account(session, account_id)
-    existing = await session.execute(select(LedgerEntry.id).where(LedgerEntry.idempotency_key == f"reserve:{job_id}"))
-    current = await balance(session, account_id)
-    if existing.scalar_one_or_none() is not None:
-        return current
-    if current < amount:
+    [answer] = await reserve_many(session, [Reservation(account_id, job_id, amount)])
+    if not answer.accepted:
         raise InsufficientCredits(
             "not enough credits for this job",
-            details={"required": float(amount), "balance": float(current)},
+            details={"required": float(amount), "balance": float(answer.balance)},
         )
-    await append_entry(
-        session,
-        account_id=account_id,
-        kind="reserve",
-        amount=-amount,
-        idempotency_key=f"reserve:{job_id}",
-        job_id=job_id,
+    return answer.balance
+
+
+async def settle_many(session: AsyncSession, charges: Sequence[tuple[uuid.UUID, Decimal]]) -> list[Settlement | None]:
+    """Settle jobs' reservations exactly once: for each (job id, charged), keep `charged` of it, give the rest back.
+
+    One entry a job does it: a "commit" returning what was not charged (nothing, when the whole
+    job ran), or a "release" of everything. Answers how each job ended up settled, the first
+    time or any later time; None for a job that never reserved anything.
+    """
+    job_ids = [job_id for job_id, _ in charges]
+    stmt = select(LedgerEntry.job_id, LedgerEntry.account_id, LedgerEntry.amount).where(
+        LedgerEntry.idempotency_key.in_([f"reserve:{j}" for j in job_ids])
     )
-    return current - amount
+    reservations = {job_id: (account, amount) for job_id, account, amount in await session.execute(stmt)}
+    if not reservations:
+        return [None] * len(charges)
+    await _lock_accounts(session, {account for account, _ in reservations.values()})
+    stmt = select(LedgerEntry.job_id, LedgerEntry.kind).where(
+        LedgerEntry.job_id.in_(list(reservations)), LedgerEntry.kind.in_(("commit", "release"))
+    )
+    settled: dict[uuid.UUID, Settlement] = dict((await session.execute(stmt)).tuples().all())
+    rows = []
+    for job_id, charged in charges:
+        if job_id not in reservations or job_id in settled:
+            continue
+        account_id, reserved = reservations[job_id]
+        held = -reserved
+        kept = min(max(charged, Decimal(0)), held)
+        settled[job_id] = "commit" if kept > 0 else "release"
+        rows.append(
+            {
+                "account_id": account_id,
+                "kind": settled[job_id],
+                "amount": held - kept,
+                "idempotency_key": f"settle:{job_id}",
+                "job_id": job_id,
+                "reason": f"charged {_plain(kept)} of {_plain(held)}" if 0 < kept < held else None,
+            }
+        )
+    await _insert_entries(session, rows)
+    return [settled.get(job_id) for job_id in job_ids]
 
 
 async def settle(session: AsyncSession, *, job_id: uuid.UUID, charged: Decimal) -> Settlement | None:
-    """Settle a job's reservation exactly once: keep `charged` of it, give the rest back.
-
-    One entry does it: a "commit" returning what was not charged (nothing, when the whole job
-    ran), or a "release" of everything. Returns how the job ended up settled, the first time
-    or any later time; None when the job never reserved anything.
-    """
-    reservation = (
-        await session.execute(
-            select(LedgerEntry.account_id, LedgerEntry.amount).where(LedgerEntry.idempotency_key == f"reserve:{job_id}")
-        )
-    ).one_or_none()
-    if reservation is None:
-        return None
-    account_id, reserved = reservation
-    await _lock_account(session, account_id)
-    done = (
-        await session.execute(
-            select(LedgerEntry.kind).where(LedgerEntry.job_id == job_id, LedgerEntry.kind.in_(("commit", "release")))
-        )
-    ).scalar_one_or_none()
-    if done is not None:
-        return done  # type: ignore[return-value]
-    held = -reserved
-    kept = min(max(charged, Decimal(0)), held)
-    outcome: Settlement = "commit" if kept > 0 else "release"
-    await append_entry(
-        session,
-        account_id=account_id,
-        kind=outcome,
-        amount=held - kept,
-        idempotency_key=f"settle:{job_id}",
-        job_id=job_id,
-        reason=f"charged {_plain(kept)} of {_plain(held)}" if 0 < kept < held else None,
-    )
+    """One job's `settle_many`."""
+    [outcome] = await settle_many(session, [(job_id, charged)])
     return outcome
 
 

@@ -1,7 +1,7 @@
 """Webhook rows: endpoints, signing secrets, and the delivery outbox the sender works through.
 
 A delivery row is written in the transaction of the event it carries (`enqueue_deliveries`,
-called by `storage.events.append_event`), so an event that happened is never left unsent, and
+called by `storage.events.append_events`), so an event that happened is never left unsent, and
 the sender's retries are rows too, so they survive restarts. The sender claims due rows with
 a lease; a sender that dies mid-send leaves rows whose lease runs out and another claims them.
 """
@@ -9,11 +9,12 @@ a lease; a sender that dies mid-send leaves rows whose lease runs out and anothe
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, literal, or_, select, union_all, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from daygen.ids import uuid7
@@ -22,38 +23,44 @@ from storage.models import Job, User, WebhookDelivery, WebhookEndpoint
 TERMINAL_EVENT_TYPES = ("job.succeeded", "job.failed", "job.canceled")
 
 
-async def enqueue_deliveries(
-    session: AsyncSession, *, event_id: int, job_id: uuid.UUID, owner_id: uuid.UUID, event_type: str
-) -> int:
-    """Outbox rows for the event: one per enabled endpoint of the owner that wants its type, and one
-    for the job's own webhookUrl when the event ends the job. Inside the caller's transaction."""
-    endpoints = select(WebhookEndpoint.id.label("endpoint_id"), literal(None).label("url")).where(
-        WebhookEndpoint.owner_id == owner_id,
-        WebhookEndpoint.enabled,
-        WebhookEndpoint.event_types.any(event_type),
+async def enqueue_deliveries(session: AsyncSession, events: Sequence[tuple[int, uuid.UUID, uuid.UUID, str]]) -> int:
+    """Outbox rows for new events, given as (event id, job id, owner id, type): one per enabled
+    endpoint of the owner that wants the type, and one for the job's own webhookUrl when the event
+    ends the job. Inside the caller's transaction; two queries however many events."""
+    owners = {owner_id for _, _, owner_id, _ in events}
+    endpoints: dict[uuid.UUID, list[tuple[uuid.UUID, list[str]]]] = {}
+    stmt = select(WebhookEndpoint.owner_id, WebhookEndpoint.id, WebhookEndpoint.event_types).where(
+        WebhookEndpoint.owner_id.in_(owners), WebhookEndpoint.enabled
     )
-    job_url = select(literal(None).label("endpoint_id"), Job.webhook_url.label("url")).where(
-        Job.id == job_id, Job.webhook_url.is_not(None), literal(event_type).in_(TERMINAL_EVENT_TYPES)
-    )
-    receivers = (await session.execute(union_all(endpoints, job_url))).all()
-    if not receivers:
-        return 0
-    session.add_all(
-        WebhookDelivery(
-            id=uuid7(),
-            owner_id=owner_id,
-            endpoint_id=endpoint_id,
-            url=url,
-            job_id=job_id,
-            event_id=event_id,
-            event_type=event_type,
-            status="pending",
-            attempts=0,
-        )
-        for endpoint_id, url in receivers
-    )
-    await session.flush()
-    return len(receivers)
+    for owner_id, endpoint_id, types in await session.execute(stmt):
+        endpoints.setdefault(owner_id, []).append((endpoint_id, types))
+    ending = {job_id for _, job_id, _, kind in events if kind in TERMINAL_EVENT_TYPES}
+    job_urls: dict[uuid.UUID, str] = {}
+    if ending:
+        stmt = select(Job.id, Job.webhook_url).where(Job.id.in_(ending), Job.webhook_url.is_not(None))
+        job_urls = dict((await session.execute(stmt)).tuples().all())
+    rows = []
+    for event_id, job_id, owner_id, kind in events:
+        receivers = [(endpoint_id, None) for endpoint_id, types in endpoints.get(owner_id, []) if kind in types]
+        if kind in TERMINAL_EVENT_TYPES and job_id in job_urls:
+            receivers.append((None, job_urls[job_id]))
+        rows += [
+            {
+                "id": uuid7(),
+                "owner_id": owner_id,
+                "endpoint_id": endpoint_id,
+                "url": url,
+                "job_id": job_id,
+                "event_id": event_id,
+                "event_type": kind,
+                "status": "pending",
+                "attempts": 0,
+            }
+            for endpoint_id, url in receivers
+        ]
+    if rows:
+        await session.execute(insert(WebhookDelivery), rows)
+    return len(rows)
 
 
 # -- signing secrets ----------------------------------------------------------------------------

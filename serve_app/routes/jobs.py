@@ -42,6 +42,8 @@ from serve_app.schemas import (
 from serve_app.services import Services
 from storage import jobs as queries
 from storage.assets import resolve_inputs
+from storage.jobs import NewJob
+from storage.ledger import Reservation
 from storage.models import Job, User
 
 v1 = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_json)])
@@ -158,104 +160,140 @@ async def earlier_job(session: SessionDep, owner_id: uuid.UUID, idempotency: Ide
     raise Replayed(job)
 
 
-async def _queue(
-    services: Services,
-    session: SessionDep,
-    user: User,
-    operation: str,
-    provider: str,
-    params: dict,
-    cost: Decimal,
-    inputs,
-    idempotency: Idempotency | None,
-    webhook_url: str | None = None,
-    wake: bool = True,
-) -> uuid.UUID:
-    """Reserve the price, then insert the job; the reservation is given back if the insert fails.
+@dataclass(frozen=True)
+class Prepared:
+    """A job request checked, its inputs resolved and priced: ready to reserve and queue."""
 
-    `wake` tells the dispatcher at once; a batch tells it once, after its last job."""
-    owner_id = user.id  # read once: a rollback below expires the loaded user
-    await earlier_job(session, owner_id, idempotency)
-    job_id = uuid7()
-    answer = await services.ledger.reserve.remote(owner_id, job_id, cost)
-    if not answer["accepted"]:
-        raise InsufficientCredits(
-            "not enough credits for this job",
-            details={"required": answer["required"], "balance": answer["balance"]},
+    operation: str
+    provider: str
+    params: dict
+    cost: Decimal
+    inputs: dict | None = None
+    idempotency: Idempotency | None = None
+    webhook_url: str | None = None
+
+
+Queued = uuid.UUID | Replayed | DaygenError
+
+
+async def queue_jobs(
+    services: Services, session: SessionDep, owner_id: uuid.UUID, jobs: list[Prepared]
+) -> list[Queued]:
+    """Reserve the prices, insert the jobs, announce them and wake the dispatcher: one ledger call,
+    one transaction and one wake however many jobs. Each job is answered with its id, or what
+    stopped it (too few credits, a repeated Idempotency-Key). Reservations of jobs that were not
+    inserted are given back."""
+    ids = [uuid7() for _ in jobs]
+    reserved = await services.ledger.reserve.remote(
+        [Reservation(owner_id, job_id, job.cost) for job_id, job in zip(ids, jobs, strict=True)]
+    )
+    answers: list[Queued] = []
+    new: list[NewJob] = []
+    for job_id, job, held in zip(ids, jobs, reserved, strict=True):
+        if not held.accepted:
+            answers.append(
+                InsufficientCredits(
+                    "not enough credits for this job",
+                    details={"required": float(job.cost), "balance": float(held.balance)},
+                )
+            )
+            continue
+        answers.append(job_id)
+        new.append(
+            NewJob(
+                id=job_id,
+                owner_id=owner_id,
+                operation=job.operation,
+                provider=job.provider,
+                params=job.params,
+                cost=job.cost,
+                inputs=job.inputs,
+                idempotency_key=job.idempotency.key if job.idempotency else None,
+                request_hash=job.idempotency.request_hash if job.idempotency else None,
+                webhook_url=job.webhook_url,
+            )
         )
+    if not new:
+        return answers
+    inserted: list[NewJob] = []
     try:
-        _, queued = await queries.insert_job(
-            session,
-            job_id=job_id,
-            owner_id=owner_id,
-            operation=operation,
-            provider=provider,
-            params=params,
-            cost=cost,
-            inputs=inputs,
-            idempotency_key=idempotency.key if idempotency else None,
-            request_hash=idempotency.request_hash if idempotency else None,
-            webhook_url=webhook_url,
-        )
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key got in first.
-        await session.rollback()
-        await services.ledger.settle.remote(job_id, Decimal(0))
-        await earlier_job(session, owner_id, idempotency)
-        raise
-    except BaseException:
-        await services.ledger.settle.remote(job_id, Decimal(0))
-        raise
-    await services.events.publish(queued)
-    if wake:
+        try:
+            events = await queries.insert_jobs(session, new)
+            inserted = new
+        except IntegrityError:
+            # A concurrent request with one of the Idempotency-Keys got in first: one at a time, to tell which.
+            await session.rollback()
+            events = []
+            for job in new:
+                try:
+                    events += await queries.insert_jobs(session, [job])
+                    inserted.append(job)
+                except IntegrityError:
+                    await session.rollback()
+                    if job.idempotency_key is None or job.request_hash is None:
+                        raise
+                    try:
+                        await earlier_job(session, owner_id, Idempotency(job.idempotency_key, job.request_hash))
+                    except (Replayed, DaygenError) as exc:
+                        answers[answers.index(job.id)] = exc
+    finally:
+        lost = [(job.id, Decimal(0)) for job in new if job not in inserted]
+        if lost:
+            await services.ledger.settle.remote(lost)
+    await services.events.publish(*events)
+    if inserted:
         services.dispatcher.wake.remote()
-    return job_id
+    return answers
 
 
-async def submit_job(
+async def queue_one(services: Services, session: SessionDep, owner_id: uuid.UUID, job: Prepared) -> uuid.UUID:
+    """`queue_jobs` of one, its refusal raised."""
+    [answer] = await queue_jobs(services, session, owner_id, [job])
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
+
+
+async def prepare_job(
     services: Services,
     session: SessionDep,
-    user: User,
+    owner_id: uuid.UUID,
     operation_name: str,
     raw_params: dict,
     idempotency: Idempotency | None = None,
     webhook_url: str | None = None,
-    *,
-    wake: bool = True,
-) -> uuid.UUID:
-    """Validate, resolve input assets, reserve the price, queue: every way of submitting one operation."""
+) -> Prepared:
+    """Validate, resolve input assets, price: every way of submitting one operation."""
     operation, params = validate_request(operation_name, raw_params)
     services.pools.check_fits(operation, params)
     await check_provider_ready(services, operation.provider)
     refs = operation.asset_refs(params)
-    inputs = await resolve_inputs(session, user.id, refs) if refs else None
+    inputs = await resolve_inputs(session, owner_id, refs) if refs else None
     if inputs:
         check_inputs(operation, params, inputs)
-    return await _queue(
-        services,
-        session,
-        user,
-        operation.name,
-        operation.provider,
-        params,
-        operation.price(params),
-        inputs,
-        idempotency,
-        webhook_url,
-        wake,
+    await earlier_job(session, owner_id, idempotency)
+    return Prepared(
+        operation.name, operation.provider, params, operation.price(params), inputs, idempotency, webhook_url
     )
 
 
-async def submit_chain(
+async def submit_job(
+    services: Services, session: SessionDep, user: User, operation_name: str, raw_params: dict
+) -> uuid.UUID:
+    """One operation, checked, reserved and queued (the daygen-compatible routes)."""
+    owner_id = user.id  # read once: a rollback expires the loaded user
+    job = await prepare_job(services, session, owner_id, operation_name, raw_params)
+    return await queue_one(services, session, owner_id, job)
+
+
+async def prepare_chain(
     services: Services,
     session: SessionDep,
-    user: User,
+    owner_id: uuid.UUID,
     raw_steps: list[dict],
     idempotency: Idempotency | None = None,
     webhook_url: str | None = None,
-    *,
-    wake: bool = True,
-) -> uuid.UUID:
+) -> Prepared:
     """The same for a chain: every step is checked, and the whole price reserved, before anything runs."""
     steps = validate_steps(raw_steps)
     for provider in dict.fromkeys(step.provider for step in steps):
@@ -268,26 +306,21 @@ async def submit_chain(
             raise prefixed(exc, f"steps.{index}") from None
         if step.refs:
             try:
-                resolved = await resolve_inputs(session, user.id, step.refs)
+                resolved = await resolve_inputs(session, owner_id, step.refs)
                 check_inputs(OPERATIONS[step.operation], step.params, resolved)
             except (InvalidInput, NotFound) as exc:
                 raise prefixed(exc, f"steps.{index}") from None
             inputs[str(index)] = resolved
+    await earlier_job(session, owner_id, idempotency)
     cost = sum((s.cost for s in steps), Decimal(0))
     params = {"steps": [s.stored() for s in steps]}
-    return await _queue(services, session, user, PIPELINE, steps[0].provider, params, cost, inputs or None, idempotency)
+    return Prepared(PIPELINE, steps[0].provider, params, cost, inputs or None, idempotency, webhook_url)
 
 
-async def submit_body(
-    services: Services,
-    session: SessionDep,
-    user: User,
-    body: JobCreate,
-    idempotency: Idempotency | None,
-    *,
-    wake: bool = True,
-) -> uuid.UUID:
-    """One `POST /v1/jobs` body, an operation or a chain, queued."""
+async def prepare_body(
+    services: Services, session: SessionDep, owner_id: uuid.UUID, body: JobCreate, idempotency: Idempotency | None
+) -> Prepared:
+    """One `POST /v1/jobs` body, an operation or a chain, checked and priced."""
     if problem := body.shape_problem():
         raise InvalidInput(problem[1], details=[{"field": problem[0], "message": problem[1]}])
     webhook_url = None
@@ -297,9 +330,9 @@ async def submit_body(
         webhook_url = target.url
     if body.steps is not None:
         steps = [s.model_dump() for s in body.steps]
-        return await submit_chain(services, session, user, steps, idempotency, webhook_url, wake=wake)
+        return await prepare_chain(services, session, owner_id, steps, idempotency, webhook_url)
     params = body.params or {}
-    return await submit_job(services, session, user, body.operation or "", params, idempotency, webhook_url, wake=wake)
+    return await prepare_job(services, session, owner_id, body.operation or "", params, idempotency, webhook_url)
 
 
 @v1.post(
@@ -321,8 +354,10 @@ async def submit(
     With an `Idempotency-Key`, a repeat of the same request answers 200 with the job it made
     (nothing is charged again); the same key with a different request is a 409.
     """
+    owner_id = user.id
     try:
-        job_id = await submit_body(services, session, user, body, Idempotency.of(idempotency_key, body))
+        job = await prepare_body(services, session, owner_id, body, Idempotency.of(idempotency_key, body))
+        job_id = await queue_one(services, session, owner_id, job)
     except Replayed as replay:
         request.state.job_id = str(replay.job.id)
         response.status_code = status.HTTP_200_OK
@@ -333,34 +368,37 @@ async def submit(
 
 @v1.post("/batch")
 async def submit_batch(
-    body: JobBatchCreate, request: Request, user: CurrentUser, services: ServicesDep
+    body: JobBatchCreate, request: Request, user: CurrentUser, services: ServicesDep, session: SessionDep
 ) -> JobBatchResult:
     """Up to 100 jobs in one request, each answered on its own, in order: 202 with its jobId, 200 for a
     repeat of an earlier idempotency key, or the item's own error (402, 404, 409, 422) with its body."""
     owner_id = user.id
-    results = []
+    answers: list[Queued | None] = []
+    ready: list[Prepared] = []
     for raw in body.jobs:
         try:
             item = BatchItem.model_validate(raw)
+            ready.append(
+                await prepare_body(services, session, owner_id, item, Idempotency.of(item.idempotencyKey, item))
+            )
+            answers.append(None)
         except ValidationError as exc:
             details = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
-            results.append(BatchItemResult(status=422, error=item_error(InvalidInput("invalid job", details))))
-            continue
-        # Each item has a session of its own: a failed item rolls back nothing but itself.
-        async with services.sessions() as session:
-            try:
-                idempotency = Idempotency.of(item.idempotencyKey, item)
-                job_id = await submit_body(services, session, user, item, idempotency, wake=False)
-            except Replayed as replay:
-                results.append(BatchItemResult(status=200, jobId=replay.job.id))
-            except DaygenError as exc:
-                results.append(BatchItemResult(status=status_for(exc), error=item_error(exc)))
-            else:
-                results.append(BatchItemResult(status=202, jobId=job_id))
-    if any(r.status == 202 for r in results):
-        services.dispatcher.wake.remote()
+            answers.append(InvalidInput("invalid job", details))
+        except (Replayed, DaygenError) as exc:
+            answers.append(exc)
+    queued = iter(await queue_jobs(services, session, owner_id, ready) if ready else [])
+    results = [_item_result(answer if answer is not None else next(queued)) for answer in answers]
     request.state.user_id = str(owner_id)
     return JobBatchResult(results=results)
+
+
+def _item_result(answer: Queued) -> BatchItemResult:
+    if isinstance(answer, Replayed):
+        return BatchItemResult(status=200, jobId=answer.job.id)
+    if isinstance(answer, DaygenError):
+        return BatchItemResult(status=status_for(answer), error=item_error(answer))
+    return BatchItemResult(status=202, jobId=answer)
 
 
 def item_error(exc: DaygenError) -> dict:
@@ -388,9 +426,8 @@ async def cancel(
         event = await queries.cancel_queued(session, job)
         if event is not None:
             await services.events.publish(event)
-            await services.ledger.settle.remote(
-                job.id, charged_for(job_steps(job.operation, job.params, job.cost, None), job.steps_done)
-            )
+            charged = charged_for(job_steps(job.operation, job.params, job.cost, None), job.steps_done)
+            await services.ledger.settle.remote([(job.id, charged)])
     if job.status in ("queued", "running") and await queries.request_cancel(session, job.id):
         with contextlib.suppress(RayError):  # a dispatcher that is gone: the job's lease keeper notices
             await services.dispatcher.cancel.remote(job.id)

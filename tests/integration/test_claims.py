@@ -11,21 +11,11 @@ from tests.integration.test_job_lifecycle import make_user
 
 
 async def queue(sessions, owner: uuid.UUID, provider: str, count: int) -> list[uuid.UUID]:
-    ids = []
-    for _ in range(count):
-        job_id = uuid7()
-        async with sessions() as session:
-            await job_queries.insert_job(
-                session,
-                job_id=job_id,
-                owner_id=owner,
-                operation="offline.generate",
-                provider=provider,
-                params={"prompt": "fair", "width": 64, "height": 64, "seed": 1},
-                cost=Decimal(0),
-            )
-        ids.append(job_id)
-    return ids
+    params = {"prompt": "fair", "width": 64, "height": 64, "seed": 1}
+    jobs = [job_queries.NewJob(uuid7(), owner, "offline.generate", provider, params, Decimal(0)) for _ in range(count)]
+    async with sessions() as session:
+        await job_queries.insert_jobs(session, jobs)
+    return [job.id for job in jobs]
 
 
 async def claim(sessions, provider: str, limit: int) -> list[uuid.UUID]:

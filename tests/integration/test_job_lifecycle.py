@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from daygen.ids import uuid7
 from pipelines.chains import PIPELINE, validate_steps
-from pipelines.jobs import execute_job, settle_unsettled
+from pipelines.jobs import execute_job, recorder, settle_unsettled
 from pipelines.steps import StepContext, StepOutcome, run_step
 from storage import jobs as job_queries
 from storage import ledger
@@ -36,14 +36,18 @@ async def queued_job(sessions, owner: uuid.UUID, prompt: str = "lifecycle") -> u
     async with sessions.begin() as session:
         await ledger.reserve(session, account_id=owner, job_id=job_id, amount=Decimal(1))
     async with sessions() as session:
-        await job_queries.insert_job(
+        await job_queries.insert_jobs(
             session,
-            job_id=job_id,
-            owner_id=owner,
-            operation="offline.generate",
-            provider="offline",
-            params={"prompt": prompt, "width": 64, "height": 64, "seed": 1},
-            cost=Decimal(1),
+            [
+                job_queries.NewJob(
+                    id=job_id,
+                    owner_id=owner,
+                    operation="offline.generate",
+                    provider="offline",
+                    params={"prompt": prompt, "width": 64, "height": 64, "seed": 1},
+                    cost=Decimal(1),
+                )
+            ],
         )
     return job_id
 
@@ -86,12 +90,11 @@ async def test_an_expired_lease_is_reclaimed_and_the_old_worker_is_fenced_out(se
     assert fresh.attempt == stale.attempt + 1
 
     async with sessions() as session:
-        failed = await job_queries.finish_failed(
-            session, stale, status="failed", code="late", message="too late", data={"status": "failed"}
-        )
-        assert failed is None
+        late = job_queries.JobEnded(stale, status="failed", code="late", message="too late", data={"status": "failed"})
+        assert await job_queries.record_finishes(session, [late]) == [None]
         assert await job_queries.renew_lease(session, stale.id, stale.attempt, 60) is False
-        assert await job_queries.finish_step(session, stale, index=0, total=1, assets=[], result={}, events=[]) is None
+        step = job_queries.StepFinished(stale, index=0, total=1, assets=[], result={}, events=[])
+        assert await job_queries.record_finishes(session, [step]) == [None]
     async with sessions() as session:
         assert (await session.get(Job, job_id)).status == "running"
 
@@ -108,7 +111,13 @@ async def test_execute_job_stores_output_rows_commits_the_credit_and_publishes_e
         return await run_step(StepContext(store=store), operation, params, inputs)
 
     status = await execute_job(
-        claimed, sessions=sessions, run_step=step, settle=await settle_with(sessions), events=events, lease_seconds=60
+        claimed,
+        sessions=sessions,
+        run_step=step,
+        settle=await settle_with(sessions),
+        record=recorder(sessions),
+        publish=events.publish,
+        lease_seconds=60,
     )
 
     assert status == "succeeded"
@@ -122,7 +131,7 @@ async def test_execute_job_stores_output_rows_commits_the_credit_and_publishes_e
     assert await store.exists(asset.key)
     assert sorted(kinds) == ["commit", "reserve"]
     types = [fields[b"type"] for _, fields in await redis.xrange(events.stream(job_id))]
-    assert types == [b"job.started", b"job.step_succeeded", b"job.succeeded"]
+    assert types == [b"job.step_succeeded", b"job.succeeded"]  # job.started is announced by the claimer
     await redis.aclose()
 
 
@@ -140,7 +149,8 @@ async def test_a_failed_step_fails_the_job_and_releases_the_credit(sessions, set
         sessions=sessions,
         run_step=broken_step,
         settle=await settle_with(sessions),
-        events=JobEvents(redis, settings.redis_namespace + ":lifecycle"),
+        record=recorder(sessions),
+        publish=JobEvents(redis, settings.redis_namespace + ":lifecycle").publish,
         lease_seconds=60,
     )
     assert status == "failed"
@@ -156,7 +166,8 @@ async def test_a_crash_between_finishing_and_settling_is_repaired_once(sessions)
     job_id = await queued_job(sessions, owner)
     claimed = await claim_one(sessions, job_id)
     async with sessions() as session:
-        await job_queries.finish_step(session, claimed, index=0, total=1, assets=[], result={}, events=[])
+        step = job_queries.StepFinished(claimed, index=0, total=1, assets=[], result={}, events=[])
+        assert await job_queries.record_finishes(session, [step]) == [[]]
     settle = await settle_with(sessions)
 
     assert await settle_unsettled(sessions, settle) >= 1
@@ -181,14 +192,9 @@ async def queued_chain(sessions, owner: uuid.UUID) -> uuid.UUID:
     async with sessions.begin() as session:
         await ledger.reserve(session, account_id=owner, job_id=job_id, amount=cost)
     async with sessions() as session:
-        await job_queries.insert_job(
-            session,
-            job_id=job_id,
-            owner_id=owner,
-            operation=PIPELINE,
-            provider=steps[0].provider,
-            params={"steps": [s.stored() for s in steps]},
-            cost=cost,
+        params = {"steps": [s.stored() for s in steps]}
+        await job_queries.insert_jobs(
+            session, [job_queries.NewJob(job_id, owner, PIPELINE, steps[0].provider, params, cost)]
         )
     return job_id
 
@@ -212,7 +218,13 @@ async def test_an_attempt_after_a_crash_resumes_at_the_unfinished_step_and_charg
     first = await claim_one(sessions, job_id)
     crashed = asyncio.create_task(
         execute_job(
-            first, sessions=sessions, run_step=step, settle=await settle_with(sessions), events=events, lease_seconds=60
+            first,
+            sessions=sessions,
+            run_step=step,
+            settle=await settle_with(sessions),
+            record=recorder(sessions),
+            publish=events.publish,
+            lease_seconds=60,
         )
     )
     await stuck.wait()
@@ -223,7 +235,13 @@ async def test_an_attempt_after_a_crash_resumes_at_the_unfinished_step_and_charg
     second = await claim_one(sessions, job_id)
     assert (second.attempt, second.steps_done) == (2, 1)
     status = await execute_job(
-        second, sessions=sessions, run_step=step, settle=await settle_with(sessions), events=events, lease_seconds=60
+        second,
+        sessions=sessions,
+        run_step=step,
+        settle=await settle_with(sessions),
+        record=recorder(sessions),
+        publish=events.publish,
+        lease_seconds=60,
     )
 
     assert status == "succeeded"
@@ -255,7 +273,8 @@ async def test_a_chain_failing_at_its_last_step_is_charged_for_the_steps_that_ra
         sessions=sessions,
         run_step=step,
         settle=await settle_with(sessions),
-        events=JobEvents(redis, settings.redis_namespace + ":lifecycle"),
+        record=recorder(sessions),
+        publish=JobEvents(redis, settings.redis_namespace + ":lifecycle").publish,
         lease_seconds=60,
     )
     assert status == "failed"
