@@ -21,7 +21,7 @@ class ProviderWorker:
     def __init__(self, settings: Settings, pools: ProviderPools, provider: str) -> None:
         configure_logging(settings.log_level)
         self.provider = provider
-        self.context = StepContext.from_settings(settings, pools)
+        self.context = StepContext.from_settings(settings, pools, provider)
 
     async def run(self, operation: str, params: dict[str, Any], inputs: dict[str, Any]) -> StepOutcome:
         return await run_step(self.context, operation, params, inputs)

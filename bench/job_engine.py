@@ -330,6 +330,7 @@ async def burst(stack: Stack, jobs: int, subscribers: int, submitters: int) -> N
     try:
         with MemoryWatch() as memory:
             async with httpx.AsyncClient(base_url=stack.base, timeout=120) as client:
+                cpu = CpuWatch()
                 started = time.perf_counter()
                 batches = await asyncio.gather(*(submit(client, headers, per_batch) for _, headers in owners))
                 submitted = time.perf_counter() - started
@@ -351,6 +352,7 @@ async def burst(stack: Stack, jobs: int, subscribers: int, submitters: int) -> N
                         watches.append(watch(socket, job_ids[i * jobs_per_watcher : (i + 1) * jobs_per_watcher]))
                 ended = await asyncio.wait_for(asyncio.gather(*watches), 300)
                 elapsed = max(ended) - started
+                spent = cpu.per_part()
     finally:
         stack.dashscope.set_latency(0)
         for owner_sockets in sockets:
@@ -363,6 +365,7 @@ async def burst(stack: Stack, jobs: int, subscribers: int, submitters: int) -> N
         f"all ended and seen in {elapsed:.2f} s (submitted in {submitted:.2f} s); lost {lost}, seen twice {twice}; "
         f"app memory {memory.baseline / 2**20:.0f} MiB before, peak {memory.peak / 2**20:.0f} MiB"
     )
+    print(cpu_line(spent, jobs))
     stack.check(elapsed <= 4.0 and lost == 0, "burst: all ended within 4.0 s, none lost")
 
 

@@ -25,6 +25,11 @@ class PoolConfig(BaseModel):
     max_inflight_images: int | None = Field(None, ge=1)
     requests_per_minute: float | None = Field(None, gt=0)
 
+    @property
+    def steps_per_actor(self) -> int:
+        """The most steps one actor runs at once (the dispatcher hands its running jobs out in turn)."""
+        return -(-self.max_running_jobs // self.actors)
+
 
 class ProviderPools(BaseModel):
     """One pool per provider that an operation names; a missing one is a configuration error."""

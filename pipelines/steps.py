@@ -61,11 +61,17 @@ class StepContext:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     @classmethod
-    def from_settings(cls, settings, pools: ProviderPools) -> StepContext:
+    def from_settings(cls, settings, pools: ProviderPools, provider: str | None = None) -> StepContext:
+        """For a pool actor of `provider`: its HTTP connections are as many as the steps it may run
+        at once, so the upstream's limits (the shared gates) are the only ones that queue a step."""
+
         def key(secret) -> str | None:
             return secret.get_secret_value() if secret is not None else None
 
-        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        connections = max(pools[provider].steps_per_actor, 16) if provider else 64
+        http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=min(connections, 256))
+        )
         redis = make_redis(settings.redis_url)
         gates = {
             provider: ProviderGate(

@@ -67,7 +67,8 @@ async def append_events(session: AsyncSession, new: Sequence[NewEvent]) -> list[
         {"keys": owners},
     )
     rows = [{"job_id": e.job_id, "owner_id": e.owner_id, "type": e.type, "data": e.data} for e in new]
-    stmt = insert(JobEvent).returning(JobEvent.id, JobEvent.created_at, sort_by_parameter_order=True)
+    table = JobEvent.__table__
+    stmt = insert(table).returning(table.c.id, table.c.created_at, sort_by_parameter_order=True)
     made = (await session.execute(stmt, rows)).all()
     events = [Event(i, e.job_id, e.owner_id, e.type, e.data, at) for e, (i, at) in zip(new, made, strict=True)]
     await enqueue_deliveries(session, [(e.id, e.job_id, e.owner_id, e.type) for e in events])

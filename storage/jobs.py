@@ -77,7 +77,7 @@ async def insert_jobs(session: AsyncSession, jobs: Sequence[NewJob]) -> list[Eve
     defaults, such as `created_at`, are not read back.
     """
     rows = [{**vars(job), "status": "queued"} for job in jobs]
-    await session.execute(insert(Job), rows)
+    await session.execute(insert(Job.__table__), rows)
     queued = [NewEvent(job.id, job.owner_id, "job.queued", {"status": "queued"}) for job in jobs]
     events = await append_events(session, queued)
     await session.commit()
@@ -229,7 +229,7 @@ def _finished_steps(finished: list[StepFinished]):
         ]
     )
     return (
-        update(Job)
+        update(Job.__table__)
         .where(Job.id == rows.c.id, Job.attempt == rows.c.attempt, Job.status == "running")
         .where(Job.steps_done == rows.c.done_before)
         .values(
@@ -242,7 +242,6 @@ def _finished_steps(finished: list[StepFinished]):
             lease_expires_at=case((rows.c.last, null()), else_=Job.lease_expires_at),
         )
         .returning(Job.id)
-        .execution_options(synchronize_session=False)
     )
 
 
@@ -256,7 +255,7 @@ def _ended_jobs(ended: list[JobEnded]):
         name="ended",
     ).data([(e.claimed.id, e.claimed.attempt, e.status, e.code, e.message) for e in ended])
     return (
-        update(Job)
+        update(Job.__table__)
         .where(Job.id == rows.c.id, Job.attempt == rows.c.attempt, Job.status == "running")
         .values(
             status=rows.c.status,
@@ -266,7 +265,6 @@ def _ended_jobs(ended: list[JobEnded]):
             lease_expires_at=None,
         )
         .returning(Job.id)
-        .execution_options(synchronize_session=False)
     )
 
 
@@ -291,7 +289,7 @@ async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> 
         for a in f.assets
     ]
     if assets:
-        await session.execute(insert(Asset), assets)
+        await session.execute(insert(Asset.__table__), assets)
     specs = [f.events if isinstance(f, StepFinished) else [(f"job.{f.status}", f.data)] for f in kept]
     new = [
         NewEvent(f.claimed.id, f.claimed.owner_id, kind, data)

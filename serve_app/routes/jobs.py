@@ -125,9 +125,12 @@ OUTAGE_MESSAGES = {
 }
 
 
-async def check_provider_ready(services: Services, provider: str) -> None:
+async def check_provider_ready(services: Services, provider: str, ready: set[str] | None = None) -> None:
     """A 503 before any charge for a provider that can't take work: no key here, or marked down
-    by its pool after refusing our key or account (for `DAYGEN_PROVIDER_OUTAGE_SECONDS`)."""
+    by its pool after refusing our key or account (for `DAYGEN_PROVIDER_OUTAGE_SECONDS`).
+    `ready` remembers the providers already found ready by this request (a batch asks once each)."""
+    if ready is not None and provider in ready:
+        return
     if not services.settings.provider_configured(provider):
         raise ProviderDown("provider_misconfigured", f"{provider} is not configured on this server")
     outage = await ProviderOutage(services.redis, pool_key(services.settings.redis_namespace, provider)).current()
@@ -135,6 +138,8 @@ async def check_provider_ready(services: Services, provider: str) -> None:
         code, seconds_left = outage
         message = OUTAGE_MESSAGES.get(code, "{provider} is unavailable").format(provider=provider)
         raise ProviderDown(code, message, retry_after=seconds_left)
+    if ready is not None:
+        ready.add(provider)
 
 
 class Replayed(Exception):
@@ -262,11 +267,12 @@ async def prepare_job(
     raw_params: dict,
     idempotency: Idempotency | None = None,
     webhook_url: str | None = None,
+    ready: set[str] | None = None,
 ) -> Prepared:
     """Validate, resolve input assets, price: every way of submitting one operation."""
     operation, params = validate_request(operation_name, raw_params)
     services.pools.check_fits(operation, params)
-    await check_provider_ready(services, operation.provider)
+    await check_provider_ready(services, operation.provider, ready)
     refs = operation.asset_refs(params)
     inputs = await resolve_inputs(session, owner_id, refs) if refs else None
     if inputs:
@@ -293,11 +299,12 @@ async def prepare_chain(
     raw_steps: list[dict],
     idempotency: Idempotency | None = None,
     webhook_url: str | None = None,
+    ready: set[str] | None = None,
 ) -> Prepared:
     """The same for a chain: every step is checked, and the whole price reserved, before anything runs."""
     steps = validate_steps(raw_steps)
     for provider in dict.fromkeys(step.provider for step in steps):
-        await check_provider_ready(services, provider)
+        await check_provider_ready(services, provider, ready)
     inputs: dict[str, dict] = {}
     for index, step in enumerate(steps):
         try:
@@ -318,7 +325,12 @@ async def prepare_chain(
 
 
 async def prepare_body(
-    services: Services, session: SessionDep, owner_id: uuid.UUID, body: JobCreate, idempotency: Idempotency | None
+    services: Services,
+    session: SessionDep,
+    owner_id: uuid.UUID,
+    body: JobCreate,
+    idempotency: Idempotency | None,
+    ready: set[str] | None = None,
 ) -> Prepared:
     """One `POST /v1/jobs` body, an operation or a chain, checked and priced."""
     if problem := body.shape_problem():
@@ -330,9 +342,9 @@ async def prepare_body(
         webhook_url = target.url
     if body.steps is not None:
         steps = [s.model_dump() for s in body.steps]
-        return await prepare_chain(services, session, owner_id, steps, idempotency, webhook_url)
+        return await prepare_chain(services, session, owner_id, steps, idempotency, webhook_url, ready)
     params = body.params or {}
-    return await prepare_job(services, session, owner_id, body.operation or "", params, idempotency, webhook_url)
+    return await prepare_job(services, session, owner_id, body.operation or "", params, idempotency, webhook_url, ready)
 
 
 @v1.post(
@@ -374,20 +386,20 @@ async def submit_batch(
     repeat of an earlier idempotency key, or the item's own error (402, 404, 409, 422) with its body."""
     owner_id = user.id
     answers: list[Queued | None] = []
-    ready: list[Prepared] = []
+    prepared: list[Prepared] = []
+    ready: set[str] = set()  # providers found ready: asked once a batch
     for raw in body.jobs:
         try:
             item = BatchItem.model_validate(raw)
-            ready.append(
-                await prepare_body(services, session, owner_id, item, Idempotency.of(item.idempotencyKey, item))
-            )
+            idempotency = Idempotency.of(item.idempotencyKey, item)
+            prepared.append(await prepare_body(services, session, owner_id, item, idempotency, ready))
             answers.append(None)
         except ValidationError as exc:
             details = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
             answers.append(InvalidInput("invalid job", details))
         except (Replayed, DaygenError) as exc:
             answers.append(exc)
-    queued = iter(await queue_jobs(services, session, owner_id, ready) if ready else [])
+    queued = iter(await queue_jobs(services, session, owner_id, prepared) if prepared else [])
     results = [_item_result(answer if answer is not None else next(queued)) for answer in answers]
     request.state.user_id = str(owner_id)
     return JobBatchResult(results=results)
