@@ -30,7 +30,7 @@ from pipelines.pool_config import ProviderPools
 from pipelines.steps import StepOutcome
 from storage import jobs as job_queries
 from storage.assets import prune_expired
-from storage.db import make_engine, make_sessionmaker
+from storage.db import listen, make_engine, make_sessionmaker
 from storage.events import Event, JobEvents
 from storage.objects import ObjectStore
 from storage.redis import make_redis
@@ -39,8 +39,8 @@ log = logging.getLogger("daygen.dispatcher")
 
 DISPATCHER_NAME = "daygen-dispatcher"
 POLL_SECONDS = 1.0
-RECONCILE_EVERY = 30
-PRUNE_EVERY = 60
+RECONCILE_SECONDS = 30.0
+PRUNE_EVERY = 2  # reconciliations
 POOL_CALL_ATTEMPTS = 5
 POOL_RETRY_SECONDS = 0.5
 
@@ -64,11 +64,10 @@ class JobDispatcher:
         self.record = recorder(self.sessions)
         self.settling = Batcher(self._settle_many, max_size=500)
         self.publishing = Batcher(self._publish_many, max_size=500)
+        # New jobs are claimed as their transaction commits; the poll is for leases that run out.
+        self.listener = asyncio.create_task(listen(settings.database_url, job_queries.QUEUED_CHANNEL, self.wakeup.set))
         self.loop_task = asyncio.create_task(self._loop())
-
-    async def wake(self) -> None:
-        """Called after each submit, so new work does not wait for the next poll."""
-        self.wakeup.set()
+        self.upkeep_task = asyncio.create_task(self._upkeep())
 
     async def cancel(self, job_id: uuid.UUID) -> bool:
         """Abort a job this dispatcher runs; False if it runs elsewhere (its lease keeper will notice)."""
@@ -119,43 +118,51 @@ class JobDispatcher:
             await self.publishing(events)
 
     async def _loop(self) -> None:
-        rounds = 0
         while True:
+            self.wakeup.clear()  # before claiming: a wake that arrives meanwhile brings another round
             try:
-                if rounds % RECONCILE_EVERY == 0:
-                    await settle_unsettled(self.sessions, self._settle)
-                if rounds % PRUNE_EVERY == 0:
-                    await prune_expired(self.sessions, self.store, datetime.now(UTC))
-                rounds += 1
                 if await self._claim_round():
                     continue
             except Exception:
                 log.exception("dispatch round failed")
-            self.wakeup.clear()
             try:
                 await asyncio.wait_for(self.wakeup.wait(), POLL_SECONDS)
             except TimeoutError:
                 pass
 
+    async def _upkeep(self) -> None:
+        """Off the claim path: settle what a crash left unsettled, delete expired uploads."""
+        rounds = 0
+        while True:
+            try:
+                if rounds % PRUNE_EVERY == 0:
+                    await prune_expired(self.sessions, self.store, datetime.now(UTC))
+                await settle_unsettled(self.sessions, self._settle)
+            except Exception:
+                log.exception("upkeep round failed")
+            rounds += 1
+            await asyncio.sleep(RECONCILE_SECONDS)
+
     async def _claim_round(self) -> bool:
-        """Claim work for every provider with room; True if some provider may have more waiting."""
-        more = False
-        for provider, pool in self.pools.pools.items():
-            running = self.running[provider]
-            free = pool.max_running_jobs - len(running)
-            if free <= 0:
-                continue
-            async with self.sessions() as session:
-                claimed = await job_queries.claim_jobs(
-                    session, provider=provider, limit=free, lease_seconds=self.settings.job_lease_seconds
-                )
-            await self._publish(*(job.started for job in claimed if job.started is not None))
-            for job in claimed:
-                task = asyncio.create_task(self._execute(job))
-                running.add(task)
-                task.add_done_callback(functools.partial(self._job_done, running))
-            more |= len(claimed) == free
-        return more
+        """Claim work for every provider with room, all at once; True if some provider may have more waiting."""
+        free = {p: pool.max_running_jobs - len(self.running[p]) for p, pool in self.pools.pools.items()}
+        wanted = [p for p, room in free.items() if room > 0]
+        claimed = await asyncio.gather(*(self._claim(p, free[p]) for p in wanted))
+        return any(got == free[p] for p, got in zip(wanted, claimed, strict=True))
+
+    async def _claim(self, provider: str, limit: int) -> int:
+        async with self.sessions() as session:
+            claimed = await job_queries.claim_jobs(
+                session, provider=provider, limit=limit, lease_seconds=self.settings.job_lease_seconds
+            )
+        running = self.running[provider]
+        for job in claimed:
+            task = asyncio.create_task(self._execute(job))
+            running.add(task)
+            task.add_done_callback(functools.partial(self._job_done, running))
+        # Queued before any of the tasks above runs, so each job's start is announced before its progress.
+        await self._publish(*(job.started for job in claimed if job.started is not None))
+        return len(claimed)
 
     def _job_done(self, running: set[asyncio.Task], task: asyncio.Task) -> None:
         running.discard(task)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
+
+import asyncpg
+from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+log = logging.getLogger("daygen.db")
 
 
 def make_engine(database_url: str, pool_size: int = 10, max_overflow: int = 0) -> AsyncEngine:
@@ -20,3 +28,24 @@ def is_unique_violation(exc: Exception) -> bool:
     """True for Postgres error 23505, however the driver wraps it."""
     orig = getattr(exc, "orig", exc)
     return getattr(orig, "sqlstate", None) == "23505" or getattr(orig, "pgcode", None) == "23505"
+
+
+async def listen(database_url: str, channel: str, notified: Callable[[], None], retry_seconds: float = 1.0) -> None:
+    """Call `notified` on every NOTIFY on `channel` (they arrive as the notifying transaction commits),
+    and once on every (re)connection for what was sent while nobody listened. Runs until canceled;
+    a lost connection is opened again, so callers that also poll now and then miss nothing."""
+    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    while True:
+        try:
+            connection = await asyncpg.connect(dsn)
+            try:
+                closed = asyncio.Event()
+                connection.add_termination_listener(lambda _, closed=closed: closed.set())
+                await connection.add_listener(channel, lambda *_: notified())
+                notified()
+                await closed.wait()
+            finally:
+                await connection.close()
+        except (OSError, asyncpg.PostgresError):
+            log.warning("lost the database notifications; polling until they are back", exc_info=True)
+        await asyncio.sleep(retry_seconds)

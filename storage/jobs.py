@@ -22,6 +22,8 @@ from storage.events import Event, NewEvent, append_events
 from storage.models import Asset, Job
 
 TERMINAL = ("succeeded", "failed", "canceled")
+# NOTIFY'd by every transaction that queues jobs: the dispatcher listens, so it claims as they commit.
+QUEUED_CHANNEL = "daygen_jobs_queued"
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ async def insert_jobs(session: AsyncSession, jobs: Sequence[NewJob]) -> list[Eve
     await session.execute(insert(Job.__table__), rows)
     queued = [NewEvent(job.id, job.owner_id, "job.queued", {"status": "queued"}) for job in jobs]
     events = await append_events(session, queued)
+    await session.execute(select(func.pg_notify(QUEUED_CHANNEL, "")))
     await session.commit()
     return events
 

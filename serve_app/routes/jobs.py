@@ -184,8 +184,8 @@ Queued = uuid.UUID | Replayed | DaygenError
 async def queue_jobs(
     services: Services, session: SessionDep, owner_id: uuid.UUID, jobs: list[Prepared]
 ) -> list[Queued]:
-    """Reserve the prices, insert the jobs, announce them and wake the dispatcher: one ledger call,
-    one transaction and one wake however many jobs. Each job is answered with its id, or what
+    """Reserve the prices, insert the jobs (the dispatcher hears of them as they commit) and announce
+    them: one ledger call and one transaction however many jobs. Each job is answered with its id, or what
     stopped it (too few credits, a repeated Idempotency-Key). Reservations of jobs that were not
     inserted are given back."""
     ids = [uuid7() for _ in jobs]
@@ -246,8 +246,6 @@ async def queue_jobs(
         if lost:
             await services.ledger.settle.remote(lost)
     await services.events.publish(*events)
-    if inserted:
-        services.dispatcher.wake.remote()
     return answers
 
 
