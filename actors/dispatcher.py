@@ -24,7 +24,7 @@ from actors.pools import pool_name
 from daygen.logs import configure_logging
 from daygen.settings import Settings
 from pipelines.batching import Batcher
-from pipelines.jobs import execute_job, recorder, settle_unsettled
+from pipelines.jobs import LeaseKeeper, execute_job, recorder, settle_unsettled
 from pipelines.operations import OPERATIONS
 from pipelines.pool_config import ProviderPools
 from pipelines.steps import StepOutcome
@@ -68,6 +68,8 @@ class JobDispatcher:
         self.listener = asyncio.create_task(listen(settings.database_url, job_queries.QUEUED_CHANNEL, self.wakeup.set))
         self.loop_task = asyncio.create_task(self._loop())
         self.upkeep_task = asyncio.create_task(self._upkeep())
+        self.leases = LeaseKeeper(self.sessions, settings.job_lease_seconds)
+        self.lease_task = asyncio.create_task(self.leases.run())
 
     async def cancel(self, job_id: uuid.UUID) -> bool:
         """Abort a job this dispatcher runs; False if it runs elsewhere (its lease keeper will notice)."""
@@ -169,7 +171,8 @@ class JobDispatcher:
         self.wakeup.set()
 
     async def _execute(self, job: job_queries.ClaimedJob) -> None:
-        self.cancels[job.id] = asyncio.Event()
+        cancel = self.cancels[job.id] = asyncio.Event()
+        self.leases.hold(job, cancel)
         try:
             await execute_job(
                 job,
@@ -178,12 +181,12 @@ class JobDispatcher:
                 record=self.record,
                 settle=self._settle,
                 publish=self._publish,
-                lease_seconds=self.settings.job_lease_seconds,
-                cancel=self.cancels[job.id],
+                cancel=cancel,
             )
         except Exception:
             log.exception(
                 "job execution failed; its lease will expire and it will be retried", extra={"job_id": str(job.id)}
             )
         finally:
+            self.leases.drop(job.id)
             self.cancels.pop(job.id, None)

@@ -51,20 +51,40 @@ def recorder(sessions: async_sessionmaker[AsyncSession]) -> Record:
 CANCELED = "canceled"
 
 
-async def _keep_lease(
-    sessions: async_sessionmaker[AsyncSession],
-    claimed: job_queries.ClaimedJob,
-    lease_seconds: float,
-    cancel: asyncio.Event,
-) -> None:
-    """Renew the lease while the job runs; notice a cancel asked of another process meanwhile."""
-    while True:
-        await asyncio.sleep(lease_seconds / 3)
-        async with sessions() as session:
-            if not await job_queries.renew_lease(session, claimed.id, claimed.attempt, lease_seconds):
-                return
-            if await job_queries.cancel_requested(session, claimed.id):
+class LeaseKeeper:
+    """Keeps the leases of every job a process runs: one statement renews them all, every third of
+    a lease, however many there are. It also passes on a cancel asked of another process."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], lease_seconds: float) -> None:
+        self.sessions = sessions
+        self.lease_seconds = lease_seconds
+        self.held: dict[uuid.UUID, tuple[int, asyncio.Event]] = {}
+
+    def hold(self, claimed: job_queries.ClaimedJob, cancel: asyncio.Event) -> None:
+        self.held[claimed.id] = (claimed.attempt, cancel)
+
+    def drop(self, job_id: uuid.UUID) -> None:
+        self.held.pop(job_id, None)
+
+    async def renew(self) -> None:
+        held = dict(self.held)
+        async with self.sessions() as session:
+            renewed = await job_queries.renew_leases(
+                session, [(job_id, attempt) for job_id, (attempt, _) in held.items()], self.lease_seconds
+            )
+        for job_id, (_, cancel) in held.items():
+            if job_id not in renewed:
+                self.drop(job_id)  # lost: the attempt that took over keeps it now
+            elif renewed[job_id]:
                 cancel.set()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await self.renew()
+            except Exception:
+                log.exception("could not renew job leases; trying again in a third of a lease")
 
 
 def _with_step(result: dict[str, Any], operation: str, asset_ids: list[str], texts: list[str]) -> dict[str, Any]:
@@ -136,7 +156,6 @@ async def execute_job(
     record: Record,
     settle: Settle,
     publish: Publish,
-    lease_seconds: float,
     cancel: asyncio.Event | None = None,
 ) -> str | None:
     """Run the job's steps from the first not yet done; returns the final status, or None if the lease was lost.
@@ -153,49 +172,39 @@ async def execute_job(
     cancel = cancel or asyncio.Event()
     if claimed.cancel_requested:
         cancel.set()
-    lease = asyncio.create_task(_keep_lease(sessions, claimed, lease_seconds, cancel))
     outcome: StepOutcome | None = StepOutcome()
     ending: list[Event] = []  # announced once the credits are settled
-    try:
-        while done < total and not cancel.is_set():
-            step = steps[done]
-            if total > 1:
-                progress = {"progress": done * 100 // total, "step": done, "steps": total, "operation": step.operation}
-                async with sessions() as session:
-                    event = await job_queries.record_event(session, claimed, "job.progress", progress)
-                if event is None:
-                    log.warning("lease lost; another attempt owns the job", extra=extra)
-                    return None
-                await publish(event)
-            outcome = await _unless_canceled(_run(sessions, run_step, step, result), cancel)
-            if outcome is None or not outcome.ok:
-                break
-            assets = [{"id": uuid7(), **a} for a in outcome.assets]
-            asset_ids = [str(a["id"]) for a in assets]
-            result = _with_step(result, step.operation, asset_ids, outcome.texts)
-            finished = {"step": done, "steps": total, "operation": step.operation, "assetIds": asset_ids}
-            finished["progress"] = (done + 1) * 100 // total
-            specs = [("job.step_succeeded", finished)]
-            if done + 1 == total:
-                specs.append(
-                    ("job.succeeded", {"status": "succeeded", "progress": 100, "assetIds": result["assetIds"]})
-                )
-            next_provider = steps[done + 1].provider if done + 1 < total else None
-            recorded = await record(
-                job_queries.StepFinished(claimed, done, total, assets, result, specs, next_provider)
-            )
-            if recorded is None:
+    while done < total and not cancel.is_set():
+        step = steps[done]
+        if total > 1:
+            progress = {"progress": done * 100 // total, "step": done, "steps": total, "operation": step.operation}
+            async with sessions() as session:
+                event = await job_queries.record_event(session, claimed, "job.progress", progress)
+            if event is None:
                 log.warning("lease lost; another attempt owns the job", extra=extra)
                 return None
-            done += 1
-            if done == total:
-                ending = recorded
-            else:
-                await publish(*recorded)
-    finally:
-        lease.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await lease
+            await publish(event)
+        outcome = await _unless_canceled(_run(sessions, run_step, step, result), cancel)
+        if outcome is None or not outcome.ok:
+            break
+        assets = [{"id": uuid7(), **a} for a in outcome.assets]
+        asset_ids = [str(a["id"]) for a in assets]
+        result = _with_step(result, step.operation, asset_ids, outcome.texts)
+        finished = {"step": done, "steps": total, "operation": step.operation, "assetIds": asset_ids}
+        finished["progress"] = (done + 1) * 100 // total
+        specs = [("job.step_succeeded", finished)]
+        if done + 1 == total:
+            specs.append(("job.succeeded", {"status": "succeeded", "progress": 100, "assetIds": result["assetIds"]}))
+        next_provider = steps[done + 1].provider if done + 1 < total else None
+        recorded = await record(job_queries.StepFinished(claimed, done, total, assets, result, specs, next_provider))
+        if recorded is None:
+            log.warning("lease lost; another attempt owns the job", extra=extra)
+            return None
+        done += 1
+        if done == total:
+            ending = recorded
+        else:
+            await publish(*recorded)
 
     if done == total:
         status = "succeeded"

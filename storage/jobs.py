@@ -172,9 +172,21 @@ def _fenced(job_id: uuid.UUID, attempt: int):
     return update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
 
 
-async def renew_lease(session: AsyncSession, job_id: uuid.UUID, attempt: int, lease_seconds: float) -> bool:
-    stmt = _fenced(job_id, attempt).values(lease_expires_at=func.now() + timedelta(seconds=lease_seconds))
-    renewed = (await session.execute(stmt.returning(Job.id))).scalar_one_or_none() is not None
+async def renew_leases(
+    session: AsyncSession, held: Sequence[tuple[uuid.UUID, int]], lease_seconds: float
+) -> dict[uuid.UUID, bool]:
+    """Renew the leases of many (job id, attempt) at once; answers, for each job still held, whether a
+    cancel was asked for it. A job missing from the answer was lost (taken over, or ended)."""
+    if not held:
+        return {}
+    rows = values(column("id", PgUUID(as_uuid=True)), column("attempt", Integer), name="held").data(list(held))
+    stmt = (
+        update(Job.__table__)
+        .where(Job.id == rows.c.id, Job.attempt == rows.c.attempt, Job.status == "running")
+        .values(lease_expires_at=func.now() + timedelta(seconds=lease_seconds))
+        .returning(Job.id, Job.cancel_requested_at.is_not(None))
+    )
+    renewed = dict((await session.execute(stmt)).tuples().all())
     await session.commit()
     return renewed
 
@@ -341,11 +353,6 @@ async def request_cancel(session: AsyncSession, job_id: uuid.UUID) -> bool:
     done = (await session.execute(stmt.returning(Job.id))).scalar_one_or_none() is not None
     await session.commit()
     return done
-
-
-async def cancel_requested(session: AsyncSession, job_id: uuid.UUID) -> bool:
-    stmt = select(Job.cancel_requested_at.is_not(None)).where(Job.id == job_id)
-    return bool((await session.execute(stmt)).scalar_one_or_none())
 
 
 @dataclass(frozen=True)

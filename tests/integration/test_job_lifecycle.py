@@ -6,11 +6,11 @@ import asyncio
 import uuid
 from decimal import Decimal
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from daygen.ids import uuid7
 from pipelines.chains import PIPELINE, validate_steps
-from pipelines.jobs import execute_job, recorder, settle_unsettled
+from pipelines.jobs import LeaseKeeper, execute_job, recorder, settle_unsettled
 from pipelines.steps import StepContext, StepOutcome, run_step
 from storage import jobs as job_queries
 from storage import ledger
@@ -92,7 +92,7 @@ async def test_an_expired_lease_is_reclaimed_and_the_old_worker_is_fenced_out(se
     async with sessions() as session:
         late = job_queries.JobEnded(stale, status="failed", code="late", message="too late", data={"status": "failed"})
         assert await job_queries.record_finishes(session, [late]) == [None]
-        assert await job_queries.renew_lease(session, stale.id, stale.attempt, 60) is False
+        assert await job_queries.renew_leases(session, [(stale.id, stale.attempt)], 60) == {}
         step = job_queries.StepFinished(stale, index=0, total=1, assets=[], result={}, events=[])
         assert await job_queries.record_finishes(session, [step]) == [None]
     async with sessions() as session:
@@ -117,7 +117,6 @@ async def test_execute_job_stores_output_rows_commits_the_credit_and_publishes_e
         settle=await settle_with(sessions),
         record=recorder(sessions),
         publish=events.publish,
-        lease_seconds=60,
     )
 
     assert status == "succeeded"
@@ -151,7 +150,6 @@ async def test_a_failed_step_fails_the_job_and_releases_the_credit(sessions, set
         settle=await settle_with(sessions),
         record=recorder(sessions),
         publish=JobEvents(redis, settings.redis_namespace + ":lifecycle").publish,
-        lease_seconds=60,
     )
     assert status == "failed"
     async with sessions() as session:
@@ -224,7 +222,6 @@ async def test_an_attempt_after_a_crash_resumes_at_the_unfinished_step_and_charg
             settle=await settle_with(sessions),
             record=recorder(sessions),
             publish=events.publish,
-            lease_seconds=60,
         )
     )
     await stuck.wait()
@@ -241,7 +238,6 @@ async def test_an_attempt_after_a_crash_resumes_at_the_unfinished_step_and_charg
         settle=await settle_with(sessions),
         record=recorder(sessions),
         publish=events.publish,
-        lease_seconds=60,
     )
 
     assert status == "succeeded"
@@ -275,7 +271,6 @@ async def test_a_chain_failing_at_its_last_step_is_charged_for_the_steps_that_ra
         settle=await settle_with(sessions),
         record=recorder(sessions),
         publish=JobEvents(redis, settings.redis_namespace + ":lifecycle").publish,
-        lease_seconds=60,
     )
     assert status == "failed"
     async with sessions() as session:
@@ -283,3 +278,28 @@ async def test_a_chain_failing_at_its_last_step_is_charged_for_the_steps_that_ra
         assert await ledger.balance(session, owner) == 5 - 3, "generate (1) and upscale (2) ran; describe is given back"
     assert (job.status, job.steps_done, job.progress, job.error_code) == ("failed", 2, 66, "provider_unavailable")
     await redis.aclose()
+
+
+async def test_the_lease_keeper_renews_every_held_job_in_one_go_and_passes_on_cancels(sessions):
+    owner = await make_user(sessions)
+    ids = [await queued_job(sessions, owner, prompt=f"held {n}") for n in range(3)]
+    async with sessions() as session:
+        taken = await job_queries.claim_jobs(session, provider="offline", limit=50, lease_seconds=1)
+    claimed = [job for job_id in ids for job in taken if job.id == job_id]
+    keeper = LeaseKeeper(sessions, lease_seconds=600)
+    cancels = [asyncio.Event() for _ in claimed]
+    for job, cancel in zip(claimed, cancels, strict=True):
+        keeper.hold(job, cancel)
+    async with sessions.begin() as session:
+        await session.execute(update(Job).where(Job.id == ids[1]).values(cancel_requested_at=func.now()))
+        # The third job's lease ran out and another attempt took it over.
+        await session.execute(update(Job).where(Job.id == ids[2]).values(attempt=Job.attempt + 1))
+
+    await keeper.renew()
+
+    assert [c.is_set() for c in cancels] == [False, True, False]
+    assert set(keeper.held) == set(ids[:2])
+    async with sessions() as session:
+        leases = dict((await session.execute(select(Job.id, Job.lease_expires_at - func.now()))).tuples().all())
+    assert all(leases[job_id].total_seconds() > 500 for job_id in ids[:2])
+    assert leases[ids[2]].total_seconds() < 2
