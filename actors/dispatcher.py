@@ -60,9 +60,9 @@ class JobDispatcher:
         self.wakeup = asyncio.Event()
         self.running: dict[str, set[asyncio.Task]] = {provider: set() for provider in pools.pools}
         self.cancels: dict[uuid.UUID, asyncio.Event] = {}
-        # Whatever finishes meanwhile shares one transaction, one ledger call and one Redis round trip.
+        # Whatever finishes meanwhile shares one transaction (one ledger call for the ends) and one Redis round trip.
         self.record = recorder(self.sessions)
-        self.settling = Batcher(self._settle_many, max_size=500)
+        self.ending = Batcher(self._end_many, max_size=500)
         self.publishing = Batcher(self._publish_many, max_size=500)
         # New jobs are claimed as their transaction commits; the poll is for leases that run out.
         self.listener = asyncio.create_task(listen(settings.database_url, job_queries.QUEUED_CHANNEL, self.wakeup.set))
@@ -105,11 +105,14 @@ class JobDispatcher:
                 await asyncio.sleep(POOL_RETRY_SECONDS)
         return StepOutcome(error_code="provider_unavailable", error_message="the provider's workers kept stopping")
 
-    async def _settle_many(self, charges: list[tuple[uuid.UUID, Decimal]]) -> list[Any]:
-        return await self._peer(LEDGER_NAME).settle.remote(charges)
-
     async def _settle(self, job_id: uuid.UUID, charged: Decimal) -> Any:
-        return await self.settling((job_id, charged))
+        return await self._peer(LEDGER_NAME).settle.remote([(job_id, charged)])
+
+    async def _end_many(self, endings: list[tuple[job_queries.Finish, Decimal]]) -> list[list[Event] | None]:
+        return await self._peer(LEDGER_NAME).end.remote(endings)
+
+    async def _end(self, finish: job_queries.Finish, charged: Decimal) -> list[Event] | None:
+        return await self.ending((finish, charged))
 
     async def _publish_many(self, groups: list[tuple[Event, ...]]) -> list[None]:
         await self.events.publish(*(event for group in groups for event in group))
@@ -179,7 +182,7 @@ class JobDispatcher:
                 sessions=self.sessions,
                 run_step=self._run_step,
                 record=self.record,
-                settle=self._settle,
+                end=self._end,
                 publish=self._publish,
                 cancel=cancel,
             )

@@ -1,7 +1,9 @@
-"""The usage ledger: a named singleton actor, the one writer of credit debits.
+"""The usage ledger: a named singleton actor, the one writer of credit entries.
 
 Postgres holds the truth (storage/ledger.py); the actor keeps no balance of its own, so a
-restart loses nothing. Calls that arrive together share one transaction (group commit).
+restart loses nothing. It also ends jobs, in the transaction that settles them, so a job is
+never seen ended with its credits still held. Calls that arrive together share one
+transaction (group commit).
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import ray
 from daygen.logs import configure_logging
 from daygen.settings import Settings
 from pipelines.batching import Batcher
+from pipelines.jobs import end_jobs
 from storage import ledger
 from storage.db import make_engine, make_sessionmaker
+from storage.events import Event
+from storage.jobs import Finish
 
 LEDGER_NAME = "daygen-ledger"
 
@@ -28,6 +33,7 @@ class UsageLedger:
         self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=8))
         self.reserving = Batcher(self._reserve_many, max_size=500)
         self.settling = Batcher(self._settle_many, max_size=500)
+        self.ending = Batcher(self._end_many, max_size=500)
 
     async def _reserve_many(self, requests: list[ledger.Reservation]) -> list[ledger.Reserved]:
         async with self.sessions.begin() as session:
@@ -36,6 +42,15 @@ class UsageLedger:
     async def _settle_many(self, charges: list[tuple[uuid.UUID, Decimal]]) -> list[ledger.Settlement | None]:
         async with self.sessions.begin() as session:
             return await ledger.settle_many(session, charges)
+
+    async def _end_many(self, endings: list[tuple[Finish, Decimal]]) -> list[list[Event] | None]:
+        async with self.sessions.begin() as session:
+            return await end_jobs(session, endings)
+
+    async def end(self, endings: list[tuple[Finish, Decimal]]) -> list[list[Event] | None]:
+        """End jobs (their last step's outputs, or their failure) and settle each for what it charged;
+        each answered with its events, or None when its attempt had lost the job."""
+        return list(await asyncio.gather(*map(self.ending, endings)))
 
     async def reserve(self, requests: list[ledger.Reservation]) -> list[ledger.Reserved]:
         """Each request judged in order; a refusal is a normal answer (accepted False), not an exception across Ray."""

@@ -1,10 +1,10 @@
 """What happens to a claimed job, from start to settled credits; no Ray in here.
 
 Order matters for "never lose a job, never charge twice": each step's output rows and the
-job's progress are written in one transaction, the job's end too, then the reservation is
-settled for the steps that ran (idempotent on the job id). A crash between the two is
-repaired by `settle_unsettled` on the next start. The job's terminal event is announced after
-the settlement, so whoever waits for the end sees the credits already settled.
+job's progress are written in one transaction; the job's end (its last step's outputs, or its
+failure) is written in the same transaction as the settlement of its reservation for the steps
+that ran (`end_jobs`, run by the ledger), so a job is never seen ended with its credits still
+held, nor settled twice. The job's events are announced after they commit.
 """
 
 from __future__ import annotations
@@ -34,18 +34,49 @@ log = logging.getLogger("daygen.jobs")
 
 RunStep = Callable[[str, dict[str, Any], dict[str, Any]], Awaitable[StepOutcome]]
 Settle = Callable[[uuid.UUID, Decimal], Awaitable[Any]]
-Record = Callable[[job_queries.Finish], Awaitable[list[Event] | None]]
+Record = Callable[[job_queries.StepFinished], Awaitable[list[Event] | None]]
+End = Callable[[job_queries.Finish, Decimal], Awaitable[list[Event] | None]]
 Publish = Callable[..., Awaitable[None]]
 
 
 def recorder(sessions: async_sessionmaker[AsyncSession]) -> Record:
-    """Ends of steps and jobs recorded together: one transaction for whatever ended meanwhile."""
+    """Ends of steps (not the last) recorded together: one transaction for whatever ended meanwhile."""
 
-    async def record(finishes: list[job_queries.Finish]) -> list[list[Event] | None]:
-        async with sessions() as session:
+    async def record(finishes: list[job_queries.StepFinished]) -> list[list[Event] | None]:
+        async with sessions.begin() as session:
             return await job_queries.record_finishes(session, finishes)
 
     return Batcher(record)
+
+
+async def end_jobs(
+    session: AsyncSession, endings: list[tuple[job_queries.Finish, Decimal]]
+) -> list[list[Event] | None]:
+    """End jobs and settle their reservations (keeping what each charged) in the caller's transaction.
+
+    An ending whose attempt lost the job writes nothing and settles nothing (answered None):
+    the attempt that took over ends and settles it.
+    """
+    recorded = await job_queries.record_finishes(session, [finish for finish, _ in endings])
+    charges = [(f.claimed.id, charged) for (f, charged), r in zip(endings, recorded, strict=True) if r is not None]
+    if charges:
+        await ledger_queries.settle_many(session, charges)
+    return recorded
+
+
+def ender(sessions: async_sessionmaker[AsyncSession]) -> End:
+    """`end_jobs` of whatever ended meanwhile, one transaction for them all (the ledger runs one)."""
+
+    async def end_many(endings: list[tuple[job_queries.Finish, Decimal]]) -> list[list[Event] | None]:
+        async with sessions.begin() as session:
+            return await end_jobs(session, endings)
+
+    batch = Batcher(end_many)
+
+    async def end(finish: job_queries.Finish, charged: Decimal) -> list[Event] | None:
+        return await batch((finish, charged))
+
+    return end
 
 
 CANCELED = "canceled"
@@ -154,7 +185,7 @@ async def execute_job(
     sessions: async_sessionmaker[AsyncSession],
     run_step: RunStep,
     record: Record,
-    settle: Settle,
+    end: End,
     publish: Publish,
     cancel: asyncio.Event | None = None,
 ) -> str | None:
@@ -173,7 +204,7 @@ async def execute_job(
     if claimed.cancel_requested:
         cancel.set()
     outcome: StepOutcome | None = StepOutcome()
-    ending: list[Event] = []  # announced once the credits are settled
+    ending: list[Event] = []
     while done < total and not cancel.is_set():
         step = steps[done]
         if total > 1:
@@ -196,7 +227,11 @@ async def execute_job(
         if done + 1 == total:
             specs.append(("job.succeeded", {"status": "succeeded", "progress": 100, "assetIds": result["assetIds"]}))
         next_provider = steps[done + 1].provider if done + 1 < total else None
-        recorded = await record(job_queries.StepFinished(claimed, done, total, assets, result, specs, next_provider))
+        finish = job_queries.StepFinished(claimed, done, total, assets, result, specs, next_provider)
+        if done + 1 == total:
+            recorded = await end(finish, charged_for(steps, total))
+        else:
+            recorded = await record(finish)
         if recorded is None:
             log.warning("lease lost; another attempt owns the job", extra=extra)
             return None
@@ -215,21 +250,19 @@ async def execute_job(
         else:
             status, code, message = "failed", outcome.error_code, outcome.error_message or ""
             data = {"status": status, "step": done, "error": {"code": code, "message": message}}
-        ended = await record(job_queries.JobEnded(claimed, status, code, message, data))
+        ended = await end(job_queries.JobEnded(claimed, status, code, message, data), charged_for(steps, done))
         if ended is None:
             log.warning("lease lost; another attempt owns the job", extra=extra)
             return None
         ending = ended
-    try:
-        await settle(claimed.id, charged_for(steps, done))
-    finally:
-        await publish(*ending)
+    await publish(*ending)
     log.info("job finished", extra={**extra, "status": status, "error_code": outcome.error_code if outcome else None})
     return status
 
 
 async def settle_unsettled(sessions: async_sessionmaker[AsyncSession], settle: Settle) -> int:
-    """Settle reservations of jobs that ended while the settlement was lost (a crash in between)."""
+    """Settle reservations of jobs that ended without one: a queued job canceled by the API, whose
+    release was lost to a crash right after."""
     async with sessions() as session:
         pending = await ledger_queries.unsettled_finished_jobs(session)
     for job in pending:

@@ -284,7 +284,8 @@ def _ended_jobs(ended: list[JobEnded]):
 
 
 async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> list[list[Event] | None]:
-    """Record ended steps and jobs, many at once, in one transaction; each answered with its events.
+    """Record ended steps and jobs, many at once, inside the caller's transaction; each answered with
+    its events.
 
     Fenced on the attempt (and a step on the step count, so it is recorded once): an item
     whose attempt lost the job is answered None and writes nothing.
@@ -312,7 +313,6 @@ async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> 
         for kind, data in spec
     ]
     made = iter(await append_events(session, new))
-    await session.commit()
     recorded = {f.claimed.id: [next(made) for _ in spec] for f, spec in zip(kept, specs, strict=True)}
     return [recorded.get(f.claimed.id) for f in finishes]
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
 
@@ -50,9 +49,6 @@ from storage.models import Job, User
 v1 = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_json)])
 
 MAX_WAIT_SECONDS = 30
-# A job that ended this recently may not have announced its end yet (a crash in between is
-# repaired within the reconciliation interval; an older end is never waited for).
-ANNOUNCE_GRACE = timedelta(seconds=5)
 MAX_IDEMPOTENCY_KEY = 255
 
 
@@ -474,8 +470,8 @@ async def get_job(
     session: SessionDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="seconds to wait for the job to end")] = 0,
 ) -> JobOut:
-    """With `wait`, answers as soon as the job's end is announced (its credits are settled by then), or
-    when the wait is over, instead of being polled."""
+    """With `wait`, answers as soon as the job ends (its credits are settled with its end), or when the
+    wait is over, instead of being polled."""
     request.state.job_id = str(job_id)
     since = await services.events.last_id(job_id) if wait else None
     job = await queries.get_job(session, user.id, job_id)
@@ -484,7 +480,4 @@ async def get_job(
     if since is not None and job.status not in queries.TERMINAL:
         await services.events.wait_for_end(job_id, since, wait)
         await session.refresh(job)
-    elif since is not None and job.completed_at and datetime.now(UTC) - job.completed_at < ANNOUNCE_GRACE:
-        # The row ends a moment before the end is announced, after the settlement: wait for that too.
-        await services.events.wait_for_end(job_id, "0-0", min(wait, ANNOUNCE_GRACE.total_seconds()))
     return await job_out(services, request, session, job)

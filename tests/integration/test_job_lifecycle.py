@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 
 from daygen.ids import uuid7
 from pipelines.chains import PIPELINE, validate_steps
-from pipelines.jobs import LeaseKeeper, execute_job, recorder, settle_unsettled
+from pipelines.jobs import LeaseKeeper, ender, execute_job, recorder, settle_unsettled
 from pipelines.steps import StepContext, StepOutcome, run_step
 from storage import jobs as job_queries
 from storage import ledger
@@ -95,8 +95,19 @@ async def test_an_expired_lease_is_reclaimed_and_the_old_worker_is_fenced_out(se
         assert await job_queries.renew_leases(session, [(stale.id, stale.attempt)], 60) == {}
         step = job_queries.StepFinished(stale, index=0, total=1, assets=[], result={}, events=[])
         assert await job_queries.record_finishes(session, [step]) == [None]
+    end = ender(sessions)
+    assert await end(late, Decimal(0)) is None  # nor is its reservation settled
     async with sessions() as session:
         assert (await session.get(Job, job_id)).status == "running"
+        kinds = (await session.execute(select(LedgerEntry.kind).where(LedgerEntry.job_id == job_id))).scalars().all()
+        assert kinds == ["reserve"]
+
+    ended = job_queries.JobEnded(fresh, status="failed", code="x", message="gave up", data={"status": "failed"})
+    [event] = await end(ended, Decimal(0))
+    async with sessions() as session:
+        job = await session.get(Job, job_id)
+        kinds = (await session.execute(select(LedgerEntry.kind).where(LedgerEntry.job_id == job_id))).scalars().all()
+    assert (event.type, job.status, sorted(kinds)) == ("job.failed", "failed", ["release", "reserve"])
 
 
 async def test_execute_job_stores_output_rows_commits_the_credit_and_publishes_events(sessions, settings, tmp_path):
@@ -114,7 +125,7 @@ async def test_execute_job_stores_output_rows_commits_the_credit_and_publishes_e
         claimed,
         sessions=sessions,
         run_step=step,
-        settle=await settle_with(sessions),
+        end=ender(sessions),
         record=recorder(sessions),
         publish=events.publish,
     )
@@ -147,7 +158,7 @@ async def test_a_failed_step_fails_the_job_and_releases_the_credit(sessions, set
         claimed,
         sessions=sessions,
         run_step=broken_step,
-        settle=await settle_with(sessions),
+        end=ender(sessions),
         record=recorder(sessions),
         publish=JobEvents(redis, settings.redis_namespace + ":lifecycle").publish,
     )
@@ -163,7 +174,7 @@ async def test_a_crash_between_finishing_and_settling_is_repaired_once(sessions)
     owner = await make_user(sessions)
     job_id = await queued_job(sessions, owner)
     claimed = await claim_one(sessions, job_id)
-    async with sessions() as session:
+    async with sessions.begin() as session:  # ended without the ledger: as a queued job canceled by the API
         step = job_queries.StepFinished(claimed, index=0, total=1, assets=[], result={}, events=[])
         assert await job_queries.record_finishes(session, [step]) == [[]]
     settle = await settle_with(sessions)
@@ -219,7 +230,7 @@ async def test_an_attempt_after_a_crash_resumes_at_the_unfinished_step_and_charg
             first,
             sessions=sessions,
             run_step=step,
-            settle=await settle_with(sessions),
+            end=ender(sessions),
             record=recorder(sessions),
             publish=events.publish,
         )
@@ -235,7 +246,7 @@ async def test_an_attempt_after_a_crash_resumes_at_the_unfinished_step_and_charg
         second,
         sessions=sessions,
         run_step=step,
-        settle=await settle_with(sessions),
+        end=ender(sessions),
         record=recorder(sessions),
         publish=events.publish,
     )
@@ -268,7 +279,7 @@ async def test_a_chain_failing_at_its_last_step_is_charged_for_the_steps_that_ra
         claimed,
         sessions=sessions,
         run_step=step,
-        settle=await settle_with(sessions),
+        end=ender(sessions),
         record=recorder(sessions),
         publish=JobEvents(redis, settings.redis_namespace + ":lifecycle").publish,
     )
