@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from PIL import Image
 
 from daygen.errors import (
@@ -69,9 +70,10 @@ class StepContext:
             return secret.get_secret_value() if secret is not None else None
 
         connections = max(pools[provider].steps_per_actor, 16) if provider else 64
-        http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=min(connections, 256))
-        )
+        # aiohttp's connection pool under httpx's API: httpcore's pool rescans every connection on
+        # each request, which cost more CPU than the rest of a step (bench/job_engine.py).
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=min(connections, 256))
+        http = httpx.AsyncClient(transport=AiohttpTransport(limits=limits))
         redis = make_redis(settings.redis_url)
         gates = {
             provider: ProviderGate(
