@@ -72,18 +72,31 @@ class EventHub:
         self.reader: asyncio.Task | None = None
 
     async def join(self, listener: Listener) -> None:
-        """Start delivering the user's events to the listener, from now on."""
+        """Start delivering the user's events to the listener, from now on.
+
+        The user's group is made before the first await, so the user's other sockets joining
+        meanwhile join the same group rather than each making (and replacing) one."""
         owner = listener.owner_id
-        if owner not in self.listeners:
-            stream = self.events.user_stream(owner)
+        group = self.listeners.get(owner)
+        if group is not None:
+            group.add(listener)
+            return
+        group = self.listeners[owner] = {listener}
+        stream = self.events.user_stream(owner)
+        try:
             latest = await self.redis.xrevrange(stream, count=1)
             async with self.sessions() as session:
-                self.handed_out[owner] = await latest_event_id(session, owner)
-            self.cursors[stream] = latest[0][0].decode() if latest else "0-0"
-            self.owners[stream] = owner
-            self.listeners[owner] = set()
-            self._restart()
-        self.listeners[owner].add(listener)
+                handed_out = await latest_event_id(session, owner)
+        except BaseException:
+            if self.listeners.get(owner) is group:
+                del self.listeners[owner]
+            raise
+        if self.listeners.get(owner) is not group:
+            return  # everyone left meanwhile
+        self.handed_out[owner] = handed_out
+        self.cursors[stream] = latest[0][0].decode() if latest else "0-0"
+        self.owners[stream] = owner
+        self._restart()
 
     def leave(self, listener: Listener) -> None:
         owner = listener.owner_id

@@ -71,3 +71,27 @@ async def test_a_listener_that_joins_later_gets_only_what_comes_after(sessions, 
         await hub.close()
         await redis.aclose()
         await events.redis.aclose()
+
+
+async def test_sockets_of_one_user_joining_at_the_same_time_all_get_live_events(sessions, settings):
+    owner = await make_user(sessions)
+    job_id = await queued_job(sessions, owner)
+    redis = make_redis(settings.redis_url)
+    events = JobEvents(make_redis(settings.redis_url), f"{settings.redis_namespace}:hub-{uuid.uuid4().hex}")
+    hub = EventHub(redis, events, sessions)
+    listeners = [Listener(owner, max_pending=100) for _ in range(5)]
+    for listener in listeners:
+        listener.job_ids = {job_id}
+    await asyncio.gather(*map(hub.join, listeners))
+    try:
+        async with sessions.begin() as session:
+            event = await append_event(session, job_id=job_id, owner_id=owner, type="job.succeeded", data={})
+        await events.publish(event)
+        for listener in listeners:
+            assert [e.id for e in await take(listener, 1)] == [event.id]
+    finally:
+        for listener in listeners:
+            hub.leave(listener)
+        await hub.close()
+        await redis.aclose()
+        await events.redis.aclose()
