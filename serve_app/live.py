@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.events import Event, JobEvents, events_after, latest_event_id
+from storage.events import TERMINAL_EVENTS, Event, JobEvents, events_after, latest_event_id
 
 log = logging.getLogger("daygen.live")
 
@@ -29,6 +30,7 @@ READ_BLOCK_MS = 5000
 READ_BATCH = 500
 PULL_PAGE = 500
 RETRY_SECONDS = 1.0
+WATCH_MAX_PENDING = 1000  # events of one job a waiter may hold before it gives up
 
 
 class Listener:
@@ -46,6 +48,17 @@ class Listener:
 
     def wants(self, event: Event) -> bool:
         return self.every_job or event.job_id in self.job_ids
+
+    async def wait_for_end(self, timeout_seconds: float) -> bool:
+        """Until one of the jobs it listens to ends; False when the time is up (or it overflowed)."""
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                while (item := await self.queue.get()) is not None:
+                    if isinstance(item, Event) and item.type in TERMINAL_EVENTS:
+                        return True
+        except TimeoutError:
+            pass
+        return False
 
     def offer(self, event: Event) -> None:
         if self.overflowed or not self.wants(event):
@@ -70,6 +83,18 @@ class EventHub:
         self.pulls: dict[uuid.UUID, asyncio.Task] = {}
         self.rung: set[uuid.UUID] = set()
         self.reader: asyncio.Task | None = None
+
+    @contextlib.asynccontextmanager
+    async def watching(self, owner_id: uuid.UUID, job_id: uuid.UUID) -> AsyncIterator[Listener]:
+        """A listener to one job's events while the block runs: joined before the caller reads the
+        job, so an end that commits after that read still reaches it."""
+        listener = Listener(owner_id, max_pending=WATCH_MAX_PENDING)
+        listener.job_ids = {job_id}
+        await self.join(listener)
+        try:
+            yield listener
+        finally:
+            self.leave(listener)
 
     async def join(self, listener: Listener) -> None:
         """Start delivering the user's events to the listener, from now on.

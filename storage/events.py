@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,15 +100,12 @@ async def latest_event_id(session: AsyncSession, owner_id: uuid.UUID) -> int:
 
 
 class JobEvents:
-    """The live side: each event goes on its job's stream and its owner's stream."""
+    """The live side: each event goes on its owner's stream, a doorbell for the replicas' hubs."""
 
     def __init__(self, redis: Redis, namespace: str, maxlen: int = 1000) -> None:
         self.redis = redis
         self.namespace = namespace
         self.maxlen = maxlen
-
-    def stream(self, job_id: uuid.UUID | str) -> str:
-        return f"{self.namespace}:job:{job_id}"
 
     def user_stream(self, owner_id: uuid.UUID | str) -> str:
         return f"{self.namespace}:user:{owner_id}"
@@ -126,37 +122,7 @@ class JobEvents:
                         "data": json.dumps(event.data, default=str),
                         "at": event.created_at.isoformat(),
                     }
-                    for stream in (self.stream(event.job_id), self.user_stream(event.owner_id)):
-                        pipe.xadd(stream, fields, maxlen=self.maxlen, approximate=True)
+                    pipe.xadd(self.user_stream(event.owner_id), fields, maxlen=self.maxlen, approximate=True)
                 await pipe.execute()
         except RedisError:
             log.warning("could not announce job events; listeners will read them from the log", exc_info=True)
-
-    async def last_id(self, job_id: uuid.UUID) -> str:
-        entries = await self.redis.xrevrange(self.stream(job_id), count=1)
-        if not entries:
-            return "0-0"
-        return _text(entries[0][0])
-
-    async def wait_for_end(self, job_id: uuid.UUID, after: str, timeout_s: float) -> bool:
-        """Block until a terminal event newer than `after` arrives; False on timeout."""
-        stream = self.stream(job_id)
-        deadline = time.monotonic() + timeout_s
-        last = after
-        while (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
-            try:
-                reply = await self.redis.xread({stream: last}, block=left_ms, count=100)
-            except RedisError:
-                log.warning("could not wait on job events", extra={"job_id": str(job_id)}, exc_info=True)
-                return False
-            if not reply:
-                return False
-            for event_id, fields in reply[0][1]:
-                last = event_id
-                if _text(fields.get(b"type", fields.get("type"))) in TERMINAL_EVENTS:
-                    return True
-        return False
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value

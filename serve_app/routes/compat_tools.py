@@ -265,10 +265,12 @@ async def run_tool(
                 await asset_queries.delete_asset(services.sessions, services.store, user.id, asset.id)
             raise
     request.state.job_id = str(job_id)
-    await services.events.wait_for_end(job_id, "0-0", wait)
-    job = await job_queries.get_job(session, user.id, job_id)
-    assert job is not None, "the job was submitted by this user"
-    await session.refresh(job)
+    async with (await services.event_hub()).watching(user.id, job_id) as watch:
+        job = await job_queries.get_job(session, user.id, job_id)
+        assert job is not None, "the job was submitted by this user"
+        if job.status not in job_queries.TERMINAL:
+            await watch.wait_for_end(wait)
+            await session.refresh(job)
     if job.status not in job_queries.TERMINAL:
         raise StillRunning(f"job {job_id} is still {job.status} after {wait:g} s; poll GET /api/jobs/{job_id}")
     if job.status != "succeeded":

@@ -471,13 +471,14 @@ async def get_job(
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="seconds to wait for the job to end")] = 0,
 ) -> JobOut:
     """With `wait`, answers as soon as the job ends (its credits are settled with its end), or when the
-    wait is over, instead of being polled."""
+    wait is over, instead of being polled. Waiters share their replica's one reader of live events."""
     request.state.job_id = str(job_id)
-    since = await services.events.last_id(job_id) if wait else None
-    job = await queries.get_job(session, user.id, job_id)
-    if job is None:
-        raise NotFound("job not found")
-    if since is not None and job.status not in queries.TERMINAL:
-        await services.events.wait_for_end(job_id, since, wait)
-        await session.refresh(job)
+    watching = (await services.event_hub()).watching(user.id, job_id) if wait else contextlib.nullcontext()
+    async with watching as watch:
+        job = await queries.get_job(session, user.id, job_id)
+        if job is None:
+            raise NotFound("job not found")
+        if watch is not None and job.status not in queries.TERMINAL:
+            await watch.wait_for_end(wait)
+            await session.refresh(job)
     return await job_out(services, request, session, job)

@@ -34,13 +34,15 @@ async def run_chain(client: httpx.AsyncClient, headers: dict, steps: list[dict])
     return response.json()
 
 
-async def event_log(settings, job_id: str) -> list[tuple[str, dict]]:
+async def event_log(settings, owner_id: str, job_id: str) -> list[tuple[str, dict]]:
+    """The job's events as announced on its owner's stream."""
     redis = make_redis(settings.redis_url)
     try:
-        entries = await redis.xrange(JobEvents(redis, settings.redis_namespace).stream(job_id))
+        entries = await redis.xrange(JobEvents(redis, settings.redis_namespace).user_stream(owner_id))
     finally:
         await redis.aclose()
-    return [(fields[b"type"].decode(), json.loads(fields[b"data"])) for _, fields in entries]
+    mine = [fields for _, fields in entries if fields[b"job"].decode() == job_id]
+    return [(fields[b"type"].decode(), json.loads(fields[b"data"])) for fields in mine]
 
 
 OFFLINE_CHAIN = [
@@ -68,7 +70,8 @@ async def test_a_three_step_chain_passes_each_image_on_and_reports_every_step(cl
     assert [a["id"] for a in job["result"]["assets"]] == [first["id"], second["id"]]
     assert await credits(client, headers) == 20 - 3.5
 
-    events = await event_log(settings, job["id"])
+    me = (await client.get("/v1/auth/me", headers=headers)).json()
+    events = await event_log(settings, me["id"], job["id"])
     progress = [data["progress"] for kind, data in events if kind == "job.progress"]
     finished = [(data["step"], data["progress"]) for kind, data in events if kind == "job.step_succeeded"]
     assert progress == [0, 33, 66]
