@@ -58,6 +58,7 @@ class JobDispatcher:
         self.events = JobEvents(make_redis(settings.redis_url), settings.redis_namespace)
         self.store = ObjectStore.from_settings(settings)
         self.wakeup = asyncio.Event()
+        self.due: set[str] = set(pools.pools)  # providers that may have claimable jobs
         self.running: dict[str, set[asyncio.Task]] = {provider: set() for provider in pools.pools}
         self.cancels: dict[uuid.UUID, asyncio.Event] = {}
         # Whatever finishes meanwhile shares one transaction (one ledger call for the ends) and one Redis round trip.
@@ -65,7 +66,7 @@ class JobDispatcher:
         self.ending = Batcher(self._end_many, max_size=500)
         self.publishing = Batcher(self._publish_many, max_size=500)
         # New jobs are claimed as their transaction commits; the poll is for leases that run out.
-        self.listener = asyncio.create_task(listen(settings.database_url, job_queries.QUEUED_CHANNEL, self.wakeup.set))
+        self.listener = asyncio.create_task(listen(settings.database_url, job_queries.QUEUED_CHANNEL, self._queued))
         self.loop_task = asyncio.create_task(self._loop())
         self.upkeep_task = asyncio.create_task(self._upkeep())
         self.leases = LeaseKeeper(self.sessions, settings.job_lease_seconds)
@@ -122,18 +123,29 @@ class JobDispatcher:
         if events:
             await self.publishing(events)
 
+    def _queued(self, provider: str = "") -> None:
+        """A transaction queued jobs for `provider` ("": for any, or unknown)."""
+        self._due(*([provider] if provider in self.pools.pools else self.pools.pools))
+
+    def _due(self, *providers: str) -> None:
+        self.due.update(providers)
+        self.wakeup.set()
+
     async def _loop(self) -> None:
         while True:
             self.wakeup.clear()  # before claiming: a wake that arrives meanwhile brings another round
+            due, self.due = self.due, set()
             try:
-                if await self._claim_round():
-                    continue
+                self.due |= await self._claim_round(due)
             except Exception:
                 log.exception("dispatch round failed")
+                self.due |= due
+            if self.due:
+                continue
             try:
                 await asyncio.wait_for(self.wakeup.wait(), POLL_SECONDS)
             except TimeoutError:
-                pass
+                self._due(*self.pools.pools)  # leases that ran out tell no one
 
     async def _upkeep(self) -> None:
         """Off the claim path: settle what a crash left unsettled, delete expired uploads."""
@@ -148,12 +160,12 @@ class JobDispatcher:
             rounds += 1
             await asyncio.sleep(RECONCILE_SECONDS)
 
-    async def _claim_round(self) -> bool:
-        """Claim work for every provider with room, all at once; True if some provider may have more waiting."""
-        free = {p: pool.max_running_jobs - len(self.running[p]) for p, pool in self.pools.pools.items()}
+    async def _claim_round(self, providers: set[str]) -> set[str]:
+        """Claim work for each of `providers` that has room, all at once; answers those that may have more."""
+        free = {p: self.pools[p].max_running_jobs - len(self.running[p]) for p in providers}
         wanted = [p for p, room in free.items() if room > 0]
         claimed = await asyncio.gather(*(self._claim(p, free[p]) for p in wanted))
-        return any(got == free[p] for p, got in zip(wanted, claimed, strict=True))
+        return {p for p, got in zip(wanted, claimed, strict=True) if got == free[p]}
 
     async def _claim(self, provider: str, limit: int) -> int:
         async with self.sessions() as session:
@@ -164,14 +176,14 @@ class JobDispatcher:
         for job in claimed:
             task = asyncio.create_task(self._execute(job))
             running.add(task)
-            task.add_done_callback(functools.partial(self._job_done, running))
+            task.add_done_callback(functools.partial(self._job_done, provider))
         # Queued before any of the tasks above runs, so each job's start is announced before its progress.
         await self._publish(*(job.started for job in claimed if job.started is not None))
         return len(claimed)
 
-    def _job_done(self, running: set[asyncio.Task], task: asyncio.Task) -> None:
-        running.discard(task)
-        self.wakeup.set()
+    def _job_done(self, provider: str, task: asyncio.Task) -> None:
+        self.running[provider].discard(task)
+        self._due(provider)  # room for another of its jobs
 
     async def _execute(self, job: job_queries.ClaimedJob) -> None:
         cancel = self.cancels[job.id] = asyncio.Event()

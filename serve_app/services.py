@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from ray.actor import ActorHandle
@@ -9,12 +10,14 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from daygen.settings import Settings
+from pipelines.batching import Batcher
 from pipelines.pool_config import ProviderPools
 from serve_app import signing
 from serve_app.live import EventHub
 from serve_app.security import hash_password
 from storage.db import make_engine, make_sessionmaker
 from storage.events import JobEvents
+from storage.ledger import Reservation, Reserved
 from storage.objects import ObjectStore
 from storage.redis import make_redis
 
@@ -34,6 +37,14 @@ class Services:
     files_secret: bytes
     decoy_password_hash: str
     hub: EventHub | None = None
+    reserving: Batcher | None = None
+
+    async def reserve(self, requests: list[Reservation]) -> list[Reserved]:
+        """Hold credits through the ledger, each request judged in order; the replica's concurrent
+        submits share one call to it."""
+        if self.reserving is None:
+            self.reserving = Batcher(self.ledger.reserve.remote, max_size=500)
+        return list(await asyncio.gather(*map(self.reserving, requests)))
 
     async def event_hub(self) -> EventHub:
         """The replica's live-event reader, made on first use (it needs the replica's event loop)."""

@@ -30,10 +30,11 @@ def is_unique_violation(exc: Exception) -> bool:
     return getattr(orig, "sqlstate", None) == "23505" or getattr(orig, "pgcode", None) == "23505"
 
 
-async def listen(database_url: str, channel: str, notified: Callable[[], None], retry_seconds: float = 1.0) -> None:
-    """Call `notified` on every NOTIFY on `channel` (they arrive as the notifying transaction commits),
-    and once on every (re)connection for what was sent while nobody listened. Runs until canceled;
-    a lost connection is opened again, so callers that also poll now and then miss nothing."""
+async def listen(database_url: str, channel: str, notified: Callable[[str], None], retry_seconds: float = 1.0) -> None:
+    """Call `notified(payload)` on every NOTIFY on `channel` (they arrive as the notifying transaction
+    commits), and `notified("")` on every (re)connection for what was sent while nobody listened.
+    Runs until canceled; a lost connection is opened again, so callers that also poll now and then
+    miss nothing."""
     dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
     while True:
         try:
@@ -41,8 +42,8 @@ async def listen(database_url: str, channel: str, notified: Callable[[], None], 
             try:
                 closed = asyncio.Event()
                 connection.add_termination_listener(lambda _, closed=closed: closed.set())
-                await connection.add_listener(channel, lambda *_: notified())
-                notified()
+                await connection.add_listener(channel, lambda _c, _pid, _channel, payload: notified(payload))
+                notified("")
                 await closed.wait()
             finally:
                 await connection.close()

@@ -82,7 +82,8 @@ async def insert_jobs(session: AsyncSession, jobs: Sequence[NewJob]) -> list[Eve
     await session.execute(insert(Job.__table__), rows)
     queued = [NewEvent(job.id, job.owner_id, "job.queued", {"status": "queued"}) for job in jobs]
     events = await append_events(session, queued)
-    await session.execute(select(func.pg_notify(QUEUED_CHANNEL, "")))
+    for provider in sorted({job.provider for job in jobs}):  # the dispatcher claims for these
+        await session.execute(select(func.pg_notify(QUEUED_CHANNEL, provider)))
     await session.commit()
     return events
 

@@ -189,7 +189,7 @@ async def queue_jobs(
     stopped it (too few credits, a repeated Idempotency-Key). Reservations of jobs that were not
     inserted are given back."""
     ids = [uuid7() for _ in jobs]
-    reserved = await services.ledger.reserve.remote(
+    reserved = await services.reserve(
         [Reservation(owner_id, job_id, job.cost) for job_id, job in zip(ids, jobs, strict=True)]
     )
     answers: list[Queued] = []

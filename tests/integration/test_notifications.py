@@ -17,10 +17,12 @@ from tests.integration.test_job_lifecycle import make_user
 class Doorbell:
     def __init__(self) -> None:
         self.rings = 0
+        self.payloads: list[str] = []
         self.rang = asyncio.Condition()
 
-    def __call__(self) -> None:
+    def __call__(self, payload: str) -> None:
         self.rings += 1
+        self.payloads.append(payload)
         asyncio.get_running_loop().create_task(self._tell())
 
     async def _tell(self) -> None:
@@ -65,6 +67,7 @@ async def test_queueing_a_job_rings_the_listener_when_it_commits(sessions, quiet
         assert bell.rings == rings
         await queue_one(sessions, owner)
         await bell.rings_past(rings)
+        assert bell.payloads[-1] == "offline", "it says for which provider"
 
 
 async def test_a_listener_whose_connection_is_killed_reconnects_and_rings(sessions, quiet_database_url):
