@@ -17,11 +17,12 @@ import ray
 from daygen.logs import configure_logging
 from daygen.settings import Settings
 from pipelines.batching import Batcher
-from pipelines.jobs import end_jobs
+from pipelines.jobs import ender
 from storage import ledger
 from storage.db import make_engine, make_sessionmaker
-from storage.events import Event
+from storage.events import Event, JobEvents
 from storage.jobs import Finish
+from storage.redis import make_redis
 
 LEDGER_NAME = "daygen-ledger"
 
@@ -33,7 +34,7 @@ class UsageLedger:
         self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=8))
         self.reserving = Batcher(self._reserve_many, max_size=500)
         self.settling = Batcher(self._settle_many, max_size=500)
-        self.ending = Batcher(self._end_many, max_size=500)
+        self.ending = ender(self.sessions, JobEvents(make_redis(settings.redis_url), settings.redis_namespace).publish)
 
     async def _reserve_many(self, requests: list[ledger.Reservation]) -> list[ledger.Reserved]:
         async with self.sessions.begin() as session:
@@ -43,14 +44,10 @@ class UsageLedger:
         async with self.sessions.begin() as session:
             return await ledger.settle_many(session, charges)
 
-    async def _end_many(self, endings: list[tuple[Finish, Decimal]]) -> list[list[Event] | None]:
-        async with self.sessions.begin() as session:
-            return await end_jobs(session, endings)
-
     async def end(self, endings: list[tuple[Finish, Decimal]]) -> list[list[Event] | None]:
-        """End jobs (their last step's outputs, or their failure) and settle each for what it charged;
-        each answered with its events, or None when its attempt had lost the job."""
-        return list(await asyncio.gather(*map(self.ending, endings)))
+        """End jobs (their last step's outputs, or their failure), settle each for what it charged and
+        announce the ends; each answered with its events, or None when its attempt had lost the job."""
+        return list(await asyncio.gather(*(self.ending(finish, charged) for finish, charged in endings)))
 
     async def reserve(self, requests: list[ledger.Reservation]) -> list[ledger.Reserved]:
         """Each request judged in order; a refusal is a normal answer (accepted False), not an exception across Ray."""

@@ -35,6 +35,7 @@ log = logging.getLogger("daygen.jobs")
 RunStep = Callable[[str, dict[str, Any], dict[str, Any]], Awaitable[StepOutcome]]
 Settle = Callable[[uuid.UUID, Decimal], Awaitable[Any]]
 Record = Callable[[job_queries.StepFinished], Awaitable[list[Event] | None]]
+# Ends a job, settles it and announces the end; None when the attempt had lost the job.
 End = Callable[[job_queries.Finish, Decimal], Awaitable[list[Event] | None]]
 Publish = Callable[..., Awaitable[None]]
 
@@ -64,12 +65,15 @@ async def end_jobs(
     return recorded
 
 
-def ender(sessions: async_sessionmaker[AsyncSession]) -> End:
-    """`end_jobs` of whatever ended meanwhile, one transaction for them all (the ledger runs one)."""
+def ender(sessions: async_sessionmaker[AsyncSession], publish: Publish) -> End:
+    """`end_jobs` of whatever ended meanwhile, one transaction for them all, their events announced as
+    it commits (the ledger runs one)."""
 
     async def end_many(endings: list[tuple[job_queries.Finish, Decimal]]) -> list[list[Event] | None]:
         async with sessions.begin() as session:
-            return await end_jobs(session, endings)
+            recorded = await end_jobs(session, endings)
+        await publish(*(event for events in recorded if events for event in events))
+        return recorded
 
     batch = Batcher(end_many)
 
@@ -204,7 +208,6 @@ async def execute_job(
     if claimed.cancel_requested:
         cancel.set()
     outcome: StepOutcome | None = StepOutcome()
-    ending: list[Event] = []
     while done < total and not cancel.is_set():
         step = steps[done]
         if total > 1:
@@ -236,10 +239,8 @@ async def execute_job(
             log.warning("lease lost; another attempt owns the job", extra=extra)
             return None
         done += 1
-        if done == total:
-            ending = recorded
-        else:
-            await publish(*recorded)
+        if done < total:
+            await publish(*recorded)  # the last step's events are announced by `end`
 
     if done == total:
         status = "succeeded"
@@ -254,8 +255,6 @@ async def execute_job(
         if ended is None:
             log.warning("lease lost; another attempt owns the job", extra=extra)
             return None
-        ending = ended
-    await publish(*ending)
     log.info("job finished", extra={**extra, "status": status, "error_code": outcome.error_code if outcome else None})
     return status
 

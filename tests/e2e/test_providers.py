@@ -394,7 +394,7 @@ async def test_a_lasting_outage_fails_as_provider_unavailable_after_the_retries(
 
 async def test_thirty_concurrent_ideogram_jobs_stay_under_the_in_flight_limit(client, user, fake_ideogram, sessions):
     await set_balance(sessions, user["id"], Decimal(30))
-    fake_ideogram.set_latency(0.05)
+    fake_ideogram.set_latency(0.2)  # long enough that the calls overlap however slowly they arrive
     try:
         accepted = await asyncio.gather(
             *(

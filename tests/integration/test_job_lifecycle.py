@@ -95,7 +95,12 @@ async def test_an_expired_lease_is_reclaimed_and_the_old_worker_is_fenced_out(se
         assert await job_queries.renew_leases(session, [(stale.id, stale.attempt)], 60) == {}
         step = job_queries.StepFinished(stale, index=0, total=1, assets=[], result={}, events=[])
         assert await job_queries.record_finishes(session, [step]) == [None]
-    end = ender(sessions)
+    announced = []
+
+    async def announce(*events):
+        announced.extend(events)
+
+    end = ender(sessions, announce)
     assert await end(late, Decimal(0)) is None  # nor is its reservation settled
     async with sessions() as session:
         assert (await session.get(Job, job_id)).status == "running"
@@ -104,6 +109,7 @@ async def test_an_expired_lease_is_reclaimed_and_the_old_worker_is_fenced_out(se
 
     ended = job_queries.JobEnded(fresh, status="failed", code="x", message="gave up", data={"status": "failed"})
     [event] = await end(ended, Decimal(0))
+    assert announced == [event], "only the end that was written is announced"
     async with sessions() as session:
         job = await session.get(Job, job_id)
         kinds = (await session.execute(select(LedgerEntry.kind).where(LedgerEntry.job_id == job_id))).scalars().all()
@@ -125,7 +131,7 @@ async def test_execute_job_stores_output_rows_commits_the_credit_and_publishes_e
         claimed,
         sessions=sessions,
         run_step=step,
-        end=ender(sessions),
+        end=ender(sessions, events.publish),
         record=recorder(sessions),
         publish=events.publish,
     )
@@ -151,6 +157,7 @@ async def test_a_failed_step_fails_the_job_and_releases_the_credit(sessions, set
     job_id = await queued_job(sessions, owner)
     claimed = await claim_one(sessions, job_id)
     redis = make_redis(settings.redis_url)
+    lifecycle = JobEvents(redis, settings.redis_namespace + ":lifecycle")
 
     async def broken_step(operation, params, inputs):
         return StepOutcome(error_code="provider_unavailable", error_message="upstream down")
@@ -159,9 +166,9 @@ async def test_a_failed_step_fails_the_job_and_releases_the_credit(sessions, set
         claimed,
         sessions=sessions,
         run_step=broken_step,
-        end=ender(sessions),
+        end=ender(sessions, lifecycle.publish),
         record=recorder(sessions),
-        publish=JobEvents(redis, settings.redis_namespace + ":lifecycle").publish,
+        publish=lifecycle.publish,
     )
     assert status == "failed"
     async with sessions() as session:
@@ -231,7 +238,7 @@ async def test_an_attempt_after_a_crash_resumes_at_the_unfinished_step_and_charg
             first,
             sessions=sessions,
             run_step=step,
-            end=ender(sessions),
+            end=ender(sessions, events.publish),
             record=recorder(sessions),
             publish=events.publish,
         )
@@ -247,7 +254,7 @@ async def test_an_attempt_after_a_crash_resumes_at_the_unfinished_step_and_charg
         second,
         sessions=sessions,
         run_step=step,
-        end=ender(sessions),
+        end=ender(sessions, events.publish),
         record=recorder(sessions),
         publish=events.publish,
     )
@@ -269,6 +276,7 @@ async def test_a_chain_failing_at_its_last_step_is_charged_for_the_steps_that_ra
     job_id = await queued_chain(sessions, owner)
     claimed = await claim_one(sessions, job_id)
     redis = make_redis(settings.redis_url)
+    lifecycle = JobEvents(redis, settings.redis_namespace + ":lifecycle")
     store = ObjectStore(f"file://{tmp_path}")
 
     async def step(operation, params, inputs):
@@ -280,9 +288,9 @@ async def test_a_chain_failing_at_its_last_step_is_charged_for_the_steps_that_ra
         claimed,
         sessions=sessions,
         run_step=step,
-        end=ender(sessions),
+        end=ender(sessions, lifecycle.publish),
         record=recorder(sessions),
-        publish=JobEvents(redis, settings.redis_namespace + ":lifecycle").publish,
+        publish=lifecycle.publish,
     )
     assert status == "failed"
     async with sessions() as session:
