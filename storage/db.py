@@ -47,6 +47,6 @@ async def listen(database_url: str, channel: str, notified: Callable[[str], None
                 await closed.wait()
             finally:
                 await connection.close()
-        except (OSError, asyncpg.PostgresError):
+        except Exception:  # whatever broke the connection, listen again: callers poll meanwhile
             log.warning("lost the database notifications; polling until they are back", exc_info=True)
         await asyncio.sleep(retry_seconds)
