@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from decimal import Decimal
 
+import psutil
 import pytest
 import ray
 from sqlalchemy import func, select
@@ -77,6 +79,16 @@ async def submit_hung(client, headers, fake_ideogram, count: int) -> list[str]:
     return ids
 
 
+async def kill(name: str) -> None:
+    """`ray.kill` an actor (Ray restarts it) and wait until its process is gone: the kill itself
+    returns before the actor dies, and a dying actor could still finish what it was doing."""
+    handle = ray.get_actor(name, namespace=RAY_NAMESPACE)
+    process = psutil.Process(await handle.__ray_call__.remote(lambda _: os.getpid()))
+    ray.kill(handle, no_restart=False)
+    _, alive = await asyncio.to_thread(psutil.wait_procs, [process], 30)
+    assert not alive, f"{name} did not die"
+
+
 async def assert_ended_once_and_charged_once(client, sessions, account, receiver, job_ids, frames, attempts):
     for job_id in job_ids:
         job = (await client.get(f"/v1/jobs/{job_id}", params={"wait": 30}, headers=account["headers"])).json()
@@ -108,7 +120,7 @@ async def test_a_pool_actor_killed_mid_call_costs_a_retry_not_the_job(
     frames: list[dict] = []
     watcher = asyncio.create_task(watch(app_url, account["token"], set(job_ids), frames))
     for index in range(2):  # both Ideogram actors: whichever holds the calls dies mid-call
-        ray.kill(ray.get_actor(pool_name("ideogram", index), namespace=RAY_NAMESPACE), no_restart=False)
+        await kill(pool_name("ideogram", index))
     fake_ideogram.release_hung()  # answers nobody now; the retries find the restarted actors
     await asyncio.wait_for(watcher, 60)
     await assert_ended_once_and_charged_once(client, sessions, account, receiver, job_ids, frames, attempts=1)
@@ -121,7 +133,7 @@ async def test_a_dispatcher_killed_mid_job_is_restarted_and_its_jobs_taken_over_
     job_ids = await submit_hung(client, account["headers"], fake_ideogram, IDEOGRAM_INFLIGHT_LIMIT - 1)
     frames: list[dict] = []
     watcher = asyncio.create_task(watch(app_url, account["token"], set(job_ids), frames))
-    ray.kill(ray.get_actor(DISPATCHER_NAME, namespace=RAY_NAMESPACE), no_restart=False)
+    await kill(DISPATCHER_NAME)
     fake_ideogram.release_hung()  # the pool answers a dispatcher that is gone
     # The restarted dispatcher re-claims the jobs once their leases (5 s here) run out.
     await asyncio.wait_for(watcher, 60)
