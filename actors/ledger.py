@@ -15,6 +15,7 @@ from decimal import Decimal
 import ray
 
 from daygen.logs import configure_logging
+from daygen.runtime import freeze_startup_heap
 from daygen.settings import Settings
 from pipelines.batching import Batcher
 from pipelines.jobs import ender
@@ -35,6 +36,7 @@ class UsageLedger:
         self.reserving = Batcher(self._reserve_many, max_size=500)
         self.settling = Batcher(self._settle_many, max_size=500)
         self.ending = ender(self.sessions, JobEvents(make_redis(settings.redis_url), settings.redis_namespace).publish)
+        freeze_startup_heap()
 
     async def _reserve_many(self, requests: list[ledger.Reservation]) -> list[ledger.Reserved]:
         async with self.sessions.begin() as session:

@@ -11,6 +11,7 @@ from typing import Any
 import ray
 
 from daygen.logs import configure_logging
+from daygen.runtime import freeze_startup_heap
 from daygen.settings import Settings
 from pipelines.pool_config import ProviderPools
 from pipelines.steps import StepContext, StepOutcome, run_step
@@ -22,6 +23,7 @@ class ProviderWorker:
         configure_logging(settings.log_level)
         self.provider = provider
         self.context = StepContext.from_settings(settings, pools, provider)
+        freeze_startup_heap()
 
     async def run(self, operation: str, params: dict[str, Any], inputs: dict[str, Any]) -> StepOutcome:
         return await run_step(self.context, operation, params, inputs)
