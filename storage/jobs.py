@@ -17,6 +17,7 @@ from sqlalchemy import Boolean, Integer, Text, case, column, func, insert, liter
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.expression import ColumnClause, Update, Values
 
 from storage.events import Event, NewEvent, append_events
 from storage.models import Asset, Job
@@ -182,6 +183,14 @@ def _fenced(job_id: uuid.UUID, attempt: int):
     return update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
 
 
+def _fenced_rows(name: str, columns: list[ColumnClause], rows: list[tuple]) -> tuple[Values, Update]:
+    """Rows that start with (job id, attempt) as a VALUES list, and an UPDATE of the jobs whose attempt
+    still holds them: `_fenced` for many attempts at once."""
+    table = values(column("id", PgUUID(as_uuid=True)), column("attempt", Integer), *columns, name=name).data(rows)
+    stmt = update(Job.__table__).where(Job.id == table.c.id, Job.attempt == table.c.attempt, Job.status == "running")
+    return table, stmt
+
+
 async def renew_leases(
     session: AsyncSession, held: Sequence[tuple[uuid.UUID, int]], lease_seconds: float
 ) -> dict[uuid.UUID, bool]:
@@ -189,12 +198,9 @@ async def renew_leases(
     cancel was asked for it. A job missing from the answer was lost (taken over, or ended)."""
     if not held:
         return {}
-    rows = values(column("id", PgUUID(as_uuid=True)), column("attempt", Integer), name="held").data(list(held))
-    stmt = (
-        update(Job.__table__)
-        .where(Job.id == rows.c.id, Job.attempt == rows.c.attempt, Job.status == "running")
-        .values(lease_expires_at=func.now() + timedelta(seconds=lease_seconds))
-        .returning(Job.id, Job.cancel_requested_at.is_not(None))
+    _, fenced = _fenced_rows("held", [], list(held))
+    stmt = fenced.values(lease_expires_at=func.now() + timedelta(seconds=lease_seconds)).returning(
+        Job.id, Job.cancel_requested_at.is_not(None)
     )
     renewed = dict((await session.execute(stmt)).tuples().all())
     await session.commit()
@@ -229,68 +235,53 @@ class JobEnded:
 Finish = StepFinished | JobEnded
 
 
-def _finished_steps(finished: list[StepFinished]):
-    rows = values(
-        column("id", PgUUID(as_uuid=True)),
-        column("attempt", Integer),
+def _finished_steps(finished: list[StepFinished]) -> Update:
+    columns = [
         column("done_before", Integer),
         column("progress", Integer),
         column("result", JSONB),
         column("provider", Text),
         column("last", Boolean),
-        name="finished",
-    ).data(
-        [
-            (
-                f.claimed.id,
-                f.claimed.attempt,
-                f.index,
-                (f.index + 1) * 100 // f.total,
-                f.result,
-                f.next_provider,
-                f.index + 1 == f.total,
-            )
-            for f in finished
-        ]
-    )
+    ]
+    rows = [
+        (
+            f.claimed.id,
+            f.claimed.attempt,
+            f.index,
+            (f.index + 1) * 100 // f.total,
+            f.result,
+            f.next_provider,
+            f.index + 1 == f.total,
+        )
+        for f in finished
+    ]
+    table, fenced = _fenced_rows("finished", columns, rows)
     return (
-        update(Job.__table__)
-        .where(Job.id == rows.c.id, Job.attempt == rows.c.attempt, Job.status == "running")
-        .where(Job.steps_done == rows.c.done_before)
+        fenced.where(Job.steps_done == table.c.done_before)
         .values(
-            steps_done=rows.c.done_before + 1,
-            progress=rows.c.progress,
-            result=rows.c.result,
-            provider=func.coalesce(rows.c.provider, Job.provider),
-            status=case((rows.c.last, literal("succeeded")), else_=Job.status),
-            completed_at=case((rows.c.last, func.now()), else_=Job.completed_at),
-            lease_expires_at=case((rows.c.last, null()), else_=Job.lease_expires_at),
+            steps_done=table.c.done_before + 1,
+            progress=table.c.progress,
+            result=table.c.result,
+            provider=func.coalesce(table.c.provider, Job.provider),
+            status=case((table.c.last, literal("succeeded")), else_=Job.status),
+            completed_at=case((table.c.last, func.now()), else_=Job.completed_at),
+            lease_expires_at=case((table.c.last, null()), else_=Job.lease_expires_at),
         )
         .returning(Job.id)
     )
 
 
-def _ended_jobs(ended: list[JobEnded]):
-    rows = values(
-        column("id", PgUUID(as_uuid=True)),
-        column("attempt", Integer),
-        column("status", Text),
-        column("code", Text),
-        column("message", Text),
-        name="ended",
-    ).data([(e.claimed.id, e.claimed.attempt, e.status, e.code, e.message) for e in ended])
-    return (
-        update(Job.__table__)
-        .where(Job.id == rows.c.id, Job.attempt == rows.c.attempt, Job.status == "running")
-        .values(
-            status=rows.c.status,
-            error_code=rows.c.code,
-            error_message=rows.c.message,
-            completed_at=func.now(),
-            lease_expires_at=None,
-        )
-        .returning(Job.id)
-    )
+def _ended_jobs(ended: list[JobEnded]) -> Update:
+    columns = [column("status", Text), column("code", Text), column("message", Text)]
+    rows = [(e.claimed.id, e.claimed.attempt, e.status, e.code, e.message) for e in ended]
+    table, fenced = _fenced_rows("ended", columns, rows)
+    return fenced.values(
+        status=table.c.status,
+        error_code=table.c.code,
+        error_message=table.c.message,
+        completed_at=func.now(),
+        lease_expires_at=None,
+    ).returning(Job.id)
 
 
 async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> list[list[Event] | None]:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
 
 from serve_app.live import EventHub, Listener
 from storage.events import JobEvents, append_event
@@ -11,17 +15,33 @@ from storage.redis import make_redis
 from tests.integration.test_job_lifecycle import make_user, queued_job
 
 
+@dataclass
+class Hub:
+    hub: EventHub
+    events: JobEvents
+
+
+@pytest.fixture
+async def live(sessions, settings) -> AsyncIterator[Hub]:
+    """A hub with a Redis client of its own, announcing on a namespace of its own."""
+    redis = make_redis(settings.redis_url)
+    events = JobEvents(make_redis(settings.redis_url), f"{settings.redis_namespace}:hub-{uuid.uuid4().hex}")
+    hub = EventHub(redis, events, sessions)
+    yield Hub(hub, events)
+    await hub.close()
+    await redis.aclose()
+    await events.redis.aclose()
+
+
 async def take(listener: Listener, count: int) -> list:
     async with asyncio.timeout(10):
         return [await listener.queue.get() for _ in range(count)]
 
 
-async def test_events_announced_out_of_order_reach_a_listener_once_each_in_id_order(sessions, settings):
+async def test_events_announced_out_of_order_reach_a_listener_once_each_in_id_order(sessions, live):
+    hub, events = live.hub, live.events
     owner = await make_user(sessions)
     job_id = await queued_job(sessions, owner)
-    redis = make_redis(settings.redis_url)
-    events = JobEvents(make_redis(settings.redis_url), f"{settings.redis_namespace}:hub-{uuid.uuid4().hex}")
-    hub = EventHub(redis, events, sessions)
     listener = Listener(owner, max_pending=100)
     listener.every_job = True
     await hub.join(listener)
@@ -44,17 +64,12 @@ async def test_events_announced_out_of_order_reach_a_listener_once_each_in_id_or
         assert listener.queue.empty()
     finally:
         hub.leave(listener)
-        await hub.close()
-        await redis.aclose()
-        await events.redis.aclose()
 
 
-async def test_a_listener_that_joins_later_gets_only_what_comes_after(sessions, settings):
+async def test_a_listener_that_joins_later_gets_only_what_comes_after(sessions, live):
+    hub, events = live.hub, live.events
     owner = await make_user(sessions)
     job_id = await queued_job(sessions, owner)
-    redis = make_redis(settings.redis_url)
-    events = JobEvents(make_redis(settings.redis_url), f"{settings.redis_namespace}:hub-{uuid.uuid4().hex}")
-    hub = EventHub(redis, events, sessions)
     async with sessions.begin() as session:
         before = await append_event(session, job_id=job_id, owner_id=owner, type="job.started", data={})
     await events.publish(before)
@@ -68,17 +83,12 @@ async def test_a_listener_that_joins_later_gets_only_what_comes_after(sessions, 
         assert [e.id for e in await take(listener, 1)] == [after.id]
     finally:
         hub.leave(listener)
-        await hub.close()
-        await redis.aclose()
-        await events.redis.aclose()
 
 
-async def test_sockets_of_one_user_joining_at_the_same_time_all_get_live_events(sessions, settings):
+async def test_sockets_of_one_user_joining_at_the_same_time_all_get_live_events(sessions, live):
+    hub, events = live.hub, live.events
     owner = await make_user(sessions)
     job_id = await queued_job(sessions, owner)
-    redis = make_redis(settings.redis_url)
-    events = JobEvents(make_redis(settings.redis_url), f"{settings.redis_namespace}:hub-{uuid.uuid4().hex}")
-    hub = EventHub(redis, events, sessions)
     listeners = [Listener(owner, max_pending=100) for _ in range(5)]
     for listener in listeners:
         listener.job_ids = {job_id}
@@ -92,6 +102,3 @@ async def test_sockets_of_one_user_joining_at_the_same_time_all_get_live_events(
     finally:
         for listener in listeners:
             hub.leave(listener)
-        await hub.close()
-        await redis.aclose()
-        await events.redis.aclose()
