@@ -36,11 +36,14 @@ class Services:
     jwt_secret: str
     files_secret: bytes
     decoy_password_hash: str
-    reserving: Batcher[Reservation, Reserved]  # the replica's concurrent submits share one ledger call
     hub: EventHub | None = None
+    reserving: Batcher | None = None
 
     async def reserve(self, requests: list[Reservation]) -> list[Reserved]:
-        """Hold credits through the ledger, each request judged in order."""
+        """Hold credits through the ledger, each request judged in order; the replica's concurrent
+        submits share one call to it."""
+        if self.reserving is None:  # on first use: services built without a ledger never reserve
+            self.reserving = Batcher(self.ledger.reserve.remote, max_size=500)
         return list(await asyncio.gather(*map(self.reserving, requests)))
 
     async def event_hub(self) -> EventHub:
@@ -66,7 +69,6 @@ class Services:
             pools=pools,
             ledger=ledger,
             dispatcher=dispatcher,
-            reserving=Batcher(ledger.reserve.remote, max_size=500),
             jwt_secret=jwt_secret,
             files_secret=signing.files_secret(jwt_secret),
             # Logins for unknown emails verify against this, so they take as long as real ones.
