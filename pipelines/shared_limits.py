@@ -212,17 +212,22 @@ class SharedInFlightLimiter:
         self._bell = asyncio.Event()
 
 
-# KEYS: theoretical arrival time (TAT, µs). ARGV: emission interval µs, burst tolerance µs.
-# Reserves the next slot and replies {now, slot start, new TAT}, all in µs of the Redis clock.
+# KEYS: theoretical arrival time (TAT, µs), and optionally the pool's pause. ARGV: emission interval µs,
+# burst tolerance µs. While the pause is set, reserves nothing and replies {now, 0, 0, ms of pause left};
+# else reserves the next slot and replies {now, slot start, new TAT, 0}, in µs of the Redis clock.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if KEYS[2] then
+  local paused = redis.call('PTTL', KEYS[2])
+  if paused > 0 then return {now, 0, 0, paused} end
+end
 local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or 0), now)
 local start = math.max(tat - tolerance, now)
 local next_tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1)
-return {now, start, next_tat}
+return {now, start, next_tat, 0}
 """
 
 # KEYS: TAT. ARGV: the TAT a cancelled reservation set, the TAT before it. Only the latest
@@ -237,16 +242,26 @@ class SharedRateLimiter:
     """At most `rate` requests per `period_seconds` across all instances (GCRA), plus `burst - 1` at once.
 
     Each call reserves the next free slot in one script call and sleeps until it, so waiters form a
-    queue on the Redis clock without polling, and a saturated limiter runs at the full rate.
+    queue on the Redis clock without polling, and a saturated limiter runs at the full rate. Given
+    the key of a `PoolPause`, the same call waits it out first (one round trip a request, not two).
     """
 
-    def __init__(self, redis: Redis, key: str, rate: float, period_seconds: float = 1.0, burst: int = 1) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        key: str,
+        rate: float,
+        period_seconds: float = 1.0,
+        burst: int = 1,
+        pause_key: str | None = None,
+    ) -> None:
         if rate <= 0 or period_seconds <= 0:
             raise ValueError("rate and period_seconds must be positive")
         if burst < 1:
             raise ValueError("burst must be at least 1")
         self.redis = redis
         self.key = f"{key}:tat"
+        self._keys = [self.key] if pause_key is None else [self.key, pause_key]
         # Rounding the interval up keeps the limit a ceiling, never a floor.
         self._interval_us = math.ceil(period_seconds * 1_000_000 / rate)
         self._tolerance_us = (burst - 1) * self._interval_us
@@ -255,7 +270,13 @@ class SharedRateLimiter:
 
     async def acquire(self) -> float:
         """Wait for this request's slot; returns the slot's start in seconds of the Redis clock."""
-        now_us, start_us, tat_us = await self._reserve(keys=[self.key], args=[self._interval_us, self._tolerance_us])
+        while True:
+            now_us, start_us, tat_us, paused_ms = await self._reserve(
+                keys=self._keys, args=[self._interval_us, self._tolerance_us]
+            )
+            if paused_ms <= 0:
+                break
+            await asyncio.sleep(paused_ms / 1000)
         if start_us > now_us:
             try:
                 await asyncio.sleep((start_us - now_us) / 1_000_000)
@@ -359,7 +380,9 @@ class ProviderGate:
         # are exact on Redis's clock, but requests reach the provider a little late now and then,
         # and two that bunch count in one second of its sliding window: aim a little under.
         self.rate = (
-            SharedRateLimiter(redis, key, rate=requests_per_minute * RATE_HEADROOM, period_seconds=60.0)
+            SharedRateLimiter(
+                redis, key, rate=requests_per_minute * RATE_HEADROOM, period_seconds=60.0, pause_key=self.pause.key
+            )
             if requests_per_minute
             else None
         )
@@ -367,7 +390,8 @@ class ProviderGate:
     @contextlib.asynccontextmanager
     async def call(self, places: int = 0) -> AsyncIterator[None]:
         """Wait out a pause, then hold `places` images in flight and take a rate slot for one request."""
-        await self.pause.wait()
+        if self.rate is None or (self.inflight is not None and places):
+            await self.pause.wait()  # else the rate slot's script waits it out
         async with contextlib.AsyncExitStack() as held:
             if self.inflight is not None and places:
                 await held.enter_async_context(self.inflight.hold(places))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import IO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -33,7 +35,13 @@ def sniff(head: bytes) -> str | None:
 
 def inspect_stored(store: ObjectStore, key: str, max_pixels: int) -> tuple[int, int]:
     """Width and height of a stored image, refusing pixel bombs and broken files (blocking)."""
-    with store.open_sync(key) as handle, warnings.catch_warnings():
+    with store.open_sync(key) as handle:
+        return inspect_image(handle, max_pixels)
+
+
+def inspect_image(handle: IO[bytes], max_pixels: int) -> tuple[int, int]:
+    """Width and height of the image `handle` reads, refusing pixel bombs and broken files (blocking)."""
+    with warnings.catch_warnings():
         # Our own limit below governs; as an error, Pillow's warning (at ~89.5M pixels) would
         # refuse images under the default max_pixels of 100M. Its hard error stays a backstop.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -91,6 +99,10 @@ async def received_image(
         await writer.write(head)
         async for chunk in rest:
             await writer.write(chunk)
-        await writer.close()
-        width, height = await asyncio.to_thread(inspect_stored, store, writer.tmp_key, max_pixels)
+        whole = writer.buffered
+        if whole is not None:  # a small image: checked in memory, stored in one go by commit
+            width, height = await asyncio.to_thread(inspect_image, io.BytesIO(whole), max_pixels)
+        else:
+            await writer.close()
+            width, height = await asyncio.to_thread(inspect_stored, store, writer.tmp_key, max_pixels)
         yield ReceivedImage(writer, content_type, width, height)

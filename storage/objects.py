@@ -102,6 +102,16 @@ class ObjectStore:
             self._path(key), "wb", block_size=S3_PART_SIZE, ContentType=content_type, CacheControl=CACHE_FOREVER
         )
 
+    def _put_whole(self, key: str, tmp_key: str, data: bytes, content_type: str) -> None:
+        """Blocking: a small object filed under `key` at once, never seen half-written (S3's PUT is
+        atomic; on disk it is written under `tmp_key`, then renamed)."""
+        if not self.is_local:
+            self.fs.pipe_file(self._path(key), data, ContentType=content_type, CacheControl=CACHE_FOREVER)
+            return
+        with self._open_write(tmp_key, content_type) as handle:
+            handle.write(data)
+        self.fs.mv(self._path(tmp_key), self._path(key))
+
     def writer(self, content_type: str, max_bytes: int | None = None) -> ObjectWriter:
         return ObjectWriter(self, content_type, max_bytes)
 
@@ -195,6 +205,7 @@ class ObjectWriter:
 
     Full buffers are hashed and written in a worker thread while the next one fills (one in
     flight at a time, so memory stays at two buffers): hashing is the slowest part of an upload.
+    An object that never filled a buffer (most images) is hashed and filed in one thread hop.
     """
 
     def __init__(self, store: ObjectStore, content_type: str, max_bytes: int | None) -> None:
@@ -217,6 +228,11 @@ class ObjectWriter:
     @property
     def key(self) -> str:
         return content_key(self.sha256, self.content_type)
+
+    @property
+    def buffered(self) -> bytes | None:
+        """The whole object while none of it has been written out yet, else None."""
+        return bytes(self._buffer) if self._file is None and self._in_flight is None else None
 
     async def write(self, chunk: bytes) -> None:
         if self.max_bytes is not None and self.size + len(chunk) > self.max_bytes:
@@ -251,19 +267,26 @@ class ObjectWriter:
             await asyncio.to_thread(self._file.close)
 
     async def commit(self) -> StoredObject:
-        await self.close()
-        key = self.key
-        tmp, final = self.store._path(self.tmp_key), self.store._path(key)
-
-        def file_it() -> None:
-            if self.store.fs.exists(final):
-                self.store.fs.rm(tmp)
-            else:
-                self.store.fs.mv(tmp, final)
-
-        await asyncio.to_thread(file_it)
+        whole = self.buffered
+        if whole is not None:
+            await asyncio.to_thread(self._file_whole, whole)
+        else:
+            await self.close()
+            await asyncio.to_thread(self._file_written)
         self._finished = True
-        return StoredObject(key=key, sha256=self.sha256, size=self.size, content_type=self.content_type)
+        return StoredObject(key=self.key, sha256=self.sha256, size=self.size, content_type=self.content_type)
+
+    def _file_whole(self, data: bytes) -> None:
+        self._digest.update(data)
+        if not self.store.fs.exists(self.store._path(self.key)):  # the same bytes are stored already
+            self.store._put_whole(self.key, self.tmp_key, data, self.content_type)
+
+    def _file_written(self) -> None:
+        tmp, final = self.store._path(self.tmp_key), self.store._path(self.key)
+        if self.store.fs.exists(final):
+            self.store.fs.rm(tmp)
+        else:
+            self.store.fs.mv(tmp, final)
 
     async def abort(self) -> None:
         if self._finished:

@@ -6,7 +6,9 @@ huge size over a tiny body), and Pillow is watched so that it never prepares a p
 
 from __future__ import annotations
 
+import hashlib
 import io
+import random
 import struct
 import zlib
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from daygen.errors import InvalidInput
-from storage.images import SNIFF_BYTES, InvalidImage, inspect_stored, sniff
+from storage.images import SNIFF_BYTES, InvalidImage, inspect_stored, received_image, sniff
 from storage.objects import ObjectStore
 
 MAX_PIXELS = 100_000_000  # the settings' default
@@ -162,3 +164,43 @@ def test_one_pixel_over_the_limit_is_refused(store, pixels_never_decoded):
 
     with pytest.raises(InvalidImage):
         inspect_stored(store, key, MAX_PIXELS)
+
+
+# --- receiving a stream -------------------------------------------------------------------
+
+
+async def chunks_of(data: bytes, size: int = 64 * 1024):
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def noisy_png(size: tuple[int, int]) -> bytes:
+    """A PNG that does not compress: over a megabyte for 800x800, so it is written out as it arrives."""
+    noise = random.Random(5).randbytes(size[0] * size[1] * 3)
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", size, noise).save(buffer, "PNG", compress_level=0)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("size", [(37, 23), (800, 800)], ids=["small: checked in memory", "large: streamed"])
+async def test_a_received_image_is_checked_then_stored_once_under_its_sha256(store, size):
+    data = pillow_image("PNG", size) if size[0] < 100 else noisy_png(size)
+    async with received_image(store, chunks_of(data), max_bytes=len(data), max_pixels=MAX_PIXELS) as received:
+        assert (received.width, received.height, received.content_type) == (*size, "image/png")
+        committed = await received.writer.commit()
+
+    assert store.fs.cat_file(f"{store.root}/{committed.key}") == data
+    assert committed.sha256 == hashlib.sha256(data).hexdigest() and committed.size == len(data)
+    assert store.fs.glob(f"{store.root}/tmp/*") == []
+
+
+@pytest.mark.parametrize("size", [(200, 100), (800, 800)], ids=["small", "large"])
+async def test_a_received_truncated_image_is_refused_and_nothing_is_kept(store, size):
+    whole = pillow_image("PNG", size) if size[0] < 800 else noisy_png(size)
+    data = whole[: len(whole) // 2]
+
+    with pytest.raises(InvalidImage):
+        async with received_image(store, chunks_of(data), max_bytes=len(whole), max_pixels=MAX_PIXELS) as received:
+            await received.writer.commit()
+
+    assert store.fs.find(store.root) == []
