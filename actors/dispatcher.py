@@ -60,6 +60,7 @@ class JobDispatcher:
         self.store = ObjectStore.from_settings(settings)
         self.wakeup = asyncio.Event()
         self.due: set[str] = set(pools.pools)  # providers that may have claimable jobs
+        self.backlog: set[str] = set()  # providers whose last claim filled their room: more are queued
         self.running: dict[str, set[asyncio.Task]] = {provider: set() for provider in pools.pools}
         self.cancels: dict[uuid.UUID, asyncio.Event] = {}
         # Whatever finishes meanwhile shares one transaction (one ledger call for the ends) and one Redis round trip.
@@ -167,7 +168,9 @@ class JobDispatcher:
         free = {p: self.pools[p].max_running_jobs - len(self.running[p]) for p in providers}
         wanted = [p for p, room in free.items() if room > 0]
         claimed = await asyncio.gather(*(self._claim(p, free[p]) for p in wanted))
-        return {p for p, got in zip(wanted, claimed, strict=True) if got == free[p]}
+        more = {p for p, got in zip(wanted, claimed, strict=True) if got == free[p]}
+        self.backlog = (self.backlog - set(wanted)) | more
+        return more
 
     async def _claim(self, provider: str, limit: int) -> int:
         async with self.sessions() as session:
@@ -185,7 +188,8 @@ class JobDispatcher:
 
     def _job_done(self, provider: str, task: asyncio.Task) -> None:
         self.running[provider].discard(task)
-        self._due(provider)  # room for another of its jobs
+        if provider in self.backlog:  # room for one of its queued jobs (new ones ring on their own)
+            self._due(provider)
 
     async def _execute(self, job: job_queries.ClaimedJob) -> None:
         cancel = self.cancels[job.id] = asyncio.Event()

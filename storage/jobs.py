@@ -6,6 +6,7 @@ lease expired and was taken over can no longer change the job.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -13,7 +14,23 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Boolean, Integer, Text, case, column, func, insert, literal, null, or_, select, update, values
+from sqlalchemy import (
+    Boolean,
+    Integer,
+    Interval,
+    Text,
+    bindparam,
+    case,
+    column,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+    values,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -41,20 +58,6 @@ class ClaimedJob:
     cancel_requested: bool = False
     started: Event | None = None
 
-
-# What a claim reads back, in ClaimedJob's order.
-CLAIMED_COLUMNS = (
-    Job.id,
-    Job.owner_id,
-    Job.operation,
-    Job.params,
-    Job.attempt,
-    Job.inputs,
-    Job.cost,
-    Job.steps_done,
-    Job.result,
-    Job.cancel_requested_at.is_not(None),
-)
 
 EventSpec = tuple[str, dict[str, Any]]
 
@@ -115,59 +118,75 @@ async def list_jobs(
     return list((await session.execute(stmt.order_by(Job.id.desc()).limit(limit))).scalars())
 
 
-def _claimable():
-    return or_(Job.status == "queued", (Job.status == "running") & (Job.lease_expires_at < func.now()))
-
-
-async def claim_jobs(session: AsyncSession, *, provider: str, limit: int, lease_seconds: float) -> list[ClaimedJob]:
-    """Take up to `limit` of the provider's queued jobs (and running ones whose lease ran out).
+@functools.cache
+def _claim_statement() -> Update:
+    """The claim, built once with bound parameters (for_provider, limit, lease_for): claiming is on every
+    job's path, and building and keying a statement this size costs more than running it.
 
     Fair share: users take turns, each user's jobs oldest first, and a user's turn counts the
-    jobs they already have running, so one user's thousand queued jobs wait behind another
-    user's single one rather than in front of it.
-    """
+    jobs they already have running. Both counted and ranked once (MATERIALIZED): on a table whose
+    statistics lag a burst of jobs the planner counted each user's running jobs again for every
+    queued job, O(backlog²): two seconds a claim with 5,000 queued."""
+    jobs = Job.__table__
+    provider, limit = bindparam("for_provider", type_=Text), bindparam("limit", type_=Integer)
+    claimable = or_(jobs.c.status == "queued", (jobs.c.status == "running") & (jobs.c.lease_expires_at < func.now()))
     running = (
-        select(Job.owner_id, func.count().label("jobs"))
-        .where(Job.provider == provider, Job.status == "running", Job.lease_expires_at >= func.now())
-        .group_by(Job.owner_id)
+        select(jobs.c.owner_id, func.count().label("jobs"))
+        .where(jobs.c.provider == provider, jobs.c.status == "running", jobs.c.lease_expires_at >= func.now())
+        .group_by(jobs.c.owner_id)
         .cte("running")
         .prefix_with("MATERIALIZED")
     )
     turn = (
-        func.coalesce(running.c.jobs, 0) + func.row_number().over(partition_by=Job.owner_id, order_by=Job.id)
+        func.coalesce(running.c.jobs, 0) + func.row_number().over(partition_by=jobs.c.owner_id, order_by=jobs.c.id)
     ).label("turn")
-    # Both counted and ranked once (MATERIALIZED): on a table whose statistics lag a burst of jobs
-    # the planner counted each user's running jobs again for every queued job, O(backlog²): two
-    # seconds a claim with 5,000 queued.
     ranked = (
-        select(Job.id, turn)
-        .outerjoin(running, running.c.owner_id == Job.owner_id)
-        .where(Job.provider == provider, _claimable())
-        .order_by(turn, Job.id)
+        select(jobs.c.id, turn)
+        .outerjoin(running, running.c.owner_id == jobs.c.owner_id)
+        .where(jobs.c.provider == provider, claimable)
+        .order_by(turn, jobs.c.id)
         .limit(limit * 2)  # room for the ones another claimer holds (skipped below)
         .cte("ranked")
         .prefix_with("MATERIALIZED")
     )
-    claimable = (
-        select(Job.id)
-        .join(ranked, ranked.c.id == Job.id)
-        .where(_claimable())
-        .order_by(ranked.c.turn, Job.id)
+    chosen = (
+        select(jobs.c.id)
+        .join(ranked, ranked.c.id == jobs.c.id)
+        .where(claimable)
+        .order_by(ranked.c.turn, jobs.c.id)
         .limit(limit)
-        .with_for_update(of=Job, skip_locked=True)
+        .with_for_update(of=jobs, skip_locked=True)
     )
-    stmt = (
-        update(Job)
-        .where(Job.id.in_(claimable.scalar_subquery()))
+    return (
+        update(jobs)
+        .where(jobs.c.id.in_(chosen.scalar_subquery()))
         .values(
             status="running",
-            attempt=Job.attempt + 1,
-            lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
-            started_at=func.coalesce(Job.started_at, func.now()),
+            attempt=jobs.c.attempt + 1,
+            lease_expires_at=func.now() + bindparam("lease_for", type_=Interval),
+            started_at=func.coalesce(jobs.c.started_at, func.now()),
         )
-        .returning(*CLAIMED_COLUMNS)
+        .returning(  # in ClaimedJob's order
+            jobs.c.id,
+            jobs.c.owner_id,
+            jobs.c.operation,
+            jobs.c.params,
+            jobs.c.attempt,
+            jobs.c.inputs,
+            jobs.c.cost,
+            jobs.c.steps_done,
+            jobs.c.result,
+            jobs.c.cancel_requested_at.is_not(None),
+        )
     )
-    claimed = sorted((ClaimedJob(*row) for row in (await session.execute(stmt)).all()), key=lambda j: j.id)
+
+
+async def claim_jobs(session: AsyncSession, *, provider: str, limit: int, lease_seconds: float) -> list[ClaimedJob]:
+    """Take up to `limit` of the provider's queued jobs (and running ones whose lease ran out), users
+    taking turns, so one user's thousand queued jobs wait behind another user's single one."""
+    params = {"for_provider": provider, "limit": limit, "lease_for": timedelta(seconds=lease_seconds)}
+    rows = (await session.execute(_claim_statement(), params)).all()
+    claimed = sorted((ClaimedJob(*row) for row in rows), key=lambda j: j.id)
     starts = [
         NewEvent(
             job.id, job.owner_id, "job.started", {"status": "running", "attempt": job.attempt, "step": job.steps_done}
