@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.websockets import WebSocketState
 
 from daygen.errors import NotAuthenticated
@@ -73,22 +74,25 @@ class Connection:
                 subscription.last_id = event.id
                 await self.send(event.frame(subscription.channel))
 
+    async def _next_page(self, session: AsyncSession, subscription: Subscription) -> list[Event]:
+        return await events_after(
+            session, owner_id=self.owner_id, after=subscription.last_id, job_id=subscription.job_id, limit=REPLAY_PAGE
+        )
+
+    async def _send_page(self, subscription: Subscription, page: list[Event]) -> bool:
+        """Send a page of the log (outside any transaction); True when there may be more."""
+        for event in page:
+            subscription.last_id = event.id
+            await self.send(event.frame(subscription.channel))
+        return len(page) == REPLAY_PAGE
+
     async def replay(self, subscription: Subscription) -> None:
         """Everything in the log after the subscription's last id, page by page."""
-        while True:
+        more = True
+        while more:
             async with self.services.sessions() as session:
-                page = await events_after(
-                    session,
-                    owner_id=self.owner_id,
-                    after=subscription.last_id,
-                    job_id=subscription.job_id,
-                    limit=REPLAY_PAGE,
-                )
-            for event in page:
-                subscription.last_id = event.id
-                await self.send(event.frame(subscription.channel))
-            if len(page) < REPLAY_PAGE:
-                return
+                page = await self._next_page(session, subscription)
+            more = await self._send_page(subscription, page)
 
     async def catch_up(self) -> None:
         """Read the log for anything live delivery missed (Redis down, an announcement lost)."""
@@ -132,31 +136,34 @@ class Connection:
         if channel not in self.subscriptions and len(self.subscriptions) >= self.services.settings.ws_max_subscriptions:
             await self.error("too_many_subscriptions", "unsubscribe from a channel first", channel)
             return
-        if channel == "user:me":
-            job_id = None
-            if last is None:
-                async with self.services.sessions() as session:
-                    last = await latest_event_id(session, self.owner_id)
-            start = last
-        elif channel.startswith("job:"):
+        job_id = None
+        if channel.startswith("job:"):
             try:
                 job_id = uuid.UUID(channel[4:])
             except ValueError:
                 await self.error("bad_request", "channel must be job:<id> or user:me", channel)
                 return
-            async with self.services.sessions() as session:
-                job = await job_queries.get_job(session, self.owner_id, job_id)
-            if job is None:
-                await self.error("not_found", "job not found", channel)
-                return
-            start = last or 0  # a job's channel replays its whole (short) history unless told otherwise
-        else:
+        elif channel != "user:me":
             await self.error("bad_request", "channel must be job:<id> or user:me", channel)
             return
-        subscription = Subscription(channel, job_id, start)
-        self.subscriptions[channel] = subscription
-        self._listen_to_subscriptions()  # before the replay, so nothing falls between the two
-        await self.replay(subscription)
+        # One transaction for the check and the replay's first page: a subscribe is one round of queries.
+        async with self.services.sessions() as session:
+            if job_id is None:
+                start = last if last is not None else await latest_event_id(session, self.owner_id)
+            elif await job_queries.owns_job(session, self.owner_id, job_id):
+                start = last or 0  # a job's channel replays its whole (short) history unless told otherwise
+            else:
+                start = None
+            if start is not None:
+                subscription = Subscription(channel, job_id, start)
+                self.subscriptions[channel] = subscription
+                self._listen_to_subscriptions()  # before the replay, so nothing falls between the two
+                page = await self._next_page(session, subscription)
+        if start is None:
+            await self.error("not_found", "job not found", channel)
+            return
+        if await self._send_page(subscription, page):
+            await self.replay(subscription)
         await self.send({"type": "subscribed", "channel": channel, "lastEventId": subscription.last_id})
 
 

@@ -13,7 +13,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from serve_app.routes.ws import REPLAY_PAGE
 from serve_app.security import issue_token
+from storage.events import NewEvent, append_events
 from tests.e2e.helpers import bearer, signup
 
 TERMINAL = {"job.succeeded", "job.failed", "job.canceled"}
@@ -115,6 +117,31 @@ async def test_a_client_that_reconnects_with_its_last_event_id_misses_nothing_an
     types = [f["type"] for f in first + rest]
     assert types == ["job.queued", "job.started", "job.step_succeeded", "job.succeeded"]
     assert all(f["id"] > first[-1]["id"] for f in rest)
+
+
+@pytest.mark.parametrize("channel", ["job", "user:me"])
+async def test_a_long_history_is_replayed_page_after_page_each_event_once_in_order(
+    client, ws_url, account, sessions, channel
+):
+    job_id = await submit(client, account["headers"])
+    await client.get(f"/v1/jobs/{job_id}", params={"wait": 30}, headers=account["headers"])
+    extra = [
+        NewEvent(uuid.UUID(job_id), uuid.UUID(account["id"]), "job.progress", {"progress": i % 100})
+        for i in range(REPLAY_PAGE + 20)
+    ]
+    async with sessions.begin() as session:
+        await append_events(session, extra)
+
+    async with connect(f"{ws_url}?token={account['token']}", max_queue=None) as socket:
+        if channel == "job":
+            replayed = await subscribe(socket, f"job:{job_id}")
+        else:
+            replayed = await subscribe(socket, "user:me", last=0)
+
+    ids = [f["id"] for f in replayed]
+    assert len(replayed) == 4 + len(extra)  # queued, started, step_succeeded, succeeded, then the extra
+    assert ids == sorted(set(ids))
+    assert [f["type"] for f in replayed[-len(extra) :]] == ["job.progress"] * len(extra)
 
 
 async def test_another_users_job_is_an_error_frame_never_its_events(client, ws_url, account):
