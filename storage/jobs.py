@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Boolean,
@@ -29,12 +29,12 @@ from sqlalchemy import (
     or_,
     select,
     update,
-    values,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.expression import ColumnClause, Update, Values
+from sqlalchemy.sql.expression import TableValuedAlias, Update
+from sqlalchemy.types import TypeEngine
 
 from storage.events import Event, NewEvent, append_events
 from storage.models import Asset, Job
@@ -208,12 +208,36 @@ def _fenced(job_id: uuid.UUID, attempt: int):
     return update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
 
 
-def _fenced_rows(name: str, columns: list[ColumnClause], rows: list[tuple]) -> tuple[Values, Update]:
-    """Rows that start with (job id, attempt) as a VALUES list, and an UPDATE of the jobs whose attempt
-    still holds them: `_fenced` for many attempts at once."""
-    table = values(column("id", PgUUID(as_uuid=True)), column("attempt", Integer), *columns, name=name).data(rows)
-    stmt = update(Job.__table__).where(Job.id == table.c.id, Job.attempt == table.c.attempt, Job.status == "running")
-    return table, stmt
+class _Fenced(NamedTuple):
+    rows: TableValuedAlias
+    update: Update
+    names: tuple[str, ...]
+
+    def params(self, rows: Iterable[tuple]) -> dict[str, list]:
+        """The rows as the statement's parameters: one array per column."""
+        columns = list(zip(*rows, strict=True)) or [()] * len(self.names)
+        return {name: list(values) for name, values in zip(self.names, columns, strict=True)}
+
+
+def _fenced_rows(name: str, columns: list[tuple[str, TypeEngine]]) -> _Fenced:
+    """Rows that start with (job id, attempt), as `unnest` of one array parameter per column, and an
+    UPDATE of the jobs whose attempt still holds them: `_fenced` for many attempts at once. The SQL
+    is the same for any number of rows, so it is compiled and prepared once."""
+    typed = [("id", PgUUID(as_uuid=True)), ("attempt", Integer()), *columns]
+    names = tuple(f"{name}_{column_name}" for column_name, _ in typed)
+    arrays = [bindparam(param, type_=ARRAY(type_)) for param, (_, type_) in zip(names, typed, strict=True)]
+    rows = func.unnest(*arrays).table_valued(*(column(n, t) for n, t in typed)).render_derived(name=name)
+    update_ = update(Job.__table__).where(Job.id == rows.c.id, Job.attempt == rows.c.attempt, Job.status == "running")
+    return _Fenced(rows, update_, names)
+
+
+@functools.cache
+def _lease_renewal() -> _Fenced:
+    fenced = _fenced_rows("held", [])
+    stmt = fenced.update.values(lease_expires_at=func.now() + bindparam("lease_for", type_=Interval)).returning(
+        Job.id, Job.cancel_requested_at.is_not(None)
+    )
+    return fenced._replace(update=stmt)
 
 
 async def renew_leases(
@@ -223,11 +247,9 @@ async def renew_leases(
     cancel was asked for it. A job missing from the answer was lost (taken over, or ended)."""
     if not held:
         return {}
-    _, fenced = _fenced_rows("held", [], list(held))
-    stmt = fenced.values(lease_expires_at=func.now() + timedelta(seconds=lease_seconds)).returning(
-        Job.id, Job.cancel_requested_at.is_not(None)
-    )
-    renewed = dict((await session.execute(stmt)).tuples().all())
+    renewal = _lease_renewal()
+    params = {**renewal.params(held), "lease_for": timedelta(seconds=lease_seconds)}
+    renewed = dict((await session.execute(renewal.update, params)).tuples().all())
     await session.commit()
     return renewed
 
@@ -260,29 +282,21 @@ class JobEnded:
 Finish = StepFinished | JobEnded
 
 
-def _finished_steps(finished: list[StepFinished]) -> Update:
-    columns = [
-        column("done_before", Integer),
-        column("progress", Integer),
-        column("result", JSONB),
-        column("provider", Text),
-        column("last", Boolean),
-    ]
-    rows = [
-        (
-            f.claimed.id,
-            f.claimed.attempt,
-            f.index,
-            (f.index + 1) * 100 // f.total,
-            f.result,
-            f.next_provider,
-            f.index + 1 == f.total,
-        )
-        for f in finished
-    ]
-    table, fenced = _fenced_rows("finished", columns, rows)
-    return (
-        fenced.where(Job.steps_done == table.c.done_before)
+@functools.cache
+def _finished_steps() -> _Fenced:
+    fenced = _fenced_rows(
+        "finished",
+        [
+            ("done_before", Integer()),
+            ("progress", Integer()),
+            ("result", JSONB()),
+            ("provider", Text()),
+            ("last", Boolean()),
+        ],
+    )
+    table = fenced.rows
+    stmt = (
+        fenced.update.where(Job.steps_done == table.c.done_before)
         .values(
             steps_done=table.c.done_before + 1,
             progress=table.c.progress,
@@ -294,19 +308,26 @@ def _finished_steps(finished: list[StepFinished]) -> Update:
         )
         .returning(Job.id)
     )
+    return fenced._replace(update=stmt)
 
 
-def _ended_jobs(ended: list[JobEnded]) -> Update:
-    columns = [column("status", Text), column("code", Text), column("message", Text)]
-    rows = [(e.claimed.id, e.claimed.attempt, e.status, e.code, e.message) for e in ended]
-    table, fenced = _fenced_rows("ended", columns, rows)
-    return fenced.values(
+def _step_row(f: StepFinished) -> tuple:
+    last = f.index + 1 == f.total
+    return (f.claimed.id, f.claimed.attempt, f.index, (f.index + 1) * 100 // f.total, f.result, f.next_provider, last)
+
+
+@functools.cache
+def _ended_jobs() -> _Fenced:
+    fenced = _fenced_rows("ended", [("status", Text()), ("code", Text()), ("message", Text())])
+    table = fenced.rows
+    stmt = fenced.update.values(
         status=table.c.status,
         error_code=table.c.code,
         error_message=table.c.message,
         completed_at=func.now(),
         lease_expires_at=None,
     ).returning(Job.id)
+    return fenced._replace(update=stmt)
 
 
 async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> list[list[Event] | None]:
@@ -320,9 +341,11 @@ async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> 
     ended = [f for f in finishes if isinstance(f, JobEnded)]
     owned: set[uuid.UUID] = set()
     if steps:
-        owned |= set((await session.execute(_finished_steps(steps))).scalars())
+        finished = _finished_steps()
+        owned |= set((await session.execute(finished.update, finished.params(map(_step_row, steps)))).scalars())
     if ended:
-        owned |= set((await session.execute(_ended_jobs(ended))).scalars())
+        rows = [(e.claimed.id, e.claimed.attempt, e.status, e.code, e.message) for e in ended]
+        owned |= set((await session.execute(_ended_jobs().update, _ended_jobs().params(rows))).scalars())
     kept = [f for f in finishes if f.claimed.id in owned]
     assets = [
         {**a, "owner_id": f.claimed.owner_id, "job_id": f.claimed.id, "source": "job"}
