@@ -99,10 +99,10 @@ async def received_image(
         await writer.write(head)
         async for chunk in rest:
             await writer.write(chunk)
+        await writer.close()
         whole = writer.buffered
         if whole is not None:  # a small image: checked in memory, stored in one go by commit
             width, height = await asyncio.to_thread(inspect_image, io.BytesIO(whole), max_pixels)
         else:
-            await writer.close()
             width, height = await asyncio.to_thread(inspect_stored, store, writer.tmp_key, max_pixels)
         yield ReceivedImage(writer, content_type, width, height)

@@ -205,7 +205,8 @@ class ObjectWriter:
 
     Full buffers are hashed and written in a worker thread while the next one fills (one in
     flight at a time, so memory stays at two buffers): hashing is the slowest part of an upload.
-    An object that never filled a buffer (most images) is hashed and filed in one thread hop.
+    An object that never fills a buffer (most images) stays in memory: hashed in place, filed in one
+    thread hop.
     """
 
     def __init__(self, store: ObjectStore, content_type: str, max_bytes: int | None) -> None:
@@ -219,6 +220,7 @@ class ObjectWriter:
         self._file: IO[bytes] | None = None
         self._in_flight: asyncio.Future[None] | None = None
         self._finished = False
+        self._hashed = False  # a small object's buffer, once close() has hashed it
 
     @property
     def sha256(self) -> str:
@@ -259,25 +261,30 @@ class ObjectWriter:
         self._in_flight = asyncio.ensure_future(asyncio.to_thread(self._write_block, data))
 
     async def close(self) -> None:
-        """Finish writing the temporary object; it can then be read back (e.g. to verify it)."""
-        if self._buffer or (self._file is None and self._in_flight is None):
+        """Finish the object: `sha256` and `key` are complete after it. A large one is then in its
+        temporary object (to read back, e.g. to verify it); a small one stays in `buffered`."""
+        if self._file is None and self._in_flight is None:
+            if not self._hashed:  # under a millisecond for a buffer's worth: not worth a thread hop
+                self._digest.update(self._buffer)
+                self._hashed = True
+            return
+        if self._buffer:
             await self._flush()
         await self._settle_in_flight()
         if self._file is not None and not self._file.closed:
             await asyncio.to_thread(self._file.close)
 
     async def commit(self) -> StoredObject:
+        await self.close()
         whole = self.buffered
         if whole is not None:
             await asyncio.to_thread(self._file_whole, whole)
         else:
-            await self.close()
             await asyncio.to_thread(self._file_written)
         self._finished = True
         return StoredObject(key=self.key, sha256=self.sha256, size=self.size, content_type=self.content_type)
 
     def _file_whole(self, data: bytes) -> None:
-        self._digest.update(data)
         if not self.store.fs.exists(self.store._path(self.key)):  # the same bytes are stored already
             self.store._put_whole(self.key, self.tmp_key, data, self.content_type)
 

@@ -187,8 +187,10 @@ async def test_a_received_image_is_checked_then_stored_once_under_its_sha256(sto
     data = pillow_image("PNG", size) if size[0] < 100 else noisy_png(size)
     async with received_image(store, chunks_of(data), max_bytes=len(data), max_pixels=MAX_PIXELS) as received:
         assert (received.width, received.height, received.content_type) == (*size, "image/png")
+        key = received.writer.key  # uploads lock it before they commit (against a delete of the same bytes)
         committed = await received.writer.commit()
 
+    assert key == committed.key
     assert store.fs.cat_file(f"{store.root}/{committed.key}") == data
     assert committed.sha256 == hashlib.sha256(data).hexdigest() and committed.size == len(data)
     assert store.fs.glob(f"{store.root}/tmp/*") == []

@@ -74,6 +74,24 @@ async def test_bytes_are_filed_under_their_sha256(store):
     assert temporary_objects(store) == []
 
 
+@pytest.mark.parametrize("size", [1000, 3 * MIB], ids=["kept in memory", "written out as it streams"])
+async def test_the_key_is_known_once_the_writer_is_closed_before_it_is_filed(store, size):
+    # Uploads lock the key (against a concurrent delete of the same bytes) before they commit.
+    data = os.urandom(size)
+    async with store.writer("image/png") as writer:
+        async for chunk in in_chunks(data, 64 * 1024):
+            await writer.write(chunk)
+        await writer.close()
+        key = writer.key
+        assert not await store.exists(key)
+
+        stored = await writer.commit()
+
+    assert key == stored.key == f"assets/{sha256(data)[:2]}/{sha256(data)}.png"
+    assert await read_all(store, key, chunk_size=MIB) == data
+    assert temporary_objects(store) == []
+
+
 async def test_a_stream_is_filed_under_the_sha256_of_all_its_chunks(store):
     chunks = [b"RIFF", b"\x00" * 4, b"WEBPVP8 ", b"pixels" * 100]
     data = b"".join(chunks)
