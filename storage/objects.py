@@ -2,7 +2,8 @@
 
 Objects are content-addressed (`assets/ab/<sha256>.<ext>`): a key never changes content, so
 it can be cached forever, and storing the same bytes twice stores nothing new. Writes stream
-through a temporary object while hashing, so no upload is ever held in memory whole.
+through a temporary object while hashing, so no upload over a write buffer (1 MiB) is ever held
+in memory whole.
 """
 
 from __future__ import annotations
