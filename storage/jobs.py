@@ -344,8 +344,9 @@ async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> 
         finished = _finished_steps()
         owned |= set((await session.execute(finished.update, finished.params(map(_step_row, steps)))).scalars())
     if ended:
+        ends = _ended_jobs()
         rows = [(e.claimed.id, e.claimed.attempt, e.status, e.code, e.message) for e in ended]
-        owned |= set((await session.execute(_ended_jobs().update, _ended_jobs().params(rows))).scalars())
+        owned |= set((await session.execute(ends.update, ends.params(rows))).scalars())
     kept = [f for f in finishes if f.claimed.id in owned]
     assets = [
         {**a, "owner_id": f.claimed.owner_id, "job_id": f.claimed.id, "source": "job"}
