@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.expression import TableValuedAlias, Update
+from sqlalchemy.sql.expression import Select, TableValuedAlias, Update
 from sqlalchemy.types import TypeEngine
 
 from storage.events import Event, NewEvent, append_events
@@ -232,6 +232,28 @@ def _fenced_rows(name: str, columns: list[tuple[str, TypeEngine]]) -> _Fenced:
 
 
 @functools.cache
+def _rows_in_order() -> Select:
+    return (
+        select(Job.id)
+        .where(Job.id == func.any(bindparam("ids", type_=ARRAY(PgUUID(as_uuid=True)))))
+        .order_by(Job.id)
+        .with_for_update(key_share=True)
+    )
+
+
+async def lock_in_order(session: AsyncSession, job_ids: Iterable[uuid.UUID]) -> None:
+    """Lock jobs' rows, smallest id first, for the rest of the caller's transaction.
+
+    Each writer of many jobs (a lease renewal, a batch of step ends) takes its rows this way
+    before it updates them: an UPDATE locks rows in whatever order its plan meets them, and two
+    writers meeting the same rows in opposite orders deadlock (Postgres then kills one, and its
+    jobs wait for their leases to run out). The lock is the one an UPDATE takes (FOR NO KEY
+    UPDATE), so inserting events or assets that reference the jobs is not held up.
+    """
+    await session.execute(_rows_in_order(), {"ids": list(job_ids)})
+
+
+@functools.cache
 def _lease_renewal() -> _Fenced:
     fenced = _fenced_rows("held", [])
     stmt = fenced.update.values(lease_expires_at=func.now() + bindparam("lease_for", type_=Interval)).returning(
@@ -247,6 +269,7 @@ async def renew_leases(
     cancel was asked for it. A job missing from the answer was lost (taken over, or ended)."""
     if not held:
         return {}
+    await lock_in_order(session, (job_id for job_id, _ in held))
     renewal = _lease_renewal()
     params = {**renewal.params(held), "lease_for": timedelta(seconds=lease_seconds)}
     renewed = dict((await session.execute(renewal.update, params)).tuples().all())
@@ -337,6 +360,7 @@ async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> 
     Fenced on the attempt (and a step on the step count, so it is recorded once): an item
     whose attempt lost the job is answered None and writes nothing.
     """
+    await lock_in_order(session, (f.claimed.id for f in finishes))
     steps = [f for f in finishes if isinstance(f, StepFinished)]
     ended = [f for f in finishes if isinstance(f, JobEnded)]
     owned: set[uuid.UUID] = set()

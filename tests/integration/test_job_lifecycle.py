@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from decimal import Decimal
 
-from sqlalchemy import func, select, update
+import pytest
+from sqlalchemy import func, select, text, update
 
 from daygen.ids import uuid7
 from pipelines.chains import PIPELINE, validate_steps
@@ -18,6 +20,7 @@ from storage.events import JobEvents
 from storage.models import Asset, Job, LedgerEntry, User
 from storage.objects import ObjectStore
 from storage.redis import make_redis
+from tests.integration.test_shared_limits import eventually
 
 
 async def make_user(sessions) -> uuid.UUID:
@@ -323,3 +326,46 @@ async def test_the_lease_keeper_renews_every_held_job_in_one_go_and_passes_on_ca
         leases = dict((await session.execute(select(Job.id, Job.lease_expires_at - func.now()))).tuples().all())
     assert all(leases[job_id].total_seconds() > 500 for job_id in ids[:2])
     assert leases[ids[2]].total_seconds() < 2
+
+
+async def someone_waits_for(session) -> bool:
+    """Whether another backend waits for a lock this session holds (pg_locks is read live, where
+    pg_stat_activity would be a snapshot kept for the transaction)."""
+    query = "SELECT count(*) FROM pg_locks WHERE NOT granted AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+    return await session.scalar(text(query)) > 0
+
+
+@pytest.mark.parametrize("writer", ["lease renewal", "step ends"])
+async def test_writers_of_many_jobs_lock_them_smallest_id_first_so_two_cannot_deadlock(sessions, writer):
+    """A lease renewal and a batch of job ends touch the same running jobs; if one locked them in
+    another order than the other, each could hold a row the other waits for (Postgres then kills
+    one, and its jobs wait out their leases)."""
+    owner = await make_user(sessions)
+    ids = [await queued_job(sessions, owner, prompt=f"order {n}") for n in range(3)]
+    async with sessions() as session:
+        taken = await job_queries.claim_jobs(session, provider="offline", limit=50, lease_seconds=60)
+    jobs = sorted((job for job in taken if job.id in ids), key=lambda job: job.id)
+    smallest, *rest = jobs
+
+    async def write() -> None:
+        largest_first = list(reversed(jobs))
+        async with sessions() as session:
+            if writer == "lease renewal":
+                renewed = await job_queries.renew_leases(session, [(j.id, j.attempt) for j in largest_first], 60)
+                assert set(renewed) == set(ids)
+            else:
+                ends = [job_queries.StepFinished(j, index=0, total=1, assets=[], result={}, events=[]) for j in jobs]
+                assert await job_queries.record_finishes(session, ends[::-1]) == [[]] * 3
+                await session.commit()
+
+    def lock(job: job_queries.ClaimedJob, **wait):
+        return select(Job.id).where(Job.id == job.id).with_for_update(key_share=True, **wait)
+
+    async with sessions() as holder:  # another writer, in id order, that has taken the first row
+        await holder.execute(lock(smallest))
+        writing = asyncio.create_task(write())
+        await eventually(functools.partial(someone_waits_for, holder))
+        for job in rest:  # the waiting writer holds none of the later rows
+            await holder.execute(lock(job, nowait=True))
+        await holder.commit()
+    await writing
