@@ -5,7 +5,9 @@ durable log in Postgres, in id order, once per user for all of that user's socke
 announced only after its transaction commits, and one user's events commit in id order (the
 per-owner lock of `storage.events.append_event`), so "the log after the last id handed out" is
 complete whenever a doorbell rings: nothing is skipped even when two jobs announce their events
-in the other order. A socket's queue is bounded: a client that does not keep up is told so and
+in the other order. All the replica's reads of the log (these, and its sockets' subscribes and
+replays) go through one group commit: whatever is asked meanwhile is read in one transaction. A
+socket's queue is bounded: a client that does not keep up is told so and
 disconnected, without slowing the reader or anyone else.
 """
 
@@ -22,13 +24,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.events import TERMINAL_EVENTS, Event, JobEvents, events_after, latest_event_id
+from pipelines.batching import Batcher
+from storage.events import TERMINAL_EVENTS, Event, JobEvents, LogPage, LogRead, read_logs
 
 log = logging.getLogger("daygen.live")
 
 READ_BLOCK_MS = 5000
 READ_BATCH = 500
-PULL_PAGE = 500
+PAGE = 500  # events one read of the log answers at most
 RETRY_SECONDS = 1.0
 WATCH_MAX_PENDING = 1000  # events of one job a waiter may hold before it gives up
 
@@ -80,9 +83,19 @@ class EventHub:
         self.cursors: dict[str, str] = {}  # Redis stream -> last entry read
         self.owners: dict[str, uuid.UUID] = {}
         self.handed_out: dict[uuid.UUID, int] = {}  # user -> last event id fanned out
-        self.pulls: dict[uuid.UUID, asyncio.Task] = {}
         self.rung: set[uuid.UUID] = set()
+        self.puller: asyncio.Task | None = None
         self.reader: asyncio.Task | None = None
+        self.reads = Batcher(self._read_logs, max_size=500)
+
+    async def read(self, read: LogRead) -> LogPage | None:
+        """A page of the log (None for a job that is not the owner's); the replica's concurrent reads
+        share one transaction."""
+        return await self.reads(read)
+
+    async def _read_logs(self, reads: list[LogRead]) -> list[LogPage | None]:
+        async with self.sessions() as session:
+            return await read_logs(session, reads, PAGE)
 
     @contextlib.asynccontextmanager
     async def watching(self, owner_id: uuid.UUID, job_id: uuid.UUID) -> AsyncIterator[Listener]:
@@ -110,15 +123,14 @@ class EventHub:
         stream = self.events.user_stream(owner)
         try:
             latest = await self.redis.xrevrange(stream, count=1)
-            async with self.sessions() as session:
-                handed_out = await latest_event_id(session, owner)
+            newest = await self.read(LogRead(owner))
         except BaseException:
             if self.listeners.get(owner) is group:
                 del self.listeners[owner]
             raise
         if self.listeners.get(owner) is not group:
             return  # everyone left meanwhile
-        self.handed_out[owner] = handed_out
+        self.handed_out[owner] = newest.after if newest is not None else 0
         self.cursors[stream] = latest[0][0].decode() if latest else "0-0"
         self.owners[stream] = owner
         self._restart()
@@ -142,7 +154,7 @@ class EventHub:
         self.reader = asyncio.create_task(self._read())
 
     async def close(self) -> None:
-        for task in [self.reader, *self.pulls.values()]:
+        for task in [self.reader, self.puller]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -167,26 +179,33 @@ class EventHub:
     def _ring(self, owner: uuid.UUID) -> None:
         """Pull the user's new events; a ring during a pull makes it look once more afterwards."""
         self.rung.add(owner)
-        if owner not in self.pulls:
-            self.pulls[owner] = asyncio.create_task(self._pull(owner))
+        if self.puller is None:
+            self.puller = asyncio.create_task(self._pull())
 
-    async def _pull(self, owner: uuid.UUID) -> None:
+    async def _pull(self) -> None:
+        """Read the new events of every user rung meanwhile, in one read of the log, until no one rings."""
         try:
-            while owner in self.rung and owner in self.listeners:
-                self.rung.discard(owner)
-                while True:
-                    async with self.sessions() as session:
-                        page = await events_after(
-                            session, owner_id=owner, after=self.handed_out[owner], limit=PULL_PAGE
-                        )
-                    for event in page:
+            while self.rung:
+                owners = [owner for owner in self.rung if owner in self.handed_out]  # joined, not left
+                self.rung.clear()
+                try:
+                    pages = await asyncio.gather(
+                        *(self.read(LogRead(owner, after=self.handed_out[owner])) for owner in owners)
+                    )
+                except Exception:
+                    # The sockets' periodic catch-up reads the log too; the next ring tries again.
+                    log.warning("could not read new job events", exc_info=True)
+                    continue
+                for owner, page in zip(owners, pages, strict=True):
+                    if page is None or owner not in self.handed_out:
+                        continue  # everyone left meanwhile
+                    for event in page.events:
+                        if event.id <= self.handed_out[owner]:
+                            continue  # they left and came back during the read: from their newest on
                         self.handed_out[owner] = event.id
                         for listener in list(self.listeners.get(owner, ())):
                             listener.offer(event)
-                    if len(page) < PULL_PAGE or owner not in self.listeners:
-                        break
-        except Exception:
-            # The sockets' periodic catch-up reads the log too; the next ring tries again.
-            log.warning("could not read new job events", extra={"user_id": str(owner)}, exc_info=True)
+                    if len(page.events) == PAGE:
+                        self.rung.add(owner)
         finally:
-            self.pulls.pop(owner, None)
+            self.puller = None

@@ -7,6 +7,7 @@ missed it there (Redis down, a crash before the announcement) finds it in the lo
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
@@ -17,10 +18,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import BigInteger, Integer, Select, bindparam, column, func, insert, select, text, true
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import TypeEngine
 
-from storage.models import JobEvent
+from storage.models import Job, JobEvent
 from storage.webhooks import enqueue_deliveries
 
 log = logging.getLogger("daygen.events")
@@ -82,21 +86,98 @@ async def append_event(
     return event
 
 
+@dataclass(frozen=True)
+class LogRead:
+    """A read of an owner's event log after an id: of all their jobs, or of one (`job_id`, which must
+    be theirs). With `after` None it starts at the owner's newest event (the page is then empty)."""
+
+    owner_id: uuid.UUID
+    job_id: uuid.UUID | None = None
+    after: int | None = None
+
+
+@dataclass(frozen=True)
+class LogPage:
+    after: int  # where the page starts: the read's `after`, or the newest id when it had none
+    events: list[Event]
+
+
+def _cursors(*columns: tuple[str, TypeEngine]):
+    arrays = [bindparam(name, type_=ARRAY(type_)) for name, type_ in columns]
+    return func.unnest(*arrays).table_valued(*(column(n, t) for n, t in columns)).render_derived(name="reads")
+
+
+@functools.cache
+def _pages_statement(of_one_job: bool) -> Select:
+    """Each cursor's events after its id, oldest first, at most `page_size`: one index range scan per
+    cursor, by job for one job's channel, else by owner."""
+    events = JobEvent.__table__
+    columns = [("n", Integer()), ("owner_id", PgUUID(as_uuid=True)), ("after", BigInteger())]
+    if of_one_job:
+        columns.append(("job_id", PgUUID(as_uuid=True)))
+    cursor = _cursors(*columns)
+    match = [events.c.owner_id == cursor.c.owner_id, events.c.id > cursor.c.after]
+    if of_one_job:
+        match.append(events.c.job_id == cursor.c.job_id)
+    page = select(events).where(*match).order_by(events.c.id).limit(bindparam("page_size")).lateral("page")
+    return select(cursor.c.n, page).select_from(cursor.join(page, true())).order_by(cursor.c.n, page.c.id)
+
+
+@functools.cache
+def _newest_statement() -> Select:
+    cursor = _cursors(("owner_id", PgUUID(as_uuid=True)))
+    newest = select(func.max(JobEvent.id)).where(JobEvent.owner_id == cursor.c.owner_id).scalar_subquery()
+    return select(cursor.c.owner_id, func.coalesce(newest, 0))
+
+
+@functools.cache
+def _owners_statement() -> Select:
+    return select(Job.id, Job.owner_id).where(Job.id == func.any(bindparam("ids", type_=ARRAY(PgUUID(as_uuid=True)))))
+
+
+async def read_logs(session: AsyncSession, reads: Sequence[LogRead], page_size: int) -> list[LogPage | None]:
+    """Many reads of the event log in four statements at most, whatever their number (the replica
+    reads for all its sockets at once); None for a job that does not exist or is another owner's."""
+    jobs = list({r.job_id for r in reads if r.job_id is not None})
+    owners = dict((await session.execute(_owners_statement(), {"ids": jobs})).tuples().all()) if jobs else {}
+    unstarted = list({r.owner_id for r in reads if r.after is None})
+    newest = (
+        dict((await session.execute(_newest_statement(), {"owner_id": unstarted})).tuples().all()) if unstarted else {}
+    )
+    starts = [
+        None
+        if r.job_id is not None and owners.get(r.job_id) != r.owner_id
+        else (r.after if r.after is not None else newest[r.owner_id])
+        for r in reads
+    ]
+    pages: list[list[Event]] = [[] for _ in reads]
+    for of_one_job in (False, True):
+        wanted = [
+            (n, r)
+            for n, (r, start) in enumerate(zip(reads, starts, strict=True))
+            if start is not None and r.after is not None and (r.job_id is not None) == of_one_job
+        ]
+        if not wanted:
+            continue
+        params: dict[str, Any] = {
+            "n": [n for n, _ in wanted],
+            "owner_id": [r.owner_id for _, r in wanted],
+            "after": [r.after for _, r in wanted],
+            "page_size": page_size,
+        }
+        if of_one_job:
+            params["job_id"] = [r.job_id for _, r in wanted]
+        for row in await session.execute(_pages_statement(of_one_job), params):
+            pages[row.n].append(Event(row.id, row.job_id, row.owner_id, row.type, row.data, row.created_at))
+    return [None if start is None else LogPage(start, page) for start, page in zip(starts, pages, strict=True)]
+
+
 async def events_after(
     session: AsyncSession, *, owner_id: uuid.UUID, after: int, job_id: uuid.UUID | None = None, limit: int = 500
 ) -> list[Event]:
-    """The owner's events (of one job, or all) after an id, oldest first."""
-    stmt = select(JobEvent).where(JobEvent.owner_id == owner_id, JobEvent.id > after)
-    if job_id is not None:
-        stmt = stmt.where(JobEvent.job_id == job_id)
-    rows = (await session.execute(stmt.order_by(JobEvent.id).limit(limit))).scalars()
-    return [Event(r.id, r.job_id, r.owner_id, r.type, r.data, r.created_at) for r in rows]
-
-
-async def latest_event_id(session: AsyncSession, owner_id: uuid.UUID) -> int:
-    """The owner's newest event id, 0 when there is none."""
-    latest = await session.scalar(select(func.max(JobEvent.id)).where(JobEvent.owner_id == owner_id))
-    return latest or 0
+    """The owner's events (of one job, or all) after an id, oldest first: `read_logs` of one."""
+    [page] = await read_logs(session, [LogRead(owner_id, job_id, after)], limit)
+    return page.events if page is not None else []
 
 
 class JobEvents:

@@ -97,12 +97,6 @@ async def job_by_idempotency_key(session: AsyncSession, owner_id: uuid.UUID, key
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def owns_job(session: AsyncSession, owner_id: uuid.UUID, job_id: uuid.UUID) -> bool:
-    """Whether the job exists and is the owner's, without loading it."""
-    stmt = select(Job.id).where(Job.id == job_id, Job.owner_id == owner_id)
-    return (await session.execute(stmt)).first() is not None
-
-
 async def get_job(session: AsyncSession, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
     stmt = select(Job).where(Job.id == job_id, Job.owner_id == owner_id)
     return (await session.execute(stmt)).scalar_one_or_none()

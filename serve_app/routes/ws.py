@@ -17,15 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.websockets import WebSocketState
 
 from daygen.errors import NotAuthenticated
-from serve_app.live import Listener
+from serve_app.live import PAGE, EventHub, Listener
 from serve_app.security import read_token
 from serve_app.services import Services
-from storage import jobs as job_queries
-from storage.events import Event, events_after, latest_event_id
+from storage.events import Event, LogRead
 from storage.users import get_user
 
 log = logging.getLogger("daygen.ws")
@@ -38,7 +36,6 @@ POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 MAX_MESSAGE_CHARS = 4096
 SEND_TIMEOUT_SECONDS = 10.0
-REPLAY_PAGE = 500
 
 
 @dataclass
@@ -55,6 +52,7 @@ class Subscription:
 class Connection:
     socket: WebSocket
     services: Services
+    hub: EventHub
     owner_id: uuid.UUID
     listener: Listener
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
@@ -74,30 +72,30 @@ class Connection:
                 subscription.last_id = event.id
                 await self.send(event.frame(subscription.channel))
 
-    async def _next_page(self, session: AsyncSession, subscription: Subscription) -> list[Event]:
-        return await events_after(
-            session, owner_id=self.owner_id, after=subscription.last_id, job_id=subscription.job_id, limit=REPLAY_PAGE
-        )
+    async def _next_page(self, subscription: Subscription) -> list[Event]:
+        page = await self.hub.read(LogRead(self.owner_id, subscription.job_id, subscription.last_id))
+        return page.events if page is not None else []
 
     async def _send_page(self, subscription: Subscription, page: list[Event]) -> bool:
-        """Send a page of the log (outside any transaction); True when there may be more."""
+        """Send a page of the log; True when there may be more."""
         for event in page:
             subscription.last_id = event.id
             await self.send(event.frame(subscription.channel))
-        return len(page) == REPLAY_PAGE
+        return len(page) == PAGE
 
     async def replay(self, subscription: Subscription) -> None:
         """Everything in the log after the subscription's last id, page by page."""
-        more = True
-        while more:
-            async with self.services.sessions() as session:
-                page = await self._next_page(session, subscription)
-            more = await self._send_page(subscription, page)
+        while await self._send_page(subscription, await self._next_page(subscription)):
+            pass
 
     async def catch_up(self) -> None:
-        """Read the log for anything live delivery missed (Redis down, an announcement lost)."""
-        for subscription in list(self.subscriptions.values()):
-            await self.replay(subscription)
+        """Read the log for anything live delivery missed (Redis down, an announcement lost): every
+        channel's first page in one read."""
+        subscriptions = list(self.subscriptions.values())
+        pages = await asyncio.gather(*map(self._next_page, subscriptions))
+        for subscription, page in zip(subscriptions, pages, strict=True):
+            if await self._send_page(subscription, page):
+                await self.replay(subscription)
 
     def _listen_to_subscriptions(self) -> None:
         self.listener.every_job = any(s.job_id is None for s in self.subscriptions.values())
@@ -146,23 +144,24 @@ class Connection:
         elif channel != "user:me":
             await self.error("bad_request", "channel must be job:<id> or user:me", channel)
             return
-        # One transaction for the check and the replay's first page: a subscribe is one round of queries.
-        async with self.services.sessions() as session:
-            if job_id is None:
-                start = last if last is not None else await latest_event_id(session, self.owner_id)
-            elif await job_queries.owns_job(session, self.owner_id, job_id):
-                start = last or 0  # a job's channel replays its whole (short) history unless told otherwise
+        # Listening starts before the log is read, so nothing falls between the two; the read checks
+        # the job is the user's (another user's job's events never reach this user's listener).
+        previous = self.subscriptions.get(channel)
+        subscription = self.subscriptions[channel] = Subscription(channel, job_id, last or 0)
+        self._listen_to_subscriptions()
+        # A job's channel replays its whole (short) history unless told otherwise; user:me starts now.
+        after = last if last is not None or job_id is None else 0
+        page = await self.hub.read(LogRead(self.owner_id, job_id, after))
+        if page is None:
+            if previous is None:
+                del self.subscriptions[channel]
             else:
-                start = None
-            if start is not None:
-                subscription = Subscription(channel, job_id, start)
-                self.subscriptions[channel] = subscription
-                self._listen_to_subscriptions()  # before the replay, so nothing falls between the two
-                page = await self._next_page(session, subscription)
-        if start is None:
+                self.subscriptions[channel] = previous
+            self._listen_to_subscriptions()
             await self.error("not_found", "job not found", channel)
             return
-        if await self._send_page(subscription, page):
+        subscription.last_id = page.after
+        if await self._send_page(subscription, page.events):
             await self.replay(subscription)
         await self.send({"type": "subscribed", "channel": channel, "lastEventId": subscription.last_id})
 
@@ -210,8 +209,8 @@ async def events_socket(socket: WebSocket) -> None:
         return
     settings = services.settings
     listener = Listener(owner_id, settings.ws_max_pending_events)
-    connection = Connection(socket, services, owner_id, listener)
     hub = await services.event_hub()
+    connection = Connection(socket, services, hub, owner_id, listener)
     await hub.join(listener)
     receiver = asyncio.create_task(_receive(socket, listener.queue))
     try:

@@ -4,6 +4,7 @@ and that the event log records each job's end exactly once."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import httpx
 import pytest
@@ -43,7 +44,8 @@ async def finished(client: httpx.AsyncClient, headers: dict, job_id: str) -> dic
 
 async def event_types(sessions, owner: str, job_id: str) -> list[str]:
     async with sessions() as session:
-        return [e.type for e in await events_after(session, owner_id=owner, after=0, job_id=job_id)]
+        events = await events_after(session, owner_id=uuid.UUID(owner), after=0, job_id=uuid.UUID(job_id))
+    return [e.type for e in events]
 
 
 GENERATE = {"operation": "ideogram.generate", "params": {"prompt": "a slow lighthouse"}}

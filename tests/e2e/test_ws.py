@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from serve_app.routes.ws import REPLAY_PAGE
+from serve_app.live import PAGE as REPLAY_PAGE
 from serve_app.security import issue_token
 from storage.events import NewEvent, append_events
 from tests.e2e.helpers import bearer, signup
@@ -157,6 +157,36 @@ async def test_another_users_job_is_an_error_frame_never_its_events(client, ws_u
         mine = await submit(client, account["headers"])
         frames = await frames_until(socket, ends(mine))
     assert {f["jobId"] for f in frames} == {mine}
+
+
+async def test_sockets_of_two_users_subscribing_at_once_each_get_only_their_own_jobs(client, ws_url, account):
+    """Subscribes that arrive together are read together: nobody gets another's events or answer."""
+    stranger = await signup(client)
+    people = [(account["token"], account["headers"]), (stranger["accessToken"], bearer(stranger["accessToken"]))]
+    jobs = [[await submit(client, headers) for _ in range(3)] for _, headers in people]
+    for (_, headers), theirs in zip(people, jobs, strict=True):
+        for job_id in theirs:
+            await client.get(f"/v1/jobs/{job_id}", params={"wait": 30}, headers=headers)
+
+    async def watch(token: str, channel: str) -> list[dict]:
+        async with connect(f"{ws_url}?token={token}") as socket:
+            await socket.send(json.dumps({"action": "subscribe", "channel": channel}))
+            return await frames_until(socket, lambda f: f["type"] in ("subscribed", "error"))
+
+    asked = [
+        (who, token, job_id)
+        for who, (token, _) in enumerate(people)
+        for job_ids in (jobs[0], jobs[1])
+        for job_id in job_ids
+    ]
+    answers = await asyncio.gather(*(watch(token, f"job:{job_id}") for _, token, job_id in asked))
+    for (who, _, job_id), frames in zip(asked, answers, strict=True):
+        if job_id in jobs[who]:
+            kinds = ["job.queued", "job.started", "job.step_succeeded", "job.succeeded", "subscribed"]
+            assert [f["type"] for f in frames] == kinds
+            assert {f["jobId"] for f in frames[:-1]} == {job_id}
+        else:
+            assert [(f["type"], f["code"]) for f in frames] == [("error", "not_found")]
 
 
 @pytest.mark.parametrize(

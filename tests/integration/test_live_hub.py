@@ -8,9 +8,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+import sqlalchemy
+from sqlalchemy import select
 
+from serve_app import live as live_module
 from serve_app.live import EventHub, Listener
-from storage.events import JobEvents, append_event
+from storage.events import JobEvents, LogRead, append_event
+from storage.models import JobEvent
 from storage.redis import make_redis
 from tests.integration.test_job_lifecycle import make_user, queued_job
 
@@ -102,3 +106,61 @@ async def test_sockets_of_one_user_joining_at_the_same_time_all_get_live_events(
     finally:
         for listener in listeners:
             hub.leave(listener)
+
+
+async def test_many_reads_of_the_log_are_answered_together_each_with_only_its_own_events(sessions, live):
+    """What a replica's sockets ask at once (subscribes, replays, the hub's pulls) is read in one go:
+    each read still gets its own owner's events, of its job or of all, after its id, a page at most."""
+    alice, bob = await make_user(sessions), await make_user(sessions)
+    jobs = {alice: [await queued_job(sessions, alice) for _ in range(2)], bob: [await queued_job(sessions, bob)]}
+    async with sessions.begin() as session:
+        for n in range(4):
+            for owner, owned in jobs.items():
+                for job_id in owned:
+                    await append_event(session, job_id=job_id, owner_id=owner, type="job.progress", data={"n": n})
+    async with sessions() as session:  # what the log holds, read plainly
+        stmt = select(JobEvent.id, JobEvent.job_id).where(JobEvent.owner_id.in_([alice, bob])).order_by(JobEvent.id)
+        log = (await session.execute(stmt)).tuples().all()
+    a1, a2 = jobs[alice]
+    [b1] = jobs[bob]
+    of_job = {job_id: [i for i, j in log if j == job_id] for job_id in (a1, a2, b1)}
+    of_alice = sorted(of_job[a1] + of_job[a2])
+    reads = [
+        (LogRead(alice, a1, 0), of_job[a1]),  # a job of hers, from its start
+        (LogRead(alice, a2, of_job[a2][1]), of_job[a2][2:]),  # after its second event
+        (LogRead(alice, after=0), of_alice),  # all her jobs
+        (LogRead(alice, after=of_alice[4]), of_alice[5:]),
+        (LogRead(alice), []),  # from now on: nothing yet
+        (LogRead(alice, b1, 0), None),  # Bob's job: not hers
+        (LogRead(bob, b1, 0), of_job[b1]),
+        (LogRead(bob, uuid.uuid4(), 0), None),  # no such job
+    ]
+    statements = []
+
+    def count(_connection, _cursor, statement, *_) -> None:
+        statements.append(statement)
+
+    sync_engine = sessions.kw["bind"].sync_engine
+    sqlalchemy.event.listen(sync_engine, "before_cursor_execute", count)
+    try:
+        pages = await asyncio.gather(*(live.hub.read(read) for read, _ in reads))
+    finally:
+        sqlalchemy.event.remove(sync_engine, "before_cursor_execute", count)
+
+    assert [None if page is None else [e.id for e in page.events] for page in pages] == [ids for _, ids in reads]
+    assert pages[4].after == of_alice[-1], "a read from now on starts at her newest event"
+    # One statement each for the jobs' owners, the newest ids, the pages by user and the pages by job.
+    assert len(statements) <= 4, statements
+
+
+async def test_a_read_of_the_log_answers_a_page_at_most(sessions, live, monkeypatch):
+    monkeypatch.setattr(live_module, "PAGE", 3)
+    owner = await make_user(sessions)
+    job_id = await queued_job(sessions, owner)
+    async with sessions.begin() as session:
+        for n in range(4):
+            await append_event(session, job_id=job_id, owner_id=owner, type="job.progress", data={"n": n})
+    first = await live.hub.read(LogRead(owner, job_id, 0))
+    rest = await live.hub.read(LogRead(owner, job_id, first.events[-1].id))
+    assert [e.type for e in first.events + rest.events] == ["job.queued"] + ["job.progress"] * 4
+    assert (len(first.events), len(rest.events)) == (3, 2)
