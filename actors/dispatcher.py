@@ -1,14 +1,13 @@
 """The job dispatcher: claims queued jobs from Postgres and runs them on the provider pools.
 
 Each provider gets at most its `max_running_jobs` at once (configs/providers.yaml), claimed
-fairly between users; its steps go to the provider's pool actors in turn.
+fairly between users; its steps go to the provider's pool actors in turn (`actors.pools.PoolSteps`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -17,10 +16,9 @@ from typing import Any
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import RayActorError
 
 from actors.ledger import LEDGER_NAME
-from actors.pools import pool_name
+from actors.pools import PoolSteps
 from daygen.logs import configure_logging
 from daygen.runtime import freeze_startup_heap
 from daygen.settings import Settings
@@ -42,8 +40,6 @@ DISPATCHER_NAME = "daygen-dispatcher"
 POLL_SECONDS = 1.0
 RECONCILE_SECONDS = 30.0
 PRUNE_EVERY = 2  # reconciliations
-POOL_CALL_ATTEMPTS = 5
-POOL_RETRY_SECONDS = 0.5
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -54,7 +50,7 @@ class JobDispatcher:
         self.settings = settings
         self.pools = pools
         self.peers: dict[str, ActorHandle] = {}
-        self.turns = {provider: itertools.cycle(range(pool.actors)) for provider, pool in pools.pools.items()}
+        self.steps = {provider: PoolSteps(provider, pool.actors, self._peer) for provider, pool in pools.pools.items()}
         self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=16))
         self.events = JobEvents(make_redis(settings.redis_url), settings.redis_namespace)
         self.store = ObjectStore.from_settings(settings)
@@ -89,25 +85,7 @@ class JobDispatcher:
         return self.peers[name]
 
     async def _run_step(self, operation: str, params: dict[str, Any], inputs: dict[str, Any]) -> StepOutcome:
-        """The step on one of its provider's actors; an actor that dies mid-call (Ray restarts it)
-        costs a retry on the next actor, not the job."""
-        provider = OPERATIONS[operation].provider
-        for _ in range(POOL_CALL_ATTEMPTS):
-            try:
-                pool = self._peer(pool_name(provider, next(self.turns[provider])))
-                call = pool.run.remote(operation, params, inputs)
-            except ValueError:  # no such actor (yet): the pool is being restarted
-                await asyncio.sleep(POOL_RETRY_SECONDS)
-                continue
-            try:
-                return await call
-            except asyncio.CancelledError:
-                ray.cancel(call)  # the job was canceled: stop the upstream call too
-                raise
-            except RayActorError:
-                log.warning("a pool actor died mid-step; trying again", extra={"operation": operation})
-                await asyncio.sleep(POOL_RETRY_SECONDS)
-        return StepOutcome(error_code="provider_unavailable", error_message="the provider's workers kept stopping")
+        return await self.steps[OPERATIONS[operation].provider].run(operation, params, inputs)
 
     async def _settle(self, job_id: uuid.UUID, charged: Decimal) -> Any:
         return await self._peer(LEDGER_NAME).settle.remote([(job_id, charged)])

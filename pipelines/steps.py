@@ -7,8 +7,9 @@ so they cross process boundaries (Ray) unchanged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,3 +359,92 @@ async def run_step(ctx: StepContext, operation: str, params: dict[str, Any], inp
         # The engine refuses inputs that could only be judged once loaded (e.g. a mask that no longer fits).
         log.warning("step refused its input", extra={"operation": operation, "error_code": "invalid_input"})
         return StepOutcome(error_code="invalid_input", error_message=str(exc)[:500])
+
+
+@dataclass(frozen=True)
+class StepCall:
+    """A step as the dispatcher sends it to a pool actor; `key` names it for an abort."""
+
+    key: str
+    operation: str
+    params: dict[str, Any]
+    inputs: Inputs
+
+
+class RunningSteps:
+    """A pool actor's steps in progress, by key, so the dispatcher can abort one (a canceled job).
+    An abort that arrives before its step is remembered, and the step is then not started."""
+
+    MAX_EARLY_ABORTS = 10_000
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, asyncio.Task[StepOutcome]] = {}
+        self.aborted: dict[str, None] = {}  # keys aborted before they arrived, oldest first
+
+    def abort(self, key: str) -> None:
+        task = self.tasks.get(key)
+        if task is not None:
+            task.cancel()
+            return
+        self.aborted[key] = None
+        if len(self.aborted) > self.MAX_EARLY_ABORTS:
+            del self.aborted[next(iter(self.aborted))]
+
+    def start(self, ctx: StepContext, call: StepCall) -> asyncio.Task[StepOutcome] | None:
+        """The step's task, or None when it was aborted already."""
+        if call.key in self.aborted:
+            del self.aborted[call.key]
+            return None
+        task = asyncio.create_task(_run_guarded(ctx, call))
+        self.tasks[call.key] = task
+        task.add_done_callback(lambda _: self.tasks.pop(call.key, None))
+        return task
+
+    async def run(self, ctx: StepContext, call: StepCall) -> StepOutcome | None:
+        """One step; None when it was aborted."""
+        task = self.start(ctx, call)
+        if task is None:
+            return None
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if task.cancelled():
+                return None
+            raise
+
+    async def run_many(self, ctx: StepContext, calls: list[StepCall]) -> AsyncIterator[list[tuple[str, StepOutcome]]]:
+        """Steps at once, each answered as it ends: what ended meanwhile comes in one list, so one
+        message carries many answers under load. Aborted steps are not answered."""
+        ended: asyncio.Queue[tuple[str, StepOutcome] | None] = asyncio.Queue()
+
+        def answer(key: str, task: asyncio.Task[StepOutcome]) -> None:
+            ended.put_nowait(None if task.cancelled() else (key, task.result()))
+
+        tasks = []
+        for call in calls:
+            task = self.start(ctx, call)
+            if task is not None:
+                task.add_done_callback(functools.partial(answer, call.key))
+                tasks.append(task)
+        left = len(tasks)
+        try:
+            while left:
+                batch = [await ended.get()]
+                while not ended.empty():
+                    batch.append(ended.get_nowait())
+                left -= len(batch)
+                answers = [item for item in batch if item is not None]
+                if answers:
+                    yield answers
+        finally:
+            for task in tasks:
+                task.cancel()  # the caller went away: nobody would take these answers
+
+
+async def _run_guarded(ctx: StepContext, call: StepCall) -> StepOutcome:
+    """`run_step`, with a crash turned into the job's error (logged here, where it happened)."""
+    try:
+        return await run_step(ctx, call.operation, call.params, call.inputs)
+    except Exception:
+        log.exception("step crashed", extra={"job_step": call.operation})
+        return StepOutcome(error_code="internal_error", error_message="the job failed unexpectedly")

@@ -138,3 +138,42 @@ async def test_a_dispatcher_killed_mid_job_is_restarted_and_its_jobs_taken_over_
     # The restarted dispatcher re-claims the jobs once their leases (5 s here) run out.
     await asyncio.wait_for(watcher, 60)
     await assert_ended_once_and_charged_once(client, sessions, account, receiver, job_ids, frames, attempts=2)
+
+
+async def test_steps_sent_together_survive_their_actor_dying_and_a_cancel_stops_only_its_own(
+    client, app_url, sessions, account, fake_ideogram, receiver
+):
+    """A batch is claimed at once, so its steps go to one pool actor in one streamed call."""
+    count = IDEOGRAM_INFLIGHT_LIMIT - 1
+    fake_ideogram.hang_next(times=count, endpoint="generate")
+    response = await client.post("/v1/jobs/batch", json={"jobs": [GENERATE] * count}, headers=account["headers"])
+    assert response.status_code == 200, response.text
+    job_ids = [item["jobId"] for item in response.json()["results"]]
+    await asyncio.to_thread(fake_ideogram.wait_until_hung, count, 30)
+    frames: list[dict] = []
+    watcher = asyncio.create_task(watch(app_url, account["token"], set(job_ids), frames))
+
+    canceled, *rest = job_ids
+    response = await client.post(f"/v1/jobs/{canceled}/cancel", headers=account["headers"])
+    assert response.status_code == 202, response.text
+    job = (await client.get(f"/v1/jobs/{canceled}", params={"wait": 30}, headers=account["headers"])).json()
+    assert job["status"] == "canceled", job
+    await asyncio.to_thread(fake_ideogram.wait_until_hung, count - 1, 30)  # the others still wait upstream
+    for index in range(2):
+        await kill(pool_name("ideogram", index))
+    fake_ideogram.release_hung()
+    await asyncio.wait_for(watcher, 60)
+
+    for job_id in rest:
+        job = (await client.get(f"/v1/jobs/{job_id}", params={"wait": 30}, headers=account["headers"])).json()
+        assert job["status"] == "succeeded", job
+    async with sessions() as session:
+        for job_id in job_ids:
+            ends = await session.scalar(
+                select(func.count()).where(JobEvent.job_id == uuid.UUID(job_id), JobEvent.type.in_(TERMINAL))
+            )
+            assert ends == 1, f"job {job_id} ended {ends} times"
+    assert await credits(client, account["headers"]) == 10 - len(rest), "the canceled job cost nothing"
+    assert sorted(f["jobId"] for f in frames if f.get("type") in TERMINAL) == sorted(job_ids)
+    calls = fake_ideogram.requests_to("generate")
+    assert len(calls) == count + len(rest), "each job's call went out again after the kill, the canceled one's not"
