@@ -19,6 +19,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from pipelines.batching import Batcher
+
 log = logging.getLogger("daygen.shared_limits")
 
 # Milliseconds of the Redis clock, exact in a Lua double until the year 2286.
@@ -213,21 +215,25 @@ class SharedInFlightLimiter:
 
 
 # KEYS: theoretical arrival time (TAT, µs), and optionally the pool's pause. ARGV: emission interval µs,
-# burst tolerance µs. While the pause is set, reserves nothing and replies {now, 0, 0, ms of pause left};
-# else reserves the next slot and replies {now, slot start, new TAT, 0}, in µs of the Redis clock.
+# burst tolerance µs, how many slots. While the pause is set, reserves nothing and replies
+# {now, ms of pause left}; else reserves the next slots and replies {now, 0, the new TAT, start of
+# each slot...}, in µs of the Redis clock.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if KEYS[2] then
   local paused = redis.call('PTTL', KEYS[2])
-  if paused > 0 then return {now, 0, 0, paused} end
+  if paused > 0 then return {now, paused} end
 end
-local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local interval, tolerance, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or 0), now)
-local start = math.max(tat - tolerance, now)
-local next_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1)
-return {now, start, next_tat, 0}
+local starts = {}
+for i = 1, count do
+  starts[i] = math.max(tat - tolerance, now)
+  tat = tat + interval
+end
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+return {now, 0, tat, unpack(starts)}
 """
 
 # KEYS: TAT. ARGV: the TAT a cancelled reservation set, the TAT before it. Only the latest
@@ -242,8 +248,9 @@ class SharedRateLimiter:
     """At most `rate` requests per `period_seconds` across all instances (GCRA), plus `burst - 1` at once.
 
     Each call reserves the next free slot in one script call and sleeps until it, so waiters form a
-    queue on the Redis clock without polling, and a saturated limiter runs at the full rate. Given
-    the key of a `PoolPause`, the same call waits it out first (one round trip a request, not two).
+    queue on the Redis clock without polling, and a saturated limiter runs at the full rate. The
+    calls of one process that arrive while a script call is out reserve their slots together in the
+    next one (group commit). Given the key of a `PoolPause`, the same call waits it out first.
     """
 
     def __init__(
@@ -267,16 +274,26 @@ class SharedRateLimiter:
         self._tolerance_us = (burst - 1) * self._interval_us
         self._reserve = redis.register_script(_RESERVE)
         self._give_back = redis.register_script(_GIVE_BACK)
+        self._reserving = Batcher(self._reserve_many, max_size=1000)
+
+    async def _reserve_many(self, asks: list[None]) -> list[tuple[int, int, int]]:
+        """(now, slot start, the TAT after the slot) for each ask, or (now, 0, -ms) of a pause."""
+        now_us, paused_ms, *reserved = await self._reserve(
+            keys=self._keys, args=[self._interval_us, self._tolerance_us, len(asks)]
+        )
+        if paused_ms > 0:
+            return [(now_us, 0, -paused_ms)] * len(asks)
+        tat_us, *starts = reserved
+        later = len(starts) - 1  # slots after the first
+        return [(now_us, start, tat_us - (later - i) * self._interval_us) for i, start in enumerate(starts)]
 
     async def acquire(self) -> float:
         """Wait for this request's slot; returns the slot's start in seconds of the Redis clock."""
         while True:
-            now_us, start_us, tat_us, paused_ms = await self._reserve(
-                keys=self._keys, args=[self._interval_us, self._tolerance_us]
-            )
-            if paused_ms <= 0:
+            now_us, start_us, tat_us = await self._reserving(None)
+            if tat_us >= 0:
                 break
-            await asyncio.sleep(paused_ms / 1000)
+            await asyncio.sleep(-tat_us / 1000)
         if start_us > now_us:
             try:
                 await asyncio.sleep((start_us - now_us) / 1_000_000)

@@ -360,6 +360,24 @@ async def test_a_burst_goes_at_once_and_the_next_request_waits_its_turn(prefix, 
     assert slots[3] - slots[0] >= 0.5
 
 
+async def test_requests_of_one_process_reserve_their_slots_together_each_its_own(prefix, connect):
+    limiter = SharedRateLimiter(connect(), prefix, rate=100, period_seconds=1.0, burst=3)
+    script = limiter._reserve
+    calls = []
+
+    async def counted(**kwargs):
+        calls.append(kwargs["args"][2])
+        return await script(**kwargs)
+
+    limiter._reserve = counted
+    slots = sorted(await asyncio.gather(*(limiter.acquire() for _ in range(10))))
+    assert calls == [10], "ten asked at once: one round trip"
+    gaps = [round((b - a) * 1000, 3) for a, b in zip(slots, slots[1:], strict=False)]
+    # A burst of three at once, then one every 10 ms; the next request queues after the last.
+    assert gaps[:2] == [0, 0] and all(g == 10 for g in gaps[2:]), gaps
+    assert await limiter.acquire() - slots[-1] == pytest.approx(0.01, abs=1e-6)
+
+
 async def test_a_cancelled_wait_gives_its_slot_back(prefix, connect):
     limiter = SharedRateLimiter(connect(), prefix, rate=2, period_seconds=1.0)
     first = await limiter.acquire()
