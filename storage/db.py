@@ -7,7 +7,8 @@ import logging
 from collections.abc import Callable
 
 import asyncpg
-from sqlalchemy import make_url
+from sqlalchemy import event, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 log = logging.getLogger("daygen.db")
@@ -17,7 +18,17 @@ def make_engine(database_url: str, pool_size: int = 10, max_overflow: int = 0) -
     """A pool of `pool_size` connections kept open, plus `max_overflow` opened for a burst and closed
     after it. Actors under steady load take none: they wait for a connection (back-pressure) rather
     than each opening and closing one of their own, which costs far more than the query it is for."""
-    return create_async_engine(database_url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+    engine = create_async_engine(database_url, pool_size=pool_size, max_overflow=max_overflow)
+    event.listen(engine.sync_engine, "checkout", _drop_if_closed_by_server)
+    return engine
+
+
+def _drop_if_closed_by_server(dbapi_connection, _record, _proxy) -> None:
+    """A pooled connection the server closed (a restart, a terminated backend) is dropped at checkout
+    and another one taken or opened. asyncpg knows without asking the server; SQLAlchemy's
+    `pool_pre_ping` asks it, at three round trips per transaction (bench/job_engine.py)."""
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
