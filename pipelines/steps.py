@@ -408,9 +408,10 @@ class RunningSteps:
         try:
             return await task
         except asyncio.CancelledError:
-            if task.cancelled():
-                return None
-            raise
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this call was canceled, not just its step
+            return None
 
     async def run_many(self, ctx: StepContext, calls: list[StepCall]) -> AsyncIterator[list[tuple[str, StepOutcome]]]:
         """Steps at once, each answered as it ends: what ended meanwhile comes in one list, so one

@@ -6,9 +6,9 @@ announced only after its transaction commits, and one user's events commit in id
 per-owner lock of `storage.events.append_event`), so "the log after the last id handed out" is
 complete whenever a doorbell rings: nothing is skipped even when two jobs announce their events
 in the other order. All the replica's reads of the log (these, and its sockets' subscribes and
-replays) go through one group commit: whatever is asked meanwhile is read in one transaction. A
-socket's queue is bounded: a client that does not keep up is told so and
-disconnected, without slowing the reader or anyone else.
+replays) go through one group commit: whatever is asked meanwhile is read in one transaction.
+A socket's queue is bounded: a client that does not keep up is told so and disconnected,
+without slowing the reader or anyone else.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def make_engine(database_url: str, pool_size: int = 10, max_overflow: int = 0) -
 def _drop_if_closed_by_server(dbapi_connection, _record, _proxy) -> None:
     """A pooled connection the server closed (a restart, a terminated backend) is dropped at checkout
     and another one taken or opened. asyncpg knows without asking the server; SQLAlchemy's
-    `pool_pre_ping` asks it, at three round trips per transaction (bench/job_engine.py)."""
+    `pool_pre_ping` asks it, at three round trips per transaction (bench/db_checkout.py)."""
     if dbapi_connection.driver_connection.is_closed():
         raise DisconnectionError("the server closed this pooled connection")
 

@@ -100,3 +100,16 @@ async def test_a_step_that_crashes_answers_an_internal_error_not_the_exception(g
     gates.open("crash")
     outcome = await running.run(StepContext(store=None), call("crash"))
     assert (outcome.error_code, outcome.error_message) == ("internal_error", "the job failed unexpectedly")
+
+
+async def test_an_aborted_lone_step_answers_none_and_a_canceled_call_stays_canceled(gates):
+    running = RunningSteps()
+    aborted = asyncio.ensure_future(running.run(StepContext(store=None), call("a")))
+    canceled = asyncio.ensure_future(running.run(StepContext(store=None), call("b")))
+    await settle()
+    running.abort("key-a")
+    canceled.cancel()
+    assert await aborted is None
+    with pytest.raises(asyncio.CancelledError):
+        await canceled
+    assert sorted(gates.stopped) == ["a", "b"]
