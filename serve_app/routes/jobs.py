@@ -438,6 +438,8 @@ async def cancel(
             await services.events.publish(event)
             charged = charged_for(job_steps(job.operation, job.params, job.cost, None), job.steps_done)
             await services.ledger.settle.remote([(job.id, charged)])
+        else:
+            await session.refresh(job)  # a dispatcher claimed it meanwhile: stop it running
     if job.status in ("queued", "running") and await queries.request_cancel(session, job.id):
         with contextlib.suppress(RayError):  # a dispatcher that is gone: the job's lease keeper notices
             await services.dispatcher.cancel.remote(job.id)

@@ -4,17 +4,20 @@ and that the event log records each job's end exactly once."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from storage.events import events_after
-from storage.models import JobEvent
+from storage.models import Job, JobEvent
 from tests.conftest import IDEOGRAM_INFLIGHT_LIMIT, IDEOGRAM_RUNNING_JOBS
 from tests.e2e.helpers import assert_v1_error, bearer, signup
 from tests.e2e.test_providers import credits
+from tests.integration.test_job_lifecycle import someone_waits_for
+from tests.integration.test_shared_limits import eventually
 
 
 @pytest.fixture(autouse=True)
@@ -83,6 +86,35 @@ async def test_cancel_stops_running_jobs_and_cancels_a_queued_one_at_once(client
     for job_id in [*running, queued["jobId"]]:
         types = await event_types(sessions, user["id"], job_id)
         assert types.count("job.canceled") == 1 and types[-1] == "job.canceled", types
+
+
+async def test_a_cancel_that_loses_the_race_with_a_claim_stops_the_job_it_finds_running(
+    client, user, fake_ideogram, sessions
+):
+    headers = user["headers"]
+    fake_ideogram.hang_next(times=IDEOGRAM_RUNNING_JOBS, endpoint="generate")
+    for _ in range(IDEOGRAM_RUNNING_JOBS):
+        assert (await submit(client, headers, GENERATE)).status_code == 202
+    await asyncio.to_thread(fake_ideogram.wait_until_hung, IDEOGRAM_INFLIGHT_LIMIT)
+    queued = uuid.UUID((await submit(client, headers, GENERATE)).json()["jobId"])
+
+    # A claim holds the queued job's row while the cancel arrives, then takes it (its lease ran out
+    # at once, as if its dispatcher had died): the cancel finds it running.
+    async with sessions() as claimer:
+        await claimer.execute(select(Job.id).where(Job.id == queued).with_for_update())
+        canceling = asyncio.create_task(client.post(f"/v1/jobs/{queued}/cancel", headers=headers))
+        await eventually(functools.partial(someone_waits_for, claimer))
+        claim = update(Job).where(Job.id == queued)
+        await claimer.execute(claim.values(status="running", attempt=Job.attempt + 1, lease_expires_at=func.now()))
+        await claimer.commit()
+    response = await canceling
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "running"
+
+    fake_ideogram.release_hung()  # room again: the attempt that takes the job over sees the cancel
+    job = await finished(client, headers, str(queued))
+    assert (job["status"], job["attempt"]) == ("canceled", 2)
+    assert await credits(client, headers) == 20 - IDEOGRAM_RUNNING_JOBS, "the canceled job cost nothing"
 
 
 async def test_canceling_a_chain_mid_way_charges_only_the_steps_that_ran(client, user, fake_ideogram):
