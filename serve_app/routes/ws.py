@@ -58,7 +58,8 @@ class Connection:
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
 
     async def send(self, frame: dict[str, Any]) -> None:
-        await asyncio.wait_for(self.socket.send_text(json.dumps(frame, default=str)), SEND_TIMEOUT_SECONDS)
+        async with asyncio.timeout(SEND_TIMEOUT_SECONDS):  # no task per frame, as wait_for would make
+            await self.socket.send_text(json.dumps(frame, default=str))
 
     async def error(self, code: str, message: str, channel: str | None = None) -> None:
         frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
@@ -231,7 +232,8 @@ async def _serve(connection: Connection, heartbeat: float) -> None:
     inbox = connection.listener.queue
     while True:
         try:
-            item = await asyncio.wait_for(inbox.get(), heartbeat)
+            async with asyncio.timeout(heartbeat):
+                item = await inbox.get()
         except TimeoutError:
             await connection.send({"type": "heartbeat"})
             await connection.catch_up()
