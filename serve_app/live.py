@@ -83,6 +83,7 @@ class EventHub:
         self.cursors: dict[str, str] = {}  # Redis stream -> last entry read
         self.owners: dict[str, uuid.UUID] = {}
         self.handed_out: dict[uuid.UUID, int] = {}  # user -> last event id fanned out
+        self.starting: dict[uuid.UUID, asyncio.Future[bool]] = {}  # user -> the read of their group's start
         self.rung: set[uuid.UUID] = set()
         self.puller: asyncio.Task | None = None
         self.reader: asyncio.Task | None = None
@@ -110,16 +111,25 @@ class EventHub:
             self.leave(listener)
 
     async def join(self, listener: Listener) -> None:
-        """Start delivering the user's events to the listener, from now on.
+        """Start delivering the user's events to the listener: once this returns, every event that
+        commits afterwards reaches it.
 
-        The user's group is made before the first await, so the user's other sockets joining
-        meanwhile join the same group rather than each making (and replacing) one."""
+        The user's first listener reads where the user's log stands; the group is made before that
+        read, so the user's other listeners joining meanwhile join the same group, and they wait
+        for the read too (an event that commits before it counts as handed out already)."""
         owner = listener.owner_id
-        group = self.listeners.get(owner)
-        if group is not None:
+        while (group := self.listeners.get(owner)) is not None:
             group.add(listener)
-            return
+            starting = self.starting.get(owner)
+            try:
+                if starting is None or await asyncio.shield(starting):
+                    return
+            except BaseException:
+                self.leave(listener)
+                raise
+            # The read failed (the request of the listener that made it went away): read again.
         group = self.listeners[owner] = {listener}
+        starting = self.starting[owner] = asyncio.get_running_loop().create_future()
         stream = self.events.user_stream(owner)
         try:
             latest = await self.redis.xrevrange(stream, count=1)
@@ -127,13 +137,19 @@ class EventHub:
         except BaseException:
             if self.listeners.get(owner) is group:
                 del self.listeners[owner]
+            self._started(owner, starting, False)
             raise
-        if self.listeners.get(owner) is not group:
-            return  # everyone left meanwhile
-        self.handed_out[owner] = newest.after if newest is not None else 0
-        self.cursors[stream] = latest[0][0].decode() if latest else "0-0"
-        self.owners[stream] = owner
-        self._restart()
+        if self.listeners.get(owner) is group:  # else everyone left meanwhile
+            self.handed_out[owner] = newest.after if newest is not None else 0
+            self.cursors[stream] = latest[0][0].decode() if latest else "0-0"
+            self.owners[stream] = owner
+            self._restart()
+        self._started(owner, starting, True)
+
+    def _started(self, owner: uuid.UUID, starting: asyncio.Future[bool], read: bool) -> None:
+        if self.starting.get(owner) is starting:
+            del self.starting[owner]
+        starting.set_result(read)
 
     def leave(self, listener: Listener) -> None:
         owner = listener.owner_id

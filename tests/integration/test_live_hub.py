@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import pytest
 import sqlalchemy
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from serve_app import live as live_module
 from serve_app.live import EventHub, Listener
 from storage.events import JobEvents, LogRead, append_event
-from storage.models import JobEvent
+from storage.models import Job, JobEvent
 from storage.redis import make_redis
 from tests.integration.test_job_lifecycle import make_user, queued_job
 
@@ -108,6 +108,49 @@ async def test_sockets_of_one_user_joining_at_the_same_time_all_get_live_events(
             hub.leave(listener)
 
 
+async def test_a_waiter_that_joins_while_its_users_group_starts_still_gets_an_end_after_its_read(
+    sessions, live, monkeypatch
+):
+    """A waiter joins, reads the job, and waits for its end unless the read showed it. Here a second
+    waiter joins while the first one's join still reads where the user's log stands, and the job
+    ends in between: the second must either see the end in its read, or receive it."""
+    hub, events = live.hub, live.events
+    owner = await make_user(sessions)
+    job_id = await queued_job(sessions, owner)
+    held = asyncio.Event()
+    read = hub.read
+
+    async def held_read(what):
+        await held.wait()  # the first join's read of the log, held back until the job has ended
+        return await read(what)
+
+    monkeypatch.setattr(hub, "read", held_read)
+    first, second = Listener(owner, max_pending=100), Listener(owner, max_pending=100)
+    first.job_ids = second.job_ids = {job_id}
+
+    async def waiter(listener: Listener) -> str:
+        await hub.join(listener)
+        async with sessions() as session:
+            return await session.scalar(select(Job.status).where(Job.id == job_id))
+
+    first_waits = asyncio.create_task(waiter(first))
+    second_waits = asyncio.create_task(waiter(second))
+    for _ in range(20):  # everything that can run without the held read, runs
+        await asyncio.sleep(0)
+    async with sessions.begin() as session:
+        await session.execute(update(Job).where(Job.id == job_id).values(status="succeeded"))
+        end = await append_event(session, job_id=job_id, owner_id=owner, type="job.succeeded", data={})
+    await events.publish(end)
+    held.set()
+    try:
+        for waited, listener in ((first_waits, first), (second_waits, second)):
+            if await waited != "succeeded":
+                assert [e.id for e in await take(listener, 1)] == [end.id], "it read the job running"
+    finally:
+        hub.leave(first)
+        hub.leave(second)
+
+
 async def test_many_reads_of_the_log_are_answered_together_each_with_only_its_own_events(sessions, live):
     """What a replica's sockets ask at once (subscribes, replays, the hub's pulls) is read in one go:
     each read still gets its own owner's events, of its job or of all, after its id, a page at most."""
@@ -120,7 +163,7 @@ async def test_many_reads_of_the_log_are_answered_together_each_with_only_its_ow
                     await append_event(session, job_id=job_id, owner_id=owner, type="job.progress", data={"n": n})
     async with sessions() as session:  # what the log holds, read plainly
         stmt = select(JobEvent.id, JobEvent.job_id).where(JobEvent.owner_id.in_([alice, bob])).order_by(JobEvent.id)
-        log = (await session.execute(stmt)).tuples().all()
+        log = (await session.execute(stmt)).all()
     a1, a2 = jobs[alice]
     [b1] = jobs[bob]
     of_job = {job_id: [i for i, j in log if j == job_id] for job_id in (a1, a2, b1)}
