@@ -21,6 +21,8 @@ from storage.ledger import Reservation, Reserved
 from storage.objects import ObjectStore
 from storage.redis import make_redis
 
+HUB_CONNECTIONS = 4
+
 
 @dataclass
 class Services:
@@ -47,9 +49,14 @@ class Services:
         return list(await asyncio.gather(*map(self.reserving, requests)))
 
     async def event_hub(self) -> EventHub:
-        """The replica's live-event reader, made on first use (it needs the replica's event loop)."""
+        """The replica's live-event reader, made on first use (it needs the replica's event loop).
+
+        Its reads of the log have connections of their own: requests wait on the hub (a waiter
+        joining, a socket subscribing) while holding one of theirs, and with a shared pool a burst
+        of them could take every connection the hub needs to answer them."""
         if self.hub is None:
-            self.hub = EventHub(make_redis(self.settings.redis_url), self.events, self.sessions)
+            engine = make_engine(self.settings.database_url, pool_size=HUB_CONNECTIONS)
+            self.hub = EventHub(make_redis(self.settings.redis_url), self.events, make_sessionmaker(engine))
         return self.hub
 
     @classmethod

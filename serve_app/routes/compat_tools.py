@@ -269,6 +269,7 @@ async def run_tool(
         job = await job_queries.get_job(session, user.id, job_id)
         assert job is not None, "the job was submitted by this user"
         if job.status not in job_queries.TERMINAL:
+            await session.commit()  # the database connection goes back to the pool while it waits
             await watch.wait_for_end(wait)
             await session.refresh(job)
     if job.status not in job_queries.TERMINAL:

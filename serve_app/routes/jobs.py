@@ -481,6 +481,7 @@ async def get_job(
         if job is None:
             raise NotFound("job not found")
         if watch is not None and job.status not in queries.TERMINAL:
+            await session.commit()  # the database connection goes back to the pool while it waits
             await watch.wait_for_end(wait)
             await session.refresh(job)
     return await job_out(services, request, session, job)

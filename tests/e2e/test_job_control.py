@@ -52,6 +52,7 @@ async def event_types(sessions, owner: str, job_id: str) -> list[str]:
 
 
 GENERATE = {"operation": "ideogram.generate", "params": {"prompt": "a slow lighthouse"}}
+WAITERS = 60  # more than a replica's database connections (serve_app.services: 20, and 20 more for a burst)
 
 
 # -- cancel -----------------------------------------------------------------------------------
@@ -115,6 +116,21 @@ async def test_a_cancel_that_loses_the_race_with_a_claim_stops_the_job_it_finds_
     job = await finished(client, headers, str(queued))
     assert (job["status"], job["attempt"]) == ("canceled", 2)
     assert await credits(client, headers) == 20 - IDEOGRAM_RUNNING_JOBS, "the canceled job cost nothing"
+
+
+async def test_waiters_hold_no_database_connection_while_they_wait(client, user, fake_ideogram):
+    """More waiters than the replica has database connections: everyone else is still served, and
+    the job's end wakes every waiter, even those that joined while the first one was still joining."""
+    headers = user["headers"]
+    fake_ideogram.hang_next(endpoint="generate")
+    job_id = (await submit(client, headers, GENERATE)).json()["jobId"]
+    await asyncio.to_thread(fake_ideogram.wait_until_hung, 1)
+    waiters = [asyncio.create_task(finished(client, headers, job_id)) for _ in range(WAITERS)]
+    response = await client.get("/v1/auth/me", headers=headers)
+    assert response.status_code == 200, response.text
+    fake_ideogram.release_hung()
+    async with asyncio.timeout(20):  # well inside their 30 s wait: the end wakes them
+        assert {job["status"] for job in await asyncio.gather(*waiters)} == {"succeeded"}
 
 
 async def test_canceling_a_chain_mid_way_charges_only_the_steps_that_ran(client, user, fake_ideogram):
