@@ -139,11 +139,9 @@ async def read_logs(session: AsyncSession, reads: Sequence[LogRead], page_size: 
     """Many reads of the event log in four statements at most, whatever their number (the replica
     reads for all its sockets at once); None for a job that does not exist or is another owner's."""
     jobs = list({r.job_id for r in reads if r.job_id is not None})
-    owners = dict((await session.execute(_owners_statement(), {"ids": jobs})).tuples().all()) if jobs else {}
+    owners = dict((await session.execute(_owners_statement(), {"ids": jobs})).all()) if jobs else {}
     unstarted = list({r.owner_id for r in reads if r.after is None})
-    newest = (
-        dict((await session.execute(_newest_statement(), {"owner_id": unstarted})).tuples().all()) if unstarted else {}
-    )
+    newest = dict((await session.execute(_newest_statement(), {"owner_id": unstarted})).all()) if unstarted else {}
     starts = [
         None
         if r.job_id is not None and owners.get(r.job_id) != r.owner_id

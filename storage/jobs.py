@@ -266,7 +266,7 @@ async def renew_leases(
     await lock_in_order(session, (job_id for job_id, _ in held))
     renewal = _lease_renewal()
     params = {**renewal.params(held), "lease_for": timedelta(seconds=lease_seconds)}
-    renewed = dict((await session.execute(renewal.update, params)).tuples().all())
+    renewed = dict((await session.execute(renewal.update, params)).all())
     await session.commit()
     return renewed
 

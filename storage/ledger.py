@@ -102,7 +102,7 @@ async def reserve_many(session: AsyncSession, requests: Sequence[Reservation]) -
         .group_by(LedgerEntry.account_id)
     )
     balances: dict[uuid.UUID, Decimal] = {a: Decimal(0) for a in accounts}
-    balances.update((await session.execute(stmt)).tuples().all())
+    balances.update((await session.execute(stmt)).all())
     rows, answers = [], []
     for request, key in zip(requests, keys, strict=True):
         current = balances[request.account_id]
@@ -156,7 +156,7 @@ async def settle_many(session: AsyncSession, charges: Sequence[tuple[uuid.UUID, 
     stmt = select(LedgerEntry.job_id, LedgerEntry.kind).where(
         LedgerEntry.job_id.in_(list(reservations)), LedgerEntry.kind.in_(("commit", "release"))
     )
-    settled: dict[uuid.UUID, Settlement] = dict((await session.execute(stmt)).tuples().all())
+    settled: dict[uuid.UUID, Settlement] = dict((await session.execute(stmt)).all())
     rows = []
     for job_id, charged in charges:
         if job_id not in reservations or job_id in settled:

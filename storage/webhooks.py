@@ -38,7 +38,7 @@ async def enqueue_deliveries(session: AsyncSession, events: Sequence[tuple[int, 
     job_urls: dict[uuid.UUID, str] = {}
     if ending:
         stmt = select(Job.id, Job.webhook_url).where(Job.id.in_(ending), Job.webhook_url.is_not(None))
-        job_urls = dict((await session.execute(stmt)).tuples().all())
+        job_urls = dict((await session.execute(stmt)).all())
     rows = []
     for event_id, job_id, owner_id, kind in events:
         receivers = [(endpoint_id, None) for endpoint_id, types in endpoints.get(owner_id, []) if kind in types]

@@ -323,7 +323,7 @@ async def test_the_lease_keeper_renews_every_held_job_in_one_go_and_passes_on_ca
     assert [c.is_set() for c in cancels] == [False, True, False]
     assert set(keeper.held) == set(ids[:2])
     async with sessions() as session:
-        leases = dict((await session.execute(select(Job.id, Job.lease_expires_at - func.now()))).tuples().all())
+        leases = dict((await session.execute(select(Job.id, Job.lease_expires_at - func.now()))).all())
     assert all(leases[job_id].total_seconds() > 500 for job_id in ids[:2])
     assert leases[ids[2]].total_seconds() < 2
 
