@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import asyncpg
-from sqlalchemy import event, make_url
+from sqlalchemy import bindparam, column, event, func, make_url
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.sql.expression import TableValuedAlias
+from sqlalchemy.types import TypeEngine
 
 log = logging.getLogger("daygen.db")
 
@@ -33,6 +36,13 @@ def _drop_if_closed_by_server(dbapi_connection, _record, _proxy) -> None:
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def unnest_rows(name: str, columns: Sequence[tuple[str, TypeEngine]], prefix: str = "") -> TableValuedAlias:
+    """Rows given as one array parameter per column (named `<prefix><column>`), as the table `name`
+    (`unnest`): the SQL is the same for any number of rows, so it is compiled and prepared once."""
+    arrays = [bindparam(prefix + column_name, type_=ARRAY(type_)) for column_name, type_ in columns]
+    return func.unnest(*arrays).table_valued(*(column(n, t) for n, t in columns)).render_derived(name=name)
 
 
 def is_unique_violation(exc: Exception) -> bool:

@@ -18,12 +18,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import BigInteger, Integer, Select, bindparam, column, func, insert, select, text, true
+from sqlalchemy import BigInteger, Integer, Select, bindparam, func, insert, select, text, true
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import TypeEngine
 
+from storage.db import unnest_rows
 from storage.models import Job, JobEvent
 from storage.webhooks import enqueue_deliveries
 
@@ -102,11 +102,6 @@ class LogPage:
     events: list[Event]
 
 
-def _cursors(*columns: tuple[str, TypeEngine]):
-    arrays = [bindparam(name, type_=ARRAY(type_)) for name, type_ in columns]
-    return func.unnest(*arrays).table_valued(*(column(n, t) for n, t in columns)).render_derived(name="reads")
-
-
 @functools.cache
 def _pages_statement(of_one_job: bool) -> Select:
     """Each cursor's events after its id, oldest first, at most `page_size`: one index range scan per
@@ -115,7 +110,7 @@ def _pages_statement(of_one_job: bool) -> Select:
     columns = [("n", Integer()), ("owner_id", PgUUID(as_uuid=True)), ("after", BigInteger())]
     if of_one_job:
         columns.append(("job_id", PgUUID(as_uuid=True)))
-    cursor = _cursors(*columns)
+    cursor = unnest_rows("reads", columns)
     match = [events.c.owner_id == cursor.c.owner_id, events.c.id > cursor.c.after]
     if of_one_job:
         match.append(events.c.job_id == cursor.c.job_id)
@@ -125,7 +120,7 @@ def _pages_statement(of_one_job: bool) -> Select:
 
 @functools.cache
 def _newest_statement() -> Select:
-    cursor = _cursors(("owner_id", PgUUID(as_uuid=True)))
+    cursor = unnest_rows("reads", [("owner_id", PgUUID(as_uuid=True))])
     newest = select(func.max(JobEvent.id)).where(JobEvent.owner_id == cursor.c.owner_id).scalar_subquery()
     return select(cursor.c.owner_id, func.coalesce(newest, 0))
 

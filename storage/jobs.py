@@ -21,7 +21,6 @@ from sqlalchemy import (
     Text,
     bindparam,
     case,
-    column,
     func,
     insert,
     literal,
@@ -36,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import Select, TableValuedAlias, Update
 from sqlalchemy.types import TypeEngine
 
+from storage.db import unnest_rows
 from storage.events import Event, NewEvent, append_events
 from storage.models import Asset, Job
 
@@ -219,8 +219,7 @@ def _fenced_rows(name: str, columns: list[tuple[str, TypeEngine]]) -> _Fenced:
     is the same for any number of rows, so it is compiled and prepared once."""
     typed = [("id", PgUUID(as_uuid=True)), ("attempt", Integer()), *columns]
     names = tuple(f"{name}_{column_name}" for column_name, _ in typed)
-    arrays = [bindparam(param, type_=ARRAY(type_)) for param, (_, type_) in zip(names, typed, strict=True)]
-    rows = func.unnest(*arrays).table_valued(*(column(n, t) for n, t in typed)).render_derived(name=name)
+    rows = unnest_rows(name, typed, prefix=f"{name}_")
     update_ = update(Job.__table__).where(Job.id == rows.c.id, Job.attempt == rows.c.attempt, Job.status == "running")
     return _Fenced(rows, update_, names)
 
