@@ -18,10 +18,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import BigInteger, Integer, Select, bindparam, func, insert, select, text, true
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import BigInteger, Integer, Select, Text, bindparam, column, func, insert, select, true
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.expression import Insert
 
 from storage.db import unnest_rows
 from storage.models import Job, JobEvent
@@ -54,6 +55,32 @@ class NewEvent:
     data: dict[str, Any]
 
 
+@functools.cache
+def _append_statement() -> Insert:
+    """The events (one array parameter per column) inserted in order, once the per-owner locks are held:
+    they are taken in the statement's one-time filter, which runs before any row is drawn an id, so
+    the locks cost no round trip of their own."""
+    table = JobEvent.__table__
+    keys = func.unnest(bindparam("owner_keys", type_=ARRAY(Text()))).table_valued(column("k", Text())).render_derived()
+    locked = select(func.count(func.pg_advisory_xact_lock(func.hashtextextended(keys.c.k, 1)))).scalar_subquery()
+    rows = unnest_rows(
+        "new",
+        [
+            ("n", Integer()),
+            ("job_id", PgUUID(as_uuid=True)),
+            ("owner_id", PgUUID(as_uuid=True)),
+            ("type", Text()),
+            ("data", JSONB()),
+        ],
+    )
+    drawn = select(rows.c.job_id, rows.c.owner_id, rows.c.type, rows.c.data).where(locked >= 0).order_by(rows.c.n)
+    return (
+        insert(table)
+        .from_select(["job_id", "owner_id", "type", "data"], drawn)
+        .returning(table.c.id, table.c.created_at)
+    )
+
+
 async def append_events(session: AsyncSession, new: Sequence[NewEvent]) -> list[Event]:
     """Add events inside the caller's transaction, in order; a fixed number of statements for any number.
 
@@ -64,15 +91,16 @@ async def append_events(session: AsyncSession, new: Sequence[NewEvent]) -> list[
     """
     if not new:
         return []
-    owners = sorted({str(e.owner_id) for e in new})
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(k, 1)) FROM unnest(CAST(:keys AS text[])) AS k"),
-        {"keys": owners},
-    )
-    rows = [{"job_id": e.job_id, "owner_id": e.owner_id, "type": e.type, "data": e.data} for e in new]
-    table = JobEvent.__table__
-    stmt = insert(table).returning(table.c.id, table.c.created_at, sort_by_parameter_order=True)
-    made = (await session.execute(stmt, rows)).all()
+    params = {
+        "owner_keys": sorted({str(e.owner_id) for e in new}),
+        "n": list(range(len(new))),
+        "job_id": [e.job_id for e in new],
+        "owner_id": [e.owner_id for e in new],
+        "type": [e.type for e in new],
+        "data": [e.data for e in new],
+    }
+    # Ids are drawn in the rows' order (as SQLAlchemy's own ordered inserts rely on): sorted, they match `new`.
+    made = sorted((await session.execute(_append_statement(), params)).all())
     events = [Event(i, e.job_id, e.owner_id, e.type, e.data, at) for e, (i, at) in zip(new, made, strict=True)]
     await enqueue_deliveries(session, [(e.id, e.job_id, e.owner_id, e.type) for e in events])
     return events

@@ -6,14 +6,16 @@ the last credit, whichever process makes them.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from sqlalchemy import func, select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Select, Text, bindparam, cast, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from daygen.errors import InsufficientCredits
@@ -83,26 +85,33 @@ class Reserved:
     balance: Decimal
 
 
+@functools.cache
+def _balances_statement() -> Select:
+    """Each account's balance, and which of the reservation keys it holds already."""
+    keys = bindparam("keys", type_=ARRAY(Text()))
+    repeated = func.array_agg(LedgerEntry.idempotency_key).filter(LedgerEntry.idempotency_key == func.any(keys))
+    return (
+        select(LedgerEntry.account_id, func.sum(LedgerEntry.amount), func.coalesce(repeated, cast([], ARRAY(Text()))))
+        .where(LedgerEntry.account_id == func.any(bindparam("accounts", type_=ARRAY(PgUUID(as_uuid=True)))))
+        .group_by(LedgerEntry.account_id)
+    )
+
+
 async def reserve_many(session: AsyncSession, requests: Sequence[Reservation]) -> list[Reserved]:
     """Hold credits for many jobs at once, each judged in order against what the earlier ones left.
 
     Idempotent on the job id: a reservation made before is answered accepted and holds nothing more.
     """
-    await _lock_accounts(session, {r.account_id for r in requests})
-    keys = [f"reserve:{r.job_id}" for r in requests]
-    held = set(
-        (
-            await session.execute(select(LedgerEntry.idempotency_key).where(LedgerEntry.idempotency_key.in_(keys)))
-        ).scalars()
-    )
     accounts = {r.account_id for r in requests}
-    stmt = (
-        select(LedgerEntry.account_id, func.sum(LedgerEntry.amount))
-        .where(LedgerEntry.account_id.in_(accounts))
-        .group_by(LedgerEntry.account_id)
-    )
+    await _lock_accounts(session, accounts)  # before the balances are read: a statement sees what committed before it
+    keys = [f"reserve:{r.job_id}" for r in requests]
     balances: dict[uuid.UUID, Decimal] = {a: Decimal(0) for a in accounts}
-    balances.update((await session.execute(stmt)).all())
+    held: set[str] = set()
+    for account_id, total, repeated in await session.execute(
+        _balances_statement(), {"accounts": list(accounts), "keys": keys}
+    ):
+        balances[account_id] = total
+        held.update(repeated)
     rows, answers = [], []
     for request, key in zip(requests, keys, strict=True):
         current = balances[request.account_id]
@@ -138,6 +147,22 @@ async def reserve(session: AsyncSession, *, account_id: uuid.UUID, job_id: uuid.
     return answer.balance
 
 
+def _reserve_keys(job_ids: Sequence[uuid.UUID]) -> dict[str, list[str]]:
+    return {"keys": [f"reserve:{job_id}" for job_id in job_ids]}
+
+
+@functools.cache
+def _reservations_statement() -> Select:
+    """Jobs' reservations (job id, account, amount) and how each was settled, if it was."""
+    reserve, settle = LedgerEntry.__table__.alias("reserve"), LedgerEntry.__table__.alias("settle")
+    return (
+        select(reserve.c.job_id, reserve.c.account_id, reserve.c.amount, settle.c.kind)
+        .select_from(reserve)
+        .outerjoin(settle, settle.c.idempotency_key == func.concat("settle:", reserve.c.job_id))
+        .where(reserve.c.idempotency_key == func.any(bindparam("keys", type_=ARRAY(Text()))))
+    )
+
+
 async def settle_many(session: AsyncSession, charges: Sequence[tuple[uuid.UUID, Decimal]]) -> list[Settlement | None]:
     """Settle jobs' reservations exactly once: for each (job id, charged), keep `charged` of it, give the rest back.
 
@@ -146,17 +171,14 @@ async def settle_many(session: AsyncSession, charges: Sequence[tuple[uuid.UUID, 
     time or any later time; None for a job that never reserved anything.
     """
     job_ids = [job_id for job_id, _ in charges]
-    stmt = select(LedgerEntry.job_id, LedgerEntry.account_id, LedgerEntry.amount).where(
-        LedgerEntry.idempotency_key.in_([f"reserve:{j}" for j in job_ids])
-    )
-    reservations = {job_id: (account, amount) for job_id, account, amount in await session.execute(stmt)}
+    reservations: dict[uuid.UUID, tuple[uuid.UUID, Decimal]] = {}
+    settled: dict[uuid.UUID, Settlement] = {}
+    for job_id, account_id, amount, kind in await session.execute(_reservations_statement(), _reserve_keys(job_ids)):
+        reservations[job_id] = (account_id, amount)
+        if kind is not None:
+            settled[job_id] = kind
     if not reservations:
         return [None] * len(charges)
-    await _lock_accounts(session, {account for account, _ in reservations.values()})
-    stmt = select(LedgerEntry.job_id, LedgerEntry.kind).where(
-        LedgerEntry.job_id.in_(list(reservations)), LedgerEntry.kind.in_(("commit", "release"))
-    )
-    settled: dict[uuid.UUID, Settlement] = dict((await session.execute(stmt)).all())
     rows = []
     for job_id, charged in charges:
         if job_id not in reservations or job_id in settled:
@@ -175,7 +197,19 @@ async def settle_many(session: AsyncSession, charges: Sequence[tuple[uuid.UUID, 
                 "reason": f"charged {_plain(kept)} of {_plain(held)}" if 0 < kept < held else None,
             }
         )
-    await _insert_entries(session, rows)
+    if rows:
+        # A settlement gives credits back, so it needs no account lock; its key makes it once. A concurrent
+        # settlement of the same job that got in first is read back, for the answer.
+        stmt = (
+            insert(LedgerEntry)
+            .on_conflict_do_nothing(index_elements=[LedgerEntry.idempotency_key])
+            .returning(LedgerEntry.job_id)
+        )
+        made = set((await session.execute(stmt, rows)).scalars())
+        lost = [row["job_id"] for row in rows if row["job_id"] not in made]
+        if lost:
+            for job_id, _, _, kind in await session.execute(_reservations_statement(), _reserve_keys(lost)):
+                settled[job_id] = kind
     return [settled.get(job_id) for job_id in job_ids]
 
 

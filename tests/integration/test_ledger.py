@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from decimal import Decimal
 
@@ -13,6 +14,8 @@ from sqlalchemy.exc import DBAPIError
 from daygen.errors import InsufficientCredits
 from storage import ledger
 from storage.models import LedgerEntry
+from tests.integration.test_job_lifecycle import someone_waits_for
+from tests.integration.test_shared_limits import eventually
 
 
 async def funded_account(sessions, amount: Decimal) -> uuid.UUID:
@@ -118,3 +121,27 @@ async def test_a_partial_charge_keeps_what_ran_and_gives_back_the_rest_once(sess
     async with sessions() as session:
         reason = await session.scalar(select(LedgerEntry.reason).where(LedgerEntry.idempotency_key == f"settle:{job}"))
     assert reason == "charged 1.5 of 4"
+
+
+async def test_two_settlements_of_one_job_at_once_write_one_entry_and_both_answer_with_it(sessions):
+    """Settling takes no account lock (it only gives credits back): the one that gets in second finds
+    the first's entry by its key, adds nothing, and answers with how the job was really settled."""
+    account = await funded_account(sessions, Decimal(3))
+    job = uuid.uuid4()
+    async with sessions.begin() as session:
+        await ledger.reserve(session, account_id=account, job_id=job, amount=Decimal(2))
+
+    async def release() -> str | None:
+        async with sessions.begin() as session:
+            return await ledger.settle(session, job_id=job, charged=Decimal(0))
+
+    async with sessions() as first:
+        assert await ledger.settle(first, job_id=job, charged=Decimal(2)) == "commit"
+        second = asyncio.create_task(release())
+        await eventually(functools.partial(someone_waits_for, first))
+        await first.commit()
+    assert await second == "commit"
+    assert await balance(sessions, account) == 1
+    async with sessions() as session:
+        entries = await session.scalar(select(func.count()).where(LedgerEntry.job_id == job))
+    assert entries == 2  # the reservation and one settlement

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from serve_app.live import EventHub, Listener
 from storage.events import JobEvents, LogRead, append_event
 from storage.models import Job, JobEvent
 from storage.redis import make_redis
-from tests.integration.test_job_lifecycle import make_user, queued_job
+from tests.integration.test_job_lifecycle import make_user, queued_job, someone_waits_for
+from tests.integration.test_shared_limits import eventually
 
 
 @dataclass
@@ -207,3 +209,23 @@ async def test_a_read_of_the_log_answers_a_page_at_most(sessions, live, monkeypa
     rest = await live.hub.read(LogRead(owner, job_id, first.events[-1].id))
     assert [e.type for e in first.events + rest.events] == ["job.queued"] + ["job.progress"] * 4
     assert (len(first.events), len(rest.events)) == (3, 2)
+
+
+async def test_an_owners_event_ids_commit_in_order_so_a_reader_never_finds_a_smaller_one_later(sessions):
+    """Two transactions append events of one owner: the second waits for the first to commit before
+    it draws its id, else it could commit a larger id first and a reader past it would skip the smaller."""
+    owner = await make_user(sessions)
+    first_job, second_job = await queued_job(sessions, owner), await queued_job(sessions, owner)
+
+    async def append_later() -> int:
+        async with sessions.begin() as session:
+            event = await append_event(session, job_id=second_job, owner_id=owner, type="job.progress", data={})
+            return event.id
+
+    async with sessions() as first:
+        earlier = await append_event(first, job_id=first_job, owner_id=owner, type="job.progress", data={})
+        later = asyncio.create_task(append_later())
+        await eventually(functools.partial(someone_waits_for, first))
+        assert not later.done()
+        await first.commit()
+    assert await later > earlier.id
