@@ -90,10 +90,10 @@ class JobDispatcher:
     async def _settle(self, job_id: uuid.UUID, charged: Decimal) -> Any:
         return await self._peer(LEDGER_NAME).settle.remote([(job_id, charged)])
 
-    async def _end_many(self, endings: list[tuple[job_queries.Finish, Decimal]]) -> list[list[Event] | None]:
+    async def _end_many(self, endings: list[tuple[job_queries.Finish, Decimal]]) -> list[bool]:
         return await self._peer(LEDGER_NAME).end.remote(endings)
 
-    async def _end(self, finish: job_queries.Finish, charged: Decimal) -> list[Event] | None:
+    async def _end(self, finish: job_queries.Finish, charged: Decimal) -> bool:
         return await self.ending((finish, charged))
 
     async def _publish_many(self, groups: list[tuple[Event, ...]]) -> list[None]:

@@ -21,7 +21,7 @@ from pipelines.batching import Batcher
 from pipelines.jobs import ender
 from storage import ledger
 from storage.db import make_engine, make_sessionmaker
-from storage.events import Event, JobEvents
+from storage.events import JobEvents
 from storage.jobs import Finish
 from storage.redis import make_redis
 
@@ -46,9 +46,9 @@ class UsageLedger:
         async with self.sessions.begin() as session:
             return await ledger.settle_many(session, charges)
 
-    async def end(self, endings: list[tuple[Finish, Decimal]]) -> list[list[Event] | None]:
+    async def end(self, endings: list[tuple[Finish, Decimal]]) -> list[bool]:
         """End jobs (their last step's outputs, or their failure), settle each for what it charged and
-        announce the ends; each answered with its events, or None when its attempt had lost the job."""
+        announce the ends; each answered False when its attempt had lost the job (nothing written)."""
         return list(await asyncio.gather(*(self.ending(finish, charged) for finish, charged in endings)))
 
     async def reserve(self, requests: list[ledger.Reservation]) -> list[ledger.Reserved]:

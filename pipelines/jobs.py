@@ -35,8 +35,8 @@ log = logging.getLogger("daygen.jobs")
 RunStep = Callable[[str, dict[str, Any], dict[str, Any]], Awaitable[StepOutcome]]
 Settle = Callable[[uuid.UUID, Decimal], Awaitable[Any]]
 Record = Callable[[job_queries.StepFinished], Awaitable[list[Event] | None]]
-# Ends a job, settles it and announces the end; None when the attempt had lost the job.
-End = Callable[[job_queries.Finish, Decimal], Awaitable[list[Event] | None]]
+# Ends a job, settles it and announces the end; False when the attempt had lost the job (nothing written).
+End = Callable[[job_queries.Finish, Decimal], Awaitable[bool]]
 Publish = Callable[..., Awaitable[None]]
 
 
@@ -69,15 +69,15 @@ def ender(sessions: async_sessionmaker[AsyncSession], publish: Publish) -> End:
     """`end_jobs` of whatever ended meanwhile, one transaction for them all, their events announced as
     it commits (the ledger runs one)."""
 
-    async def end_many(endings: list[tuple[job_queries.Finish, Decimal]]) -> list[list[Event] | None]:
+    async def end_many(endings: list[tuple[job_queries.Finish, Decimal]]) -> list[bool]:
         async with sessions.begin() as session:
             recorded = await end_jobs(session, endings)
         await publish(*(event for events in recorded if events for event in events))
-        return recorded
+        return [events is not None for events in recorded]  # the events stay here: not worth a trip back
 
     batch = Batcher(end_many)
 
-    async def end(finish: job_queries.Finish, charged: Decimal) -> list[Event] | None:
+    async def end(finish: job_queries.Finish, charged: Decimal) -> bool:
         return await batch((finish, charged))
 
     return end
@@ -232,15 +232,16 @@ async def execute_job(
         next_provider = steps[done + 1].provider if done + 1 < total else None
         finish = job_queries.StepFinished(claimed, done, total, assets, result, specs, next_provider)
         if done + 1 == total:
-            recorded = await end(finish, charged_for(steps, total))
+            recorded = await end(finish, charged_for(steps, total))  # which announces the events
         else:
-            recorded = await record(finish)
-        if recorded is None:
+            events = await record(finish)
+            if events is not None:
+                await publish(*events)
+            recorded = events is not None
+        if not recorded:
             log.warning("lease lost; another attempt owns the job", extra=extra)
             return None
         done += 1
-        if done < total:
-            await publish(*recorded)  # the last step's events are announced by `end`
 
     if done == total:
         status = "succeeded"
@@ -252,7 +253,7 @@ async def execute_job(
             status, code, message = "failed", outcome.error_code, outcome.error_message or ""
             data = {"status": status, "step": done, "error": {"code": code, "message": message}}
         ended = await end(job_queries.JobEnded(claimed, status, code, message, data), charged_for(steps, done))
-        if ended is None:
+        if not ended:
             log.warning("lease lost; another attempt owns the job", extra=extra)
             return None
     log.info("job finished", extra={**extra, "status": status, "error_code": outcome.error_code if outcome else None})

@@ -32,6 +32,9 @@ class RetryPolicy:
         return rng.uniform(0, min(self.cap_seconds, self.base_seconds * 2 ** (failures - 1)))
 
 
+_JITTER = random.Random()  # seeding one per call cost more than a provider call's own Python
+
+
 async def call_with_retries(
     call: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
@@ -39,7 +42,7 @@ async def call_with_retries(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: random.Random | None = None,
 ) -> T:
-    rng = rng or random.Random()
+    rng = rng or _JITTER
     failures = 0
     waited_for_limits = 0.0
     while True:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
+import os
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -200,6 +202,12 @@ class ObjectStore:
         await asyncio.to_thread(probe)
 
 
+# Temporary keys are unique by a random prefix drawn once, the process and a counter: a uuid4 each
+# (a trip to the kernel's random source) was a noticeable part of storing a provider's output.
+_TMP_PREFIX = uuid.uuid4().hex[:16]
+_tmp_numbers = itertools.count()
+
+
 class ObjectWriter:
     """Streams bytes into a temporary object, hashing and counting as they pass;
     `commit` files them under their content key, `abort` (or an error) removes them.
@@ -214,7 +222,7 @@ class ObjectWriter:
         self.store = store
         self.content_type = content_type
         self.max_bytes = max_bytes
-        self.tmp_key = f"tmp/{uuid.uuid4().hex}"
+        self.tmp_key = f"tmp/{_TMP_PREFIX}-{os.getpid()}-{next(_tmp_numbers)}"
         self.size = 0
         self._digest = hashlib.sha256()
         self._buffer = bytearray()

@@ -242,7 +242,8 @@ async def queue_jobs(
                     except (Replayed, DaygenError) as exc:
                         answers[answers.index(job.id)] = exc
     finally:
-        lost = [(job.id, Decimal(0)) for job in new if job not in inserted]
+        kept = {job.id for job in inserted}
+        lost = [(job.id, Decimal(0)) for job in new if job.id not in kept]
         if lost:
             await services.ledger.settle.remote(lost)
     await services.events.publish(*events)
