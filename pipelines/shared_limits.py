@@ -80,16 +80,40 @@ redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
 return 1
 """
 
-# KEYS: holders, waiters, waiter leases, places. ARGV: token, doorbell channel.
-# Rings only when something changed for waiters: places came free or the head of the line left.
-_RELEASE = """
-local held = redis.call('ZREM', KEYS[1], ARGV[1])
-local rank = redis.call('ZRANK', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-if held == 1 or rank == 0 then redis.call('PUBLISH', ARGV[2], 'released') end
-return held
+# KEYS: holders, waiters, waiter leases, places. ARGV: token, doorbell channel, capacity, lease ms.
+# When places came free or the head of the line left, grants the waiters what now fits, in line order
+# and by the rule of _ACQUIRE (the head's places are kept for it), and rings with their tokens.
+# Reply: the tokens granted.
+_RELEASE = f"""
+local holders, waiters, leases, places = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local token, capacity, lease = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
+local held = redis.call('ZREM', holders, token)
+local rank = redis.call('ZRANK', waiters, token)
+redis.call('ZREM', waiters, token)
+redis.call('ZREM', leases, token)
+redis.call('HDEL', places, token)
+if held == 0 and rank ~= 0 then return {{}} end
+{_NOW_MS}
+local used = 0
+for _, holder in ipairs(redis.call('ZRANGE', holders, 0, -1)) do
+  used = used + tonumber(redis.call('HGET', places, holder) or 0)
+end
+local reserved = nil
+local granted = {{}}
+for _, waiter in ipairs(redis.call('ZRANGE', waiters, 0, -1)) do
+  local want = tonumber(redis.call('HGET', places, waiter) or 0)
+  if used + (reserved or 0) + want <= capacity then
+    redis.call('ZREM', waiters, waiter)
+    redis.call('ZREM', leases, waiter)
+    redis.call('ZADD', holders, now + lease, waiter)
+    used = used + want
+    granted[#granted + 1] = waiter
+  elseif not reserved then
+    reserved = want
+  end
+end
+if #granted > 0 then redis.call('PUBLISH', ARGV[2], 'granted ' .. table.concat(granted, ' ')) end
+return granted
 """
 
 
@@ -99,7 +123,10 @@ class SharedInFlightLimiter:
     Holders are leases renewed while held, so the places of a killed process come back when its lease
     runs out. Waiters stand in line; the first in line reserves its places, so a stream of small
     requests cannot starve a big one, and smaller ones may still fill the room left after that reservation.
-    Waiters sleep on a pub/sub doorbell that releases ring, with a timeout to notice expired leases.
+    A release hands the places it frees to the waiters they fit, in line, inside its script, and rings
+    a pub/sub doorbell with their tokens: only those wake, and they need no further call (when every
+    waiter woke to try again, each release cost a script call per waiter and the hand-over took that
+    long). Waiters also look again after a timeout, to notice expired leases and a missed ring.
     Every instance sharing a key must use the same capacity.
     """
 
@@ -121,9 +148,10 @@ class SharedInFlightLimiter:
         self._acquire_script = redis.register_script(_ACQUIRE)
         self._renew_script = redis.register_script(_RENEW)
         self._release_script = redis.register_script(_RELEASE)
-        # A fresh event per ring: a waiter keeps the one it saw before trying, so a ring that
-        # arrives between its failed try and its wait is not lost.
-        self._bell = asyncio.Event()
+        # This instance's waiters by token: each is woken when its token is granted (`granted`), or
+        # when all must look again (expired leases, a lost doorbell).
+        self._waiting: dict[str, asyncio.Event] = {}
+        self._granted: set[str] = set()
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
         self._subscribing = asyncio.Lock()
@@ -159,23 +187,35 @@ class SharedInFlightLimiter:
     async def _acquire(self, token: str, places: int) -> None:
         await self._listen()
         patience = self.lease_seconds / 4
-        while True:
-            bell = self._bell
-            granted, next_expiry_ms = await self._acquire_script(
-                keys=self._keys, args=[token, places, self.capacity, self._lease_ms, self.doorbell_channel]
-            )
-            if granted:
-                return
-            timeout = patience if next_expiry_ms < 0 else min(patience, next_expiry_ms / 1000 + 0.005)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(bell.wait(), timeout)
+        woken = self._waiting[token] = asyncio.Event()
+        try:
+            while True:
+                woken.clear()  # before trying: a ring that arrives during the try is kept
+                got, next_expiry_ms = await self._acquire_script(
+                    keys=self._keys, args=[token, places, self.capacity, self._lease_ms, self.doorbell_channel]
+                )
+                if got or token in self._granted:
+                    return
+                timeout = patience if next_expiry_ms < 0 else min(patience, next_expiry_ms / 1000 + 0.005)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await woken.wait()
+                if token in self._granted:
+                    return
+        finally:
+            del self._waiting[token]
+            self._granted.discard(token)
 
     async def _release(self, token: str) -> None:
         try:
-            await self._release_script(keys=self._keys, args=[token, self.doorbell_channel])
+            granted = await self._release_script(
+                keys=self._keys, args=[token, self.doorbell_channel, self.capacity, self._lease_ms]
+            )
         except RedisError:
             log.warning("could not release in-flight places; their lease will free them", exc_info=True)
-        self._ring()
+            self._wake_all()
+            return
+        self._grant([t.decode() if isinstance(t, bytes) else t for t in granted])  # ours, before the ring arrives
 
     async def _keep_leased(self, token: str) -> None:
         while True:
@@ -200,18 +240,31 @@ class SharedInFlightLimiter:
     async def _forward_rings(self, pubsub: PubSub) -> None:
         while True:
             try:
-                async for _ in pubsub.listen():
-                    self._ring()
+                async for message in pubsub.listen():
+                    data = message["data"]
+                    kind, *tokens = (data.decode() if isinstance(data, bytes) else str(data)).split()
+                    if kind == "granted":
+                        self._grant(tokens)
+                    else:  # leases ran out: places may be free for anyone
+                        self._wake_all()
                 return
             except RedisError:
                 log.warning("lost the in-flight doorbell; waiters fall back to their timeout", exc_info=True)
                 await asyncio.sleep(1.0)
                 # Rings may have been missed while disconnected.
-                self._ring()
+                self._wake_all()
 
-    def _ring(self) -> None:
-        self._bell.set()
-        self._bell = asyncio.Event()
+    def _grant(self, tokens: list[str]) -> None:
+        """Wake this instance's waiters among `tokens`: they hold their places now."""
+        for token in tokens:
+            woken = self._waiting.get(token)
+            if woken is not None:
+                self._granted.add(token)
+                woken.set()
+
+    def _wake_all(self) -> None:
+        for woken in self._waiting.values():
+            woken.set()
 
 
 # KEYS: theoretical arrival time (TAT, µs), and optionally the pool's pause. ARGV: emission interval µs,
