@@ -4,12 +4,13 @@ The promise of the job engine is that no job is lost and none is charged twice, 
 meanwhile. This drives the engine through the public API on its own stack (as bench/job_engine.py
 does) and checks that promise at a scale the tests don't reach: 1,000 two-step chains
 (`qwen.generate` on the fake DashScope, answering in 150 ms, then `offline.describe` of its image)
-from 10 users in batches of 100; as soon as they are in, 100 of them are canceled and one pool
-actor of each provider is `ray.kill`ed (Ray restarts it). Afterwards every job must have ended
+from 10 users in batches of 100; as soon as they are in, 100 of them are canceled and actors are
+`ray.kill`ed (Ray restarts them): by default one pool actor of each of the two providers, with
+`--kill` also (or instead) the dispatcher and the ledger. Afterwards every job must have ended
 exactly once (one terminal event), and its credits must be settled exactly once, for the steps
 that ran: 1.5 for a success, 1 for a job canceled after its first step, 0 before it.
 
-    .venv/bin/python bench/chaos.py [--jobs 1000] [--cancels 100]
+    .venv/bin/python bench/chaos.py [--jobs 1000] [--cancels 100] [--kill pools dispatcher ledger]
 
 Prints the time until every job ended and what broke; exits 1 when anything did.
 """
@@ -31,6 +32,8 @@ import ray
 from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from actors.dispatcher import DISPATCHER_NAME  # noqa: E402
+from actors.ledger import LEDGER_NAME  # noqa: E402
 from actors.pools import pool_name  # noqa: E402
 from bench.job_engine import POOLS, TERMINAL, Stack, running_stack  # noqa: E402
 from daygen.runtime import RAY_NAMESPACE  # noqa: E402
@@ -55,7 +58,17 @@ async def ended(client: httpx.AsyncClient, job_id: str, headers: dict) -> str:
             return status
 
 
-async def chaos(stack: Stack, jobs: int, cancels: int) -> list[str]:
+def victims(kill: list[str]) -> list[str]:
+    """The names of the actors `--kill` chose."""
+    names = {
+        "pools": [pool_name("qwen", 0), pool_name("offline", 0)],
+        "dispatcher": [DISPATCHER_NAME],
+        "ledger": [LEDGER_NAME],
+    }
+    return [name for choice in kill for name in names[choice]]
+
+
+async def chaos(stack: Stack, jobs: int, cancels: int, kill: list[str]) -> list[str]:
     stack.dashscope.set_latency(0.15)
     users = await stack.users(USERS, jobs)
     owner_of: dict[str, dict] = {}
@@ -72,14 +85,14 @@ async def chaos(stack: Stack, jobs: int, cancels: int) -> list[str]:
         await asyncio.gather(*(submit(headers, jobs // USERS) for _, headers in users))
         chosen = random.sample(sorted(owner_of), cancels)
         answers = await asyncio.gather(*(client.post(f"/v1/jobs/{j}/cancel", headers=owner_of[j]) for j in chosen))
-        for provider in ("qwen", "offline"):
-            ray.kill(ray.get_actor(pool_name(provider, 0), namespace=RAY_NAMESPACE), no_restart=False)
+        for name in victims(kill):
+            ray.kill(ray.get_actor(name, namespace=RAY_NAMESPACE), no_restart=False)
         statuses = await asyncio.gather(*(ended(client, j, h) for j, h in owner_of.items()))
         elapsed = time.perf_counter() - started
     counts = {s: statuses.count(s) for s in sorted(set(statuses))}
     print(
-        f"{len(owner_of)} chains, {cancels} canceled ({sorted({a.status_code for a in answers})}), a qwen and an "
-        f"offline pool actor killed: all ended in {elapsed:.1f} s: {counts}"
+        f"{len(owner_of)} chains, {cancels} canceled ({sorted({a.status_code for a in answers})}), "
+        f"killed {', '.join(victims(kill))}: all ended in {elapsed:.1f} s: {counts}"
     )
     return await violations(stack, [uuid.UUID(j) for j in owner_of])
 
@@ -114,9 +127,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--cancels", type=int, default=100)
+    parser.add_argument("--kill", nargs="+", default=["pools"], choices=["pools", "dispatcher", "ledger"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dgb-") as tmp, running_stack(Path(tmp), POOLS, None) as stack:
-        found = asyncio.run(chaos(stack, args.jobs, args.cancels))
+        found = asyncio.run(chaos(stack, args.jobs, args.cancels, args.kill))
     print(f"ended more or less than once, or charged wrongly: {len(found)}", *found[:10], sep="\n  ")
     sys.exit(1 if found else 0)
 

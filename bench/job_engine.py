@@ -215,7 +215,7 @@ async def ping_rate(base: str, clients: int, seconds: float) -> float:
 
 
 async def throughput(stack: Stack, clients: int, total: int, batch: int) -> None:
-    users = await stack.users(clients, total // clients + batch + 10)
+    users = await stack.users(clients, total + batch)  # the clients share the jobs, not always evenly
     sockets = [await Ends.open(stack.ws(token)) for token, _ in users]
     left = total
     times: list[float] = []
