@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -24,14 +23,10 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-FAKE = """
-import sys
-from tests.fakes.dashscope import FakeDashScope
-fake = FakeDashScope()
-print(fake.start(), fake.api_key, flush=True)
-sys.stdin.read()
-fake.stop()
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.fakes.dashscope import in_a_process as dashscope_in_a_process  # noqa: E402
+
 PATH = "/services/aigc/multimodal-generation/generation"
 BODY = {
     "model": "qwen-image",
@@ -88,20 +83,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
     args = parser.parse_args()
-    root = Path(__file__).resolve().parents[1]
-    fake = subprocess.Popen(
-        [sys.executable, "-c", FAKE], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert fake.stdout is not None
-        base_url, api_key = fake.stdout.readline().split()
+    with dashscope_in_a_process() as (base_url, api_key):
         for _ in range(2):
             asyncio.run(through_httpx(base_url, f"Bearer {api_key}", args.pairs, args.concurrency))
             asyncio.run(through_aiohttp(base_url, f"Bearer {api_key}", args.pairs, args.concurrency))
-    finally:
-        if fake.stdin is not None:
-            fake.stdin.close()
-        fake.wait(timeout=30)
 
 
 if __name__ == "__main__":

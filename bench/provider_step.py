@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,15 +29,8 @@ from daygen.settings import Settings  # noqa: E402
 from pipelines.pool_config import ProviderPools  # noqa: E402
 from pipelines.steps import RunningSteps, StepCall, StepContext  # noqa: E402
 from tests.conftest import service_urls  # noqa: E402
+from tests.fakes.dashscope import in_a_process as dashscope_in_a_process  # noqa: E402
 
-FAKE = """
-import sys
-from tests.fakes.dashscope import FakeDashScope
-fake = FakeDashScope()
-print(fake.start(), fake.api_key, flush=True)
-sys.stdin.read()
-fake.stop()
-"""
 PARAMS = {"prompt": "a benchmark", "size": "1328*1328", "seed": 7}
 
 
@@ -76,32 +68,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
     args = parser.parse_args()
-    root = Path(__file__).resolve().parents[1]
-    fake = subprocess.Popen(
-        [sys.executable, "-c", FAKE], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert fake.stdout is not None
-        base_url, api_key = fake.stdout.readline().split()
-        with tempfile.TemporaryDirectory(prefix="dgb-") as tmp, service_urls(Path(tmp)) as (_, redis_url):
-            pools = ProviderPools.model_validate(
-                {"pools": {"qwen": {"actors": 1, "max_running_jobs": args.concurrency, "requests_per_minute": 10**8}}}
-            )
-            settings = Settings(
-                _env_file=None,
-                home=Path(tmp),
-                redis_url=redis_url,
-                redis_namespace=f"daygen-bench-{secrets.token_hex(4)}",
-                storage_url=f"file://{Path(tmp) / 'objects'}",
-                dashscope_base_url=base_url,
-                dashscope_api_key=api_key,
-                log_level="WARNING",
-            )
-            asyncio.run(run(settings, pools, args.steps, args.concurrency))
-    finally:
-        if fake.stdin is not None:
-            fake.stdin.close()
-        fake.wait(timeout=30)
+    with (
+        dashscope_in_a_process() as (base_url, api_key),
+        tempfile.TemporaryDirectory(prefix="dgb-") as tmp,
+        service_urls(Path(tmp)) as (_, redis_url),
+    ):
+        pools = ProviderPools.model_validate(
+            {"pools": {"qwen": {"actors": 1, "max_running_jobs": args.concurrency, "requests_per_minute": 10**8}}}
+        )
+        settings = Settings(
+            _env_file=None,
+            home=Path(tmp),
+            redis_url=redis_url,
+            redis_namespace=f"daygen-bench-{secrets.token_hex(4)}",
+            storage_url=f"file://{Path(tmp) / 'objects'}",
+            dashscope_base_url=base_url,
+            dashscope_api_key=api_key,
+            log_level="WARNING",
+        )
+        asyncio.run(run(settings, pools, args.steps, args.concurrency))
 
 
 if __name__ == "__main__":

@@ -86,20 +86,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import ipaddress
 import json
 import math
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -797,3 +801,25 @@ def _solid_png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, colour).save(out, "PNG")
     return out.getvalue()
+
+
+@contextlib.contextmanager
+def in_a_process() -> Iterator[tuple[str, str]]:
+    """A default FakeDashScope in a process of its own, as (base URL, API key): for benchmarks that
+    measure their own process's CPU, which a fake in the same process would add to."""
+    code = (
+        "import sys\nfrom tests.fakes.dashscope import FakeDashScope\nfake = FakeDashScope()\n"
+        "print(fake.start(), fake.api_key, flush=True)\nsys.stdin.read()\nfake.stop()\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        base_url, api_key = process.stdout.readline().split()
+        yield base_url, api_key
+    finally:
+        if process.stdin is not None:
+            process.stdin.close()  # the fake stops at the end of its input
+        process.wait(timeout=30)
