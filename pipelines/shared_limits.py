@@ -26,6 +26,12 @@ log = logging.getLogger("daygen.shared_limits")
 # Milliseconds of the Redis clock, exact in a Lua double until the year 2286.
 _NOW_MS = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
 
+# The places the holders (KEYS[1]) hold, from the places hash (KEYS[4]), as `used`.
+_USED = """local used = 0
+for _, holder in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  used = used + tonumber(redis.call('HGET', KEYS[4], holder) or 0)
+end"""
+
 # KEYS: holders (zset token -> lease end), waiters (zset token -> arrival), waiter leases (zset token -> lease end),
 # places (hash token -> places). ARGV: token, places, capacity, lease ms, doorbell channel.
 # Reply: {1, 0} when granted, else {0, ms until the next lease runs out or -1}.
@@ -47,10 +53,7 @@ for _, gone in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now)) do
 end
 if freed then redis.call('PUBLISH', ARGV[5], 'expired') end
 if redis.call('ZSCORE', holders, token) then return {{1, 0}} end
-local used = 0
-for _, holder in ipairs(redis.call('ZRANGE', holders, 0, -1)) do
-  used = used + tonumber(redis.call('HGET', places, holder) or 0)
-end
+{_USED}
 local reserved = 0
 local head = redis.call('ZRANGE', waiters, 0, 0)[1]
 if head and head ~= token then reserved = tonumber(redis.call('HGET', places, head) or 0) end
@@ -94,10 +97,7 @@ redis.call('ZREM', leases, token)
 redis.call('HDEL', places, token)
 if held == 0 and rank ~= 0 then return {{}} end
 {_NOW_MS}
-local used = 0
-for _, holder in ipairs(redis.call('ZRANGE', holders, 0, -1)) do
-  used = used + tonumber(redis.call('HGET', places, holder) or 0)
-end
+{_USED}
 local reserved = nil
 local granted = {{}}
 for _, waiter in ipairs(redis.call('ZRANGE', waiters, 0, -1)) do
@@ -215,7 +215,7 @@ class SharedInFlightLimiter:
             log.warning("could not release in-flight places; their lease will free them", exc_info=True)
             self._wake_all()
             return
-        self._grant([t.decode() if isinstance(t, bytes) else t for t in granted])  # ours, before the ring arrives
+        self._grant([t.decode() for t in granted])  # ours, before the ring arrives
 
     async def _keep_leased(self, token: str) -> None:
         while True:
@@ -241,8 +241,7 @@ class SharedInFlightLimiter:
         while True:
             try:
                 async for message in pubsub.listen():
-                    data = message["data"]
-                    kind, *tokens = (data.decode() if isinstance(data, bytes) else str(data)).split()
+                    kind, *tokens = message["data"].decode().split()
                     if kind == "granted":
                         self._grant(tokens)
                     else:  # leases ran out: places may be free for anyone
