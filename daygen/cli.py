@@ -27,7 +27,7 @@ def cmd_up(settings: Settings) -> int:
     import ray
 
     from daygen.runtime import PortInUse, check_port_free, deploy, start_ray
-    from storage.migrate import upgrade_to_head
+    from storage.migrate import migrate_to
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -38,7 +38,7 @@ def cmd_up(settings: Settings) -> int:
             check_port_free(settings.host, settings.port)
             settings = resolve(settings, stack)
             print("daygen: running database migrations", flush=True)
-            upgrade_to_head(settings.database_url)
+            migrate_to(settings.database_url)
             print("daygen: starting Ray and the Serve app (about 15 s)", flush=True)
             stack.callback(shutil.rmtree, ray_dir, True)
             context = start_ray(temp_dir=ray_dir, dashboard=settings.ray_dashboard)
@@ -63,14 +63,14 @@ def cmd_up(settings: Settings) -> int:
 
 
 def cmd_migrate(settings: Settings) -> int:
-    from storage.migrate import upgrade_to_head
+    from storage.migrate import migrate_to
 
     with contextlib.ExitStack() as stack:
         try:
             settings = resolve(settings, stack, need_redis=False)
         except ConfigError as exc:
             return _fail(str(exc))
-        upgrade_to_head(settings.database_url)
+        migrate_to(settings.database_url)
     print("daygen: database is at the latest migration")
     return 0
 
@@ -80,7 +80,7 @@ def cmd_user_create(settings: Settings, email: str, password: str, admin: bool) 
     from serve_app.schemas import SignupIn
     from serve_app.security import hash_password
     from storage.db import make_engine, make_sessionmaker
-    from storage.migrate import upgrade_to_head
+    from storage.migrate import migrate_to
     from storage.users import create_user
 
     try:
@@ -109,7 +109,7 @@ def cmd_user_create(settings: Settings, email: str, password: str, admin: bool) 
             settings = resolve(settings, stack, need_redis=False)
         except ConfigError as exc:
             return _fail(str(exc))
-        upgrade_to_head(settings.database_url)
+        migrate_to(settings.database_url)
         try:
             user_id = asyncio.run(create(settings.database_url))
         except EmailTaken as exc:

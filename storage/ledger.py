@@ -1,7 +1,9 @@
-"""Credit ledger queries: balances are sums of append-only entries.
+"""Credit ledger queries: append-only entries, and each account's running balance beside them.
 
-A per-account advisory lock serialises debits, so two reservations can never both spend
-the last credit, whichever process makes them.
+The database adds every new entry to its account's balance row in the entry's own transaction
+(migration 0007), so a balance is always the sum of its entries, however they were added. A
+reservation locks the balance rows it reads until it commits, so two reservations can never both
+spend the last credit, whichever process makes them.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from sqlalchemy import Select, Text, bindparam, cast, func, select, text
+from sqlalchemy import Insert, Select, Text, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from daygen.errors import InsufficientCredits
-from storage.models import Job, LedgerEntry
+from storage.db import unnest_rows
+from storage.models import Credits, Job, LedgerBalance, LedgerEntry
 
 Settlement = Literal["commit", "release"]
 
@@ -52,22 +55,40 @@ async def append_entry(
 
 
 async def balance(session: AsyncSession, account_id: uuid.UUID) -> Decimal:
-    stmt = select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(LedgerEntry.account_id == account_id)
-    return Decimal((await session.execute(stmt)).scalar_one())
+    stmt = select(LedgerBalance.balance).where(LedgerBalance.account_id == account_id)
+    return (await session.execute(stmt)).scalar_one_or_none() or Decimal(0)
 
 
-async def _lock_accounts(session: AsyncSession, accounts: set[uuid.UUID]) -> None:
-    """Per-account locks until commit, taken in one order (sorted) so two writers can't deadlock."""
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(CAST(:keys AS text[])) AS k"),
-        {"keys": sorted(str(a) for a in accounts)},
+_ENTRY_COLUMNS = [
+    ("account_id", PgUUID(as_uuid=True)),
+    ("kind", Text()),
+    ("amount", Credits),
+    ("job_id", PgUUID(as_uuid=True)),
+    ("idempotency_key", Text()),
+    ("reason", Text()),
+]
+
+
+@functools.cache
+def _insert_entries_statement() -> Insert:
+    """New entries (one array parameter per column) in one statement, so their balances are updated
+    once; each key is added once, and the keys added are answered."""
+    rows = unnest_rows("new", _ENTRY_COLUMNS)
+    names = [name for name, _ in _ENTRY_COLUMNS]
+    table = LedgerEntry.__table__
+    return (
+        insert(table)
+        .from_select(names, select(*(rows.c[name] for name in names)))
+        .on_conflict_do_nothing(index_elements=[table.c.idempotency_key])
+        .returning(table.c.idempotency_key)
     )
 
 
-async def _insert_entries(session: AsyncSession, rows: list[dict]) -> None:
-    if rows:
-        stmt = insert(LedgerEntry).on_conflict_do_nothing(index_elements=[LedgerEntry.idempotency_key])
-        await session.execute(stmt, rows)
+async def _insert_entries(session: AsyncSession, rows: list[dict]) -> set[str]:
+    if not rows:
+        return set()
+    params = {name: [row[name] for row in rows] for name, _ in _ENTRY_COLUMNS}
+    return set((await session.execute(_insert_entries_statement(), params)).scalars())
 
 
 @dataclass(frozen=True)
@@ -86,14 +107,22 @@ class Reserved:
 
 
 @functools.cache
-def _balances_statement() -> Select:
-    """Each account's balance, and which of the reservation keys it holds already."""
-    keys = bindparam("keys", type_=ARRAY(Text()))
-    repeated = func.array_agg(LedgerEntry.idempotency_key).filter(LedgerEntry.idempotency_key == func.any(keys))
+def _locked_balances_statement() -> Select:
+    """The accounts' balances, each row locked until commit, in one order (sorted) so two writers can't
+    deadlock. A row another transaction changed meanwhile is read as that one committed it."""
+    accounts = bindparam("accounts", type_=ARRAY(PgUUID(as_uuid=True)))
     return (
-        select(LedgerEntry.account_id, func.sum(LedgerEntry.amount), func.coalesce(repeated, cast([], ARRAY(Text()))))
-        .where(LedgerEntry.account_id == func.any(bindparam("accounts", type_=ARRAY(PgUUID(as_uuid=True)))))
-        .group_by(LedgerEntry.account_id)
+        select(LedgerBalance.account_id, LedgerBalance.balance)
+        .where(LedgerBalance.account_id == func.any(accounts))
+        .order_by(LedgerBalance.account_id)
+        .with_for_update()
+    )
+
+
+@functools.cache
+def _entries_made_statement() -> Select:
+    return select(LedgerEntry.idempotency_key).where(
+        LedgerEntry.idempotency_key == func.any(bindparam("keys", type_=ARRAY(Text())))
     )
 
 
@@ -103,15 +132,11 @@ async def reserve_many(session: AsyncSession, requests: Sequence[Reservation]) -
     Idempotent on the job id: a reservation made before is answered accepted and holds nothing more.
     """
     accounts = {r.account_id for r in requests}
-    await _lock_accounts(session, accounts)  # before the balances are read: a statement sees what committed before it
-    keys = [f"reserve:{r.job_id}" for r in requests]
     balances: dict[uuid.UUID, Decimal] = {a: Decimal(0) for a in accounts}
-    held: set[str] = set()
-    for account_id, total, repeated in await session.execute(
-        _balances_statement(), {"accounts": list(accounts), "keys": keys}
-    ):
-        balances[account_id] = total
-        held.update(repeated)
+    balances.update((await session.execute(_locked_balances_statement(), {"accounts": list(accounts)})).tuples().all())
+    keys = [f"reserve:{r.job_id}" for r in requests]
+    # Read after the lock, so a repeat of a reservation that was being made meanwhile is seen.
+    held = set((await session.execute(_entries_made_statement(), {"keys": keys})).scalars())
     rows, answers = [], []
     for request, key in zip(requests, keys, strict=True):
         current = balances[request.account_id]
@@ -198,15 +223,11 @@ async def settle_many(session: AsyncSession, charges: Sequence[tuple[uuid.UUID, 
             }
         )
     if rows:
-        # A settlement gives credits back, so it needs no account lock; its key makes it once. A concurrent
-        # settlement of the same job that got in first is read back, for the answer.
-        stmt = (
-            insert(LedgerEntry)
-            .on_conflict_do_nothing(index_elements=[LedgerEntry.idempotency_key])
-            .returning(LedgerEntry.job_id)
-        )
-        made = set((await session.execute(stmt, rows)).scalars())
-        lost = [row["job_id"] for row in rows if row["job_id"] not in made]
+        # A settlement gives credits back, so it reads no balance; its key makes it once (the balance rows
+        # are locked only as its entries are added to them). A concurrent settlement of the same job
+        # that got in first is read back, for the answer.
+        made = await _insert_entries(session, rows)
+        lost = [row["job_id"] for row in rows if row["idempotency_key"] not in made]
         if lost:
             for job_id, _, _, kind in await session.execute(_reservations_statement(), _reserve_keys(lost)):
                 settled[job_id] = kind

@@ -17,5 +17,6 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade_to_head(database_url: str) -> None:
-    command.upgrade(alembic_config(database_url), "head")
+def migrate_to(database_url: str, revision: str = "head") -> None:
+    """Migrate to the newest schema, or (to test a migration) to an earlier `revision`."""
+    command.upgrade(alembic_config(database_url), revision)

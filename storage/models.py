@@ -160,7 +160,7 @@ class Asset(Base):
 
 
 class LedgerEntry(Base):
-    """Append-only: balances are sums of entries; rows are never updated or deleted."""
+    """Append-only: rows are never updated or deleted, and a balance is the sum of its account's entries."""
 
     __tablename__ = "ledger_entries"
     __table_args__ = (
@@ -177,6 +177,17 @@ class LedgerEntry(Base):
     idempotency_key: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
+
+
+class LedgerBalance(Base):
+    """An account's running balance: the database adds each new entry to it in the entry's own
+    transaction (a trigger, migration 0007), so a reservation reads one row, not the account's history."""
+
+    __tablename__ = "ledger_balances"
+
+    account_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    balance: Mapped[Decimal] = mapped_column(Credits, nullable=False)
+    updated_at: Mapped[datetime] = _now()
 
 
 class JobEvent(Base):

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from daygen import embedded
 from daygen.settings import Settings
 from storage.db import make_engine, make_sessionmaker
-from storage.migrate import upgrade_to_head
+from storage.migrate import migrate_to
 from tests.fakes.dashscope import FakeDashScope
 from tests.fakes.ideogram import FakeIdeogram
 from tests.inline_images import refuse_inline_images
@@ -73,8 +73,8 @@ def _plain(url: str) -> str:
 
 
 @contextlib.contextmanager
-def private_database(admin_url: str) -> Iterator[str]:
-    """A fresh database migrated to head, dropped afterwards."""
+def private_database(admin_url: str, revision: str = "head") -> Iterator[str]:
+    """A fresh database migrated to head (or to `revision`), dropped afterwards."""
     admin_url = _plain(admin_url)
     name = f"daygen_test_{secrets.token_hex(6)}"
 
@@ -88,7 +88,7 @@ def private_database(admin_url: str) -> Iterator[str]:
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     try:
         url = f"{admin_url.rpartition('/')[0]}/{name}"
-        upgrade_to_head(Settings(database_url=url).database_url)
+        migrate_to(Settings(database_url=url).database_url, revision)
         yield url
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

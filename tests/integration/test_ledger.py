@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import uuid
 from decimal import Decimal
 
@@ -145,3 +146,58 @@ async def test_two_settlements_of_one_job_at_once_write_one_entry_and_both_answe
     async with sessions() as session:
         entries = await session.scalar(select(func.count()).where(LedgerEntry.job_id == job))
     assert entries == 2  # the reservation and one settlement
+
+
+async def sum_of_entries(sessions, account: uuid.UUID) -> Decimal:
+    async with sessions() as session:
+        total = await session.scalar(select(func.sum(LedgerEntry.amount)).where(LedgerEntry.account_id == account))
+    return total or Decimal(0)
+
+
+async def test_balances_stay_the_sums_of_their_entries_while_reservations_settlements_and_grants_race(sessions):
+    """Batches over several accounts in every order at once: each balance is still the sum of its
+    entries, none went below zero, and no two writers deadlocked (that would raise here)."""
+    accounts = [await funded_account(sessions, Decimal(30)) for _ in range(3)]
+    rng = random.Random(7)
+    reserved: list[uuid.UUID] = []
+
+    async def reserve_batch() -> None:
+        batch = [
+            ledger.Reservation(rng.choice(accounts), uuid.uuid4(), rng.choice([Decimal(1), Decimal(2), Decimal("0.5")]))
+            for _ in range(6)
+        ]
+        async with sessions.begin() as session:
+            answers = await ledger.reserve_many(session, batch)
+        reserved.extend(r.job_id for r, answer in zip(batch, answers, strict=True) if answer.accepted)
+
+    async def settle_batch(jobs: list[uuid.UUID]) -> None:
+        async with sessions.begin() as session:
+            await ledger.settle_many(session, [(job, rng.choice([Decimal(0), Decimal(1)])) for job in jobs])
+
+    async def grant(account: uuid.UUID) -> None:
+        async with sessions.begin() as session:
+            await ledger.append_entry(
+                session, account_id=account, kind="grant", amount=Decimal(3), idempotency_key=f"grant:{uuid.uuid4()}"
+            )
+
+    await asyncio.gather(*(reserve_batch() for _ in range(12)))
+    earlier = list(reserved)
+    rng.shuffle(earlier)
+    await asyncio.gather(
+        *(settle_batch(earlier[i : i + 5]) for i in range(0, len(earlier), 5)),
+        *(reserve_batch() for _ in range(12)),
+        *(grant(account) for account in accounts * 2),
+    )
+    assert len(reserved) > len(earlier) > 0
+    for account in accounts:
+        assert await balance(sessions, account) == await sum_of_entries(sessions, account)
+        assert await balance(sessions, account) >= 0
+
+
+async def test_an_account_with_no_entries_has_a_balance_of_zero_and_can_reserve_nothing(sessions):
+    account = uuid.uuid4()
+    assert await balance(sessions, account) == 0
+    async with sessions.begin() as session:
+        with pytest.raises(InsufficientCredits):
+            await ledger.reserve(session, account_id=account, job_id=uuid.uuid4(), amount=Decimal("0.5"))
+    assert await sum_of_entries(sessions, account) == 0
