@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Integer,
     Interval,
@@ -33,12 +34,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.expression import Select, TableValuedAlias, Update
+from sqlalchemy.sql.expression import Insert, Select, TableValuedAlias, Update
 from sqlalchemy.types import TypeEngine
 
 from storage.db import unnest_rows
 from storage.events import Event, NewEvent, append_events
-from storage.models import Asset, Job
+from storage.models import Asset, Credits, Job
 
 TERMINAL = ("succeeded", "failed", "canceled")
 # NOTIFY'd by every transaction that queues jobs: the dispatcher listens, so it claims as they commit.
@@ -87,14 +88,39 @@ def _notify_statement() -> Select:
     return select(func.pg_notify(QUEUED_CHANNEL, providers.c.provider))
 
 
+_NEW_JOB: list[tuple[str, TypeEngine]] = [
+    ("id", PgUUID(as_uuid=True)),
+    ("owner_id", PgUUID(as_uuid=True)),
+    ("operation", Text()),
+    ("provider", Text()),
+    ("params", JSONB()),
+    ("cost", Credits),
+    ("inputs", JSONB()),
+    ("idempotency_key", Text()),
+    ("request_hash", Text()),
+    ("webhook_url", Text()),
+]
+
+
+@functools.cache
+def _insert_jobs_statement() -> Insert:
+    """New jobs (one array parameter per field of NewJob), queued: one statement for any number."""
+    rows = unnest_rows("new", _NEW_JOB)
+    names = [name for name, _ in _NEW_JOB]
+    queued = {"status": literal("queued"), "progress": literal(0), "steps_done": literal(0), "attempt": literal(0)}
+    return insert(Job.__table__).from_select(
+        [*names, *queued], select(*(rows.c[name] for name in names), *(v.label(k) for k, v in queued.items()))
+    )
+
+
 async def insert_jobs(session: AsyncSession, jobs: Sequence[NewJob]) -> list[Event]:
     """The job rows and their `job.queued` events, in one transaction; the events in the jobs' order.
 
     A repeated Idempotency-Key raises IntegrityError and inserts nothing. The rows' server
     defaults, such as `created_at`, are not read back.
     """
-    rows = [{**vars(job), "status": "queued"} for job in jobs]
-    await session.execute(insert(Job.__table__), rows)
+    columns = {name: [getattr(job, name) for job in jobs] for name, _ in _NEW_JOB}
+    await session.execute(_insert_jobs_statement(), columns)
     queued = [NewEvent(job.id, job.owner_id, "job.queued", {"status": "queued"}) for job in jobs]
     events = await append_events(session, queued)
     providers = sorted({job.provider for job in jobs})  # the dispatcher claims for these
@@ -360,6 +386,28 @@ def _ended_jobs() -> _Fenced:
     return fenced._replace(update=stmt)
 
 
+_NEW_ASSET: list[tuple[str, TypeEngine]] = [
+    ("id", PgUUID(as_uuid=True)),
+    ("owner_id", PgUUID(as_uuid=True)),
+    ("key", Text()),
+    ("sha256", Text()),
+    ("size", BigInteger()),
+    ("content_type", Text()),
+    ("width", Integer()),
+    ("height", Integer()),
+    ("source", Text()),
+    ("job_id", PgUUID(as_uuid=True)),
+]
+
+
+@functools.cache
+def _insert_assets_statement() -> Insert:
+    """Steps' output assets (one array parameter per column): one statement for any number."""
+    rows = unnest_rows("new", _NEW_ASSET)
+    names = [name for name, _ in _NEW_ASSET]
+    return insert(Asset.__table__).from_select(names, select(*(rows.c[name] for name in names)))
+
+
 async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> list[list[Event] | None]:
     """Record ended steps and jobs, many at once, inside the caller's transaction; each answered with
     its events.
@@ -386,7 +434,8 @@ async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> 
         for a in f.assets
     ]
     if assets:
-        await session.execute(insert(Asset.__table__), assets)
+        columns = {name: [asset[name] for asset in assets] for name, _ in _NEW_ASSET}
+        await session.execute(_insert_assets_statement(), columns)
     specs = [f.events if isinstance(f, StepFinished) else [(f"job.{f.status}", f.data)] for f in kept]
     new = [
         NewEvent(f.claimed.id, f.claimed.owner_id, kind, data)
