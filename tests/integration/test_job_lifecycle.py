@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import uuid
 from decimal import Decimal
 
@@ -149,9 +150,10 @@ async def test_execute_job_stores_output_rows_commits_the_credit_and_publishes_e
     assert (asset.width, asset.height, asset.content_type, asset.source) == (64, 64, "image/png", "job")
     assert await store.exists(asset.key)
     assert sorted(kinds) == ["commit", "reserve"]
-    announced = await redis.xrange(events.user_stream(owner))
-    types = [fields[b"type"] for _, fields in announced if fields[b"job"] == str(job_id).encode()]
-    assert types == [b"job.step_succeeded", b"job.succeeded"]  # job.started is announced by the claimer
+    entries = await redis.xrange(events.user_stream(owner))
+    announced = [event for _, fields in entries for event in json.loads(fields[b"events"])]
+    types = [event["type"] for event in announced if event["job"] == str(job_id)]
+    assert types == ["job.step_succeeded", "job.succeeded"]  # job.started is announced by the claimer
     await redis.aclose()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -229,3 +230,23 @@ async def test_an_owners_event_ids_commit_in_order_so_a_reader_never_finds_a_sma
         assert not later.done()
         await first.commit()
     assert await later > earlier.id
+
+
+async def test_a_batch_of_events_is_one_stream_entry_per_owner_with_each_owners_events_in_id_order(sessions, live):
+    owners = [await make_user(sessions) for _ in range(2)]
+    jobs = [await queued_job(sessions, owner) for owner in owners]
+    written = []
+    for n in range(3):
+        for owner, job_id in zip(owners, jobs, strict=True):
+            async with sessions.begin() as session:
+                written.append(
+                    await append_event(session, job_id=job_id, owner_id=owner, type="job.progress", data={"n": n})
+                )
+    await live.events.publish(*reversed(written))
+    for owner, job_id in zip(owners, jobs, strict=True):
+        [(_, fields)] = await live.events.redis.xrange(live.events.user_stream(owner))
+        announced = json.loads(fields[b"events"])
+        assert [e["id"] for e in announced] == sorted(e.id for e in written if e.owner_id == owner)
+        assert {e["job"] for e in announced} == {str(job_id)}
+        assert [e["data"] for e in announced] == [{"n": 0}, {"n": 1}, {"n": 2}]
+        assert all(e["type"] == "job.progress" and e["at"] for e in announced)
