@@ -38,20 +38,15 @@ async def append_entry(
     reason: str | None = None,
 ) -> bool:
     """Add an entry once: a retried call with the same key adds nothing and returns False."""
-    stmt = (
-        insert(LedgerEntry)
-        .values(
-            account_id=account_id,
-            kind=kind,
-            amount=amount,
-            idempotency_key=idempotency_key,
-            job_id=job_id,
-            reason=reason,
-        )
-        .on_conflict_do_nothing(index_elements=[LedgerEntry.idempotency_key])
-        .returning(LedgerEntry.id)
-    )
-    return (await session.execute(stmt)).scalar_one_or_none() is not None
+    row = {
+        "account_id": account_id,
+        "kind": kind,
+        "amount": amount,
+        "job_id": job_id,
+        "idempotency_key": idempotency_key,
+        "reason": reason,
+    }
+    return idempotency_key in await _insert_entries(session, [row])
 
 
 async def balance(session: AsyncSession, account_id: uuid.UUID) -> Decimal:
