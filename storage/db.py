@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
 import asyncpg
-from sqlalchemy import bindparam, column, event, func, make_url
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Table, bindparam, column, event, func, make_url, select
+from sqlalchemy.dialects.postgresql import ARRAY, Insert, insert
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.sql.expression import TableValuedAlias
@@ -43,6 +44,16 @@ def unnest_rows(name: str, columns: Sequence[tuple[str, TypeEngine]], prefix: st
     (`unnest`): the SQL is the same for any number of rows, so it is compiled and prepared once."""
     arrays = [bindparam(prefix + column_name, type_=ARRAY(type_)) for column_name, type_ in columns]
     return func.unnest(*arrays).table_valued(*(column(n, t) for n, t in columns)).render_derived(name=name)
+
+
+@functools.cache
+def insert_unnested(table: Table, columns: tuple[tuple[str, TypeEngine], ...]) -> Insert:
+    """Many rows in one INSERT, built once per table and columns: `columns` given as
+    `unnest_rows("new", columns)`, the table's own defaults for the rest (an `executemany` runs a
+    statement per row)."""
+    rows = unnest_rows("new", columns)
+    names = [name for name, _ in columns]
+    return insert(table).from_select(names, select(*(rows.c[name] for name in names)))
 
 
 def is_unique_violation(exc: Exception) -> bool:

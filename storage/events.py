@@ -18,7 +18,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import BigInteger, Integer, Select, Text, bindparam, column, func, insert, select, true
+from sqlalchemy import BigInteger, Integer, Select, Text, bindparam, func, insert, select, true
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -61,8 +61,9 @@ def _append_statement() -> Insert:
     they are taken in the statement's one-time filter, which runs before any row is drawn an id, so
     the locks cost no round trip of their own."""
     table = JobEvent.__table__
-    keys = func.unnest(bindparam("owner_keys", type_=ARRAY(Text()))).table_valued(column("k", Text())).render_derived()
-    locked = select(func.count(func.pg_advisory_xact_lock(func.hashtextextended(keys.c.k, 1)))).scalar_subquery()
+    owners = unnest_rows("owners", [("owner_key", Text())])
+    lock = func.pg_advisory_xact_lock(func.hashtextextended(owners.c.owner_key, 1))
+    locked = select(func.count(lock)).scalar_subquery()
     rows = unnest_rows(
         "new",
         [
@@ -92,7 +93,7 @@ async def append_events(session: AsyncSession, new: Sequence[NewEvent]) -> list[
     if not new:
         return []
     params = {
-        "owner_keys": sorted({str(e.owner_id) for e in new}),
+        "owner_key": sorted({str(e.owner_id) for e in new}),
         "n": list(range(len(new))),
         "job_id": [e.job_id for e in new],
         "owner_id": [e.owner_id for e in new],

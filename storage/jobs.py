@@ -24,7 +24,6 @@ from sqlalchemy import (
     case,
     column,
     func,
-    insert,
     literal,
     null,
     or_,
@@ -34,10 +33,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.expression import Insert, Select, TableValuedAlias, Update
+from sqlalchemy.sql.expression import Select, TableValuedAlias, Update
 from sqlalchemy.types import TypeEngine
 
-from storage.db import unnest_rows
+from storage.db import insert_unnested, unnest_rows
 from storage.events import Event, NewEvent, append_events
 from storage.models import Asset, Credits, Job
 
@@ -88,7 +87,8 @@ def _notify_statement() -> Select:
     return select(func.pg_notify(QUEUED_CHANNEL, providers.c.provider))
 
 
-_NEW_JOB: list[tuple[str, TypeEngine]] = [
+# New jobs' fields; the model's defaults make them queued.
+_NEW_JOB: tuple[tuple[str, TypeEngine], ...] = (
     ("id", PgUUID(as_uuid=True)),
     ("owner_id", PgUUID(as_uuid=True)),
     ("operation", Text()),
@@ -99,18 +99,7 @@ _NEW_JOB: list[tuple[str, TypeEngine]] = [
     ("idempotency_key", Text()),
     ("request_hash", Text()),
     ("webhook_url", Text()),
-]
-
-
-@functools.cache
-def _insert_jobs_statement() -> Insert:
-    """New jobs (one array parameter per field of NewJob), queued: one statement for any number."""
-    rows = unnest_rows("new", _NEW_JOB)
-    names = [name for name, _ in _NEW_JOB]
-    queued = {"status": literal("queued"), "progress": literal(0), "steps_done": literal(0), "attempt": literal(0)}
-    return insert(Job.__table__).from_select(
-        [*names, *queued], select(*(rows.c[name] for name in names), *(v.label(k) for k, v in queued.items()))
-    )
+)
 
 
 async def insert_jobs(session: AsyncSession, jobs: Sequence[NewJob]) -> list[Event]:
@@ -120,7 +109,7 @@ async def insert_jobs(session: AsyncSession, jobs: Sequence[NewJob]) -> list[Eve
     defaults, such as `created_at`, are not read back.
     """
     columns = {name: [getattr(job, name) for job in jobs] for name, _ in _NEW_JOB}
-    await session.execute(_insert_jobs_statement(), columns)
+    await session.execute(insert_unnested(Job.__table__, _NEW_JOB), columns)
     queued = [NewEvent(job.id, job.owner_id, "job.queued", {"status": "queued"}) for job in jobs]
     events = await append_events(session, queued)
     providers = sorted({job.provider for job in jobs})  # the dispatcher claims for these
@@ -386,7 +375,7 @@ def _ended_jobs() -> _Fenced:
     return fenced._replace(update=stmt)
 
 
-_NEW_ASSET: list[tuple[str, TypeEngine]] = [
+_NEW_ASSET: tuple[tuple[str, TypeEngine], ...] = (
     ("id", PgUUID(as_uuid=True)),
     ("owner_id", PgUUID(as_uuid=True)),
     ("key", Text()),
@@ -397,15 +386,7 @@ _NEW_ASSET: list[tuple[str, TypeEngine]] = [
     ("height", Integer()),
     ("source", Text()),
     ("job_id", PgUUID(as_uuid=True)),
-]
-
-
-@functools.cache
-def _insert_assets_statement() -> Insert:
-    """Steps' output assets (one array parameter per column): one statement for any number."""
-    rows = unnest_rows("new", _NEW_ASSET)
-    names = [name for name, _ in _NEW_ASSET]
-    return insert(Asset.__table__).from_select(names, select(*(rows.c[name] for name in names)))
+)
 
 
 async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> list[list[Event] | None]:
@@ -435,7 +416,7 @@ async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> 
     ]
     if assets:
         columns = {name: [asset[name] for asset in assets] for name, _ in _NEW_ASSET}
-        await session.execute(_insert_assets_statement(), columns)
+        await session.execute(insert_unnested(Asset.__table__, _NEW_ASSET), columns)
     specs = [f.events if isinstance(f, StepFinished) else [(f"job.{f.status}", f.data)] for f in kept]
     new = [
         NewEvent(f.claimed.id, f.claimed.owner_id, kind, data)

@@ -16,12 +16,13 @@ from decimal import Decimal
 from typing import Literal
 
 from sqlalchemy import Insert, Select, Text, bindparam, func, select
-from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import TypeEngine
 
 from daygen.errors import InsufficientCredits
-from storage.db import unnest_rows
+from storage.db import insert_unnested
 from storage.models import Credits, Job, LedgerBalance, LedgerEntry
 
 Settlement = Literal["commit", "release"]
@@ -54,28 +55,25 @@ async def balance(session: AsyncSession, account_id: uuid.UUID) -> Decimal:
     return (await session.execute(stmt)).scalar_one_or_none() or Decimal(0)
 
 
-_ENTRY_COLUMNS = [
+_ENTRY_COLUMNS: tuple[tuple[str, TypeEngine], ...] = (
     ("account_id", PgUUID(as_uuid=True)),
     ("kind", Text()),
     ("amount", Credits),
     ("job_id", PgUUID(as_uuid=True)),
     ("idempotency_key", Text()),
     ("reason", Text()),
-]
+)
 
 
 @functools.cache
 def _insert_entries_statement() -> Insert:
-    """New entries (one array parameter per column) in one statement, so their balances are updated
-    once; each key is added once, and the keys added are answered."""
-    rows = unnest_rows("new", _ENTRY_COLUMNS)
-    names = [name for name, _ in _ENTRY_COLUMNS]
-    table = LedgerEntry.__table__
+    """New entries in one statement, so their balances are updated once; each key is added once, and
+    the keys added are answered."""
+    key = LedgerEntry.__table__.c.idempotency_key
     return (
-        insert(table)
-        .from_select(names, select(*(rows.c[name] for name in names)))
-        .on_conflict_do_nothing(index_elements=[table.c.idempotency_key])
-        .returning(table.c.idempotency_key)
+        insert_unnested(LedgerEntry.__table__, _ENTRY_COLUMNS)
+        .on_conflict_do_nothing(index_elements=[key])
+        .returning(key)
     )
 
 
