@@ -303,6 +303,10 @@ class SharedRateLimiter:
     queue on the Redis clock without polling, and a saturated limiter runs at the full rate. The
     calls of one process that arrive while a script call is out reserve their slots together in the
     next one (group commit). Given the key of a `PoolPause`, the same call waits it out first.
+
+    With `max_late_seconds`, a caller that wakes later than that after its slot (its process was
+    stalled) takes a new slot instead of going out late: the requests that waited through one stall
+    would otherwise all leave at its end, and the provider would count them in one second.
     """
 
     def __init__(
@@ -313,12 +317,16 @@ class SharedRateLimiter:
         period_seconds: float = 1.0,
         burst: int = 1,
         pause_key: str | None = None,
+        max_late_seconds: float | None = None,
     ) -> None:
         if rate <= 0 or period_seconds <= 0:
             raise ValueError("rate and period_seconds must be positive")
         if burst < 1:
             raise ValueError("burst must be at least 1")
+        if max_late_seconds is not None and max_late_seconds <= 0:
+            raise ValueError("max_late_seconds must be positive")
         self.redis = redis
+        self.max_late_seconds = max_late_seconds
         self.key = f"{key}:tat"
         self._keys = [self.key] if pause_key is None else [self.key, pause_key]
         # Rounding the interval up keeps the limit a ceiling, never a floor.
@@ -341,18 +349,23 @@ class SharedRateLimiter:
 
     async def acquire(self) -> float:
         """Wait for this request's slot; returns the slot's start in seconds of the Redis clock."""
+        loop = asyncio.get_running_loop()
         while True:
             now_us, start_us, tat_us = await self._reserving(None)
-            if tat_us >= 0:
-                break
-            await asyncio.sleep(-tat_us / 1000)
-        if start_us > now_us:
-            try:
-                await asyncio.sleep((start_us - now_us) / 1_000_000)
-            except asyncio.CancelledError:
-                await asyncio.shield(self._return_slot(tat_us))
-                raise
-        return start_us / 1_000_000
+            if tat_us < 0:  # the pool's pause
+                await asyncio.sleep(-tat_us / 1000)
+                continue
+            # Local time of the slot (a reply that sat unread makes this late too, and lateness under-counted).
+            due = loop.time() + max(start_us - now_us, 0) / 1_000_000
+            if start_us > now_us:
+                try:
+                    await asyncio.sleep(due - loop.time())
+                except asyncio.CancelledError:
+                    await asyncio.shield(self._return_slot(tat_us))
+                    raise
+            if self.max_late_seconds is None or loop.time() - due <= self.max_late_seconds:
+                return start_us / 1_000_000
+            log.info("woke too late for a rate slot; taking the next free one", extra={"key": self.key})
 
     async def _return_slot(self, tat_us: int) -> None:
         try:
@@ -448,9 +461,15 @@ class ProviderGate:
         # A per-minute limit is also a per-second one (DashScope: RPS = RPM / 60): no bursts. Slots
         # are exact on Redis's clock, but requests reach the provider a little late now and then,
         # and two that bunch count in one second of its sliding window: aim a little under.
+        # A request let out up to the headroom's share of a second late still fits the second it lands in.
         self.rate = (
             SharedRateLimiter(
-                redis, key, rate=requests_per_minute * RATE_HEADROOM, period_seconds=60.0, pause_key=self.pause.key
+                redis,
+                key,
+                rate=requests_per_minute * RATE_HEADROOM,
+                period_seconds=60.0,
+                pause_key=self.pause.key,
+                max_late_seconds=1.0 - RATE_HEADROOM,
             )
             if requests_per_minute
             else None

@@ -394,6 +394,30 @@ async def test_sixty_requests_from_three_actors_keep_to_twenty_per_second_and_us
     assert elapsed >= span - 0.005
 
 
+async def test_requests_held_up_by_a_stalled_process_take_new_slots_instead_of_leaving_together(prefix, connect):
+    rate = 20
+    limiter = SharedRateLimiter(connect(), prefix, rate=rate, period_seconds=1.0, max_late_seconds=0.025)
+    let_out: list[float] = []
+
+    async def request() -> None:
+        await limiter.acquire()
+        let_out.append(time.monotonic())
+
+    async def stall() -> None:
+        await asyncio.sleep(0.2)
+        time.sleep(0.3)  # noqa: ASYNC251 -- blocking on purpose: a starved process, no task runs meanwhile
+
+    async with asyncio.timeout(30):
+        await asyncio.gather(stall(), *(request() for _ in range(40)))
+
+    assert len(let_out) == 40, "a late request is sent later, not dropped"
+    let_out.sort()
+    # What the provider would count: never more than its rate in any second, stall or not.
+    busiest = max(bisect.bisect_right(let_out, first + 1.0) - i for i, first in enumerate(let_out))
+    assert busiest <= rate + 1, busiest  # +1: a closed window holds both ends
+    assert let_out[-1] - let_out[0] >= 1.95 + 0.25, "the slots missed in the stall were taken again at the end"
+
+
 async def test_a_burst_goes_at_once_and_the_next_request_waits_its_turn(prefix, connect):
     limiter = SharedRateLimiter(connect(), prefix, rate=2, period_seconds=1.0, burst=3)
     started = time.monotonic()

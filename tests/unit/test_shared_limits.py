@@ -27,3 +27,9 @@ def test_an_in_flight_limiter_needs_a_capacity_and_a_lease(capacity, lease_secon
 def test_a_rate_limiter_needs_a_positive_rate_period_and_burst(rate, period, burst):
     with pytest.raises(ValueError):
         SharedRateLimiter(Redis.from_url(UNREACHABLE), "k", rate=rate, period_seconds=period, burst=burst)
+
+
+@pytest.mark.parametrize("late", [0.0, -0.05])
+def test_a_rate_limiters_allowed_lateness_must_be_positive(late):
+    with pytest.raises(ValueError):
+        SharedRateLimiter(Redis.from_url(UNREACHABLE), "k", rate=5, max_late_seconds=late)
