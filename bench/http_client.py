@@ -25,7 +25,7 @@ from httpx_aiohttp import AiohttpTransport
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fakes.dashscope import in_a_process as dashscope_in_a_process  # noqa: E402
+from tests.fakes.dashscope import FakeDashScopeProcess  # noqa: E402
 
 PATH = "/services/aigc/multimodal-generation/generation"
 BODY = {
@@ -83,10 +83,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
     args = parser.parse_args()
-    with dashscope_in_a_process() as (base_url, api_key):
+    with FakeDashScopeProcess() as dashscope:
+        auth = f"Bearer {dashscope.api_key}"
         for _ in range(2):
-            asyncio.run(through_httpx(base_url, f"Bearer {api_key}", args.pairs, args.concurrency))
-            asyncio.run(through_aiohttp(base_url, f"Bearer {api_key}", args.pairs, args.concurrency))
+            asyncio.run(through_httpx(dashscope.base_url, auth, args.pairs, args.concurrency))
+            asyncio.run(through_aiohttp(dashscope.base_url, auth, args.pairs, args.concurrency))
 
 
 if __name__ == "__main__":

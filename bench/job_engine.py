@@ -1,9 +1,10 @@
 """Benchmark: the job engine driven through the public API, every job's end seen on /v1/ws.
 
 Starts its own stack like the tests (the machine's Postgres/Redis when DAYGEN_TEST_DATABASE_URL /
-DAYGEN_TEST_REDIS_URL are set, else embedded servers) with the fake DashScope and Ideogram on
-loopback. A job is `qwen.generate` against the fake: one upstream call (no latency, or 2 s), its
-image copied into the store, the job's rows, the ledger, the events. Scenarios (issue 6):
+DAYGEN_TEST_REDIS_URL are set, else embedded servers) with the fake DashScope (in a process of
+its own) and Ideogram (in this one) on loopback. A job is `qwen.generate` against the fake: one
+upstream call (no latency, or 2 s), its image copied into the store, the job's rows, the ledger,
+the events. Scenarios (issue 6):
 
   latency     one client: submit, then wait for the job's end on its WebSocket; p50/p99 after 10 jobs of warm-up
               (target p50 <= 20 ms, p99 <= 100 ms)
@@ -14,7 +15,8 @@ image copied into the store, the job's rows, the ledger, the events. Scenarios (
               open (two jobs each): time until every subscriber has seen both ends, none lost, peak
               memory of the app's processes (target <= 4.0 s)
   limits      Ideogram's images in flight and DashScope's requests per second as the fakes saw
-              them, against the configured limits under saturation (target: never above, >= 90 % used)
+              them, against the configured limits under saturation (target: never above, >= 90 % used);
+              Ideogram's use is judged with images of 2 s (the issue's job), and shown with 0.2 s too
 
     .venv/bin/python bench/job_engine.py                       # all four
     .venv/bin/python bench/job_engine.py --scenario throughput --batch 10
@@ -55,7 +57,7 @@ from storage import ledger  # noqa: E402
 from storage.db import make_engine, make_sessionmaker  # noqa: E402
 from storage.models import User  # noqa: E402
 from tests.conftest import free_port, private_database, service_urls  # noqa: E402
-from tests.fakes.dashscope import FakeDashScope  # noqa: E402
+from tests.fakes.dashscope import FakeDashScopeProcess  # noqa: E402
 from tests.fakes.ideogram import FakeIdeogram  # noqa: E402
 
 TERMINAL = {"job.succeeded", "job.failed", "job.canceled"}
@@ -87,7 +89,7 @@ def pct(values: list[float], q: int) -> float:
 class Stack:
     base: str
     settings: Settings
-    dashscope: FakeDashScope
+    dashscope: FakeDashScopeProcess
     ideogram: FakeIdeogram
     failures: list[str] = field(default_factory=list)
 
@@ -233,7 +235,7 @@ async def throughput(stack: Stack, clients: int, total: int, batch: int) -> None
                 for finished in await asyncio.wait_for(asyncio.gather(*map(ends.end_of, job_ids)), 120):
                     times.append((finished - started) * 1000)
 
-        cpu = CpuWatch()
+        cpu = CpuWatch({stack.dashscope.pid: "fake DashScope"})
         started = time.perf_counter()
         await asyncio.gather(*(closed_loop(headers, ends) for (_, headers), ends in zip(users, sockets, strict=True)))
         elapsed = time.perf_counter() - started
@@ -282,18 +284,20 @@ class MemoryWatch:
 
 class CpuWatch:
     """CPU seconds spent meanwhile by each part: Ray's actors and Serve (by process title), HAProxy,
-    Postgres, Redis, and this process (the clients and the fake providers)."""
+    Postgres, Redis, this process (the clients) and the processes named in `named` (the fake DashScope)."""
 
-    def __init__(self) -> None:
+    def __init__(self, named: dict[int, str]) -> None:
+        self.named = named
         self.start = self._sample()
 
-    @staticmethod
-    def _part(process: psutil.Process) -> str | None:
+    def _part(self, process: psutil.Process) -> str | None:
         name = process.name()
         if name.startswith("postgres") or name.startswith("redis"):
             return name.split(":")[0].split("-")[0]
         if process.pid == os.getpid():
-            return "bench (clients, fakes)"
+            return "bench (clients)"
+        if process.pid in self.named:
+            return self.named[process.pid]
         if name.startswith("ray::"):
             title = process.cmdline()[0] if process.cmdline() else name
             return title.removeprefix("ray::").split(".")[0].split(" ")[0]
@@ -337,7 +341,7 @@ async def burst(stack: Stack, jobs: int, subscribers: int, submitters: int) -> N
     try:
         with MemoryWatch() as memory:
             async with httpx.AsyncClient(base_url=stack.base, timeout=120) as client:
-                cpu = CpuWatch()
+                cpu = CpuWatch({stack.dashscope.pid: "fake DashScope"})
                 started = time.perf_counter()
                 batches = await asyncio.gather(*(submit(client, headers, per_batch) for _, headers in owners))
                 submitted = time.perf_counter() - started
@@ -387,9 +391,12 @@ async def submit_all(client: httpx.AsyncClient, headers: dict, job: dict, count:
     return ids
 
 
-async def limits(stack: Stack, jobs: int) -> None:
-    [(_, headers)] = await stack.users(1, 2 * jobs + 10)
-    stack.ideogram.set_latency(0.2)
+async def ideogram_in_flight(
+    stack: Stack, client: httpx.AsyncClient, headers: dict, jobs: int, latency: float
+) -> tuple[float, int, int]:
+    """(share of the places used while busy, peak in flight, refusals) with `jobs` images of `latency` s."""
+    stack.ideogram.reset()
+    stack.ideogram.set_latency(latency)
     samples: list[int] = []
     stop = threading.Event()
 
@@ -398,36 +405,48 @@ async def limits(stack: Stack, jobs: int) -> None:
             samples.append(stack.ideogram.inflight_images)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    async with httpx.AsyncClient(base_url=stack.base, timeout=120) as client:
-        ideogram_job = {"operation": "ideogram.generate", "params": {"prompt": "limits", "seed": 1}}
-        sampler.start()
+    ideogram_job = {"operation": "ideogram.generate", "params": {"prompt": "limits", "seed": 1}}
+    sampler.start()
+    try:
         ids = await submit_all(client, headers, ideogram_job, jobs)
         for job_id in ids:
-            await client.get(f"/v1/jobs/{job_id}", params={"wait": 30}, headers=headers)
+            await client.get(f"/v1/jobs/{job_id}", params={"wait": 60}, headers=headers)
+    finally:
         stop.set()
         sampler.join()
         stack.ideogram.set_latency(0)
+    busy = [s for s in samples if s > 0]
+    used = statistics.mean(busy[len(busy) // 10 : -len(busy) // 10 or None]) / IDEOGRAM_INFLIGHT
+    refused = sum(1 for r in stack.ideogram.received if r.status == 429)
+    return used, stack.ideogram.peak_inflight_images, refused
 
-        before = len(stack.dashscope.received)
+
+async def limits(stack: Stack, jobs: int, slow_jobs: int) -> None:
+    [(_, headers)] = await stack.users(1, 2 * jobs + slow_jobs + 10)
+    async with httpx.AsyncClient(base_url=stack.base, timeout=120) as client:
+        # The issue's job length (2 s), then ten times shorter: a place's hand-over (the answer read,
+        # the place given back, the next request sent and read) costs the same either way.
+        used, peak, refused = await ideogram_in_flight(stack, client, headers, slow_jobs, 2.0)
+        short_used, short_peak, short_refused = await ideogram_in_flight(stack, client, headers, jobs, 0.2)
+
+        before = len(stack.dashscope.received())
         ids = await submit_all(client, headers, JOB, jobs)
         for job_id in ids:
             await client.get(f"/v1/jobs/{job_id}", params={"wait": 30}, headers=headers)
-    busy = [s for s in samples if s > 0]
-    used = statistics.mean(busy[len(busy) // 10 : -len(busy) // 10 or None]) / IDEOGRAM_INFLIGHT
-    peak = stack.ideogram.peak_inflight_images
-    refused = sum(1 for r in stack.ideogram.received if r.status == 429)
-    calls = [r for r in stack.dashscope.received[before:] if r.endpoint != "download" and r.method == "POST"]
+    calls = [r for r in stack.dashscope.received()[before:] if r.endpoint != "download" and r.method == "POST"]
     stamps = sorted(r.at for r in calls)
     per_second = max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps)
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
     limit = DASHSCOPE_RPM / 60
     throttled = sum(1 for r in calls if r.status == 429)
     print(
-        f"4. limits: Ideogram in flight peak {peak} of {IDEOGRAM_INFLIGHT}, {used:.0%} used while busy, "
-        f"{refused} refused; DashScope {len(calls)} calls, busiest second {per_second} of {limit:.0f}, "
+        f"4. limits: Ideogram, {slow_jobs} images of 2 s: in flight peak {peak} of {IDEOGRAM_INFLIGHT}, "
+        f"{used:.0%} used while busy, {refused} refused; {jobs} of 0.2 s: peak {short_peak}, {short_used:.0%} used, "
+        f"{short_refused} refused; DashScope {len(calls)} calls, busiest second {per_second} of {limit:.0f}, "
         f"{rate:.1f}/s = {rate / limit:.0%} of the limit, {throttled} throttled"
     )
-    stack.check(peak <= IDEOGRAM_INFLIGHT and refused == 0 and used >= 0.9, "limits: Ideogram in flight")
+    never_above = max(peak, short_peak) <= IDEOGRAM_INFLIGHT and refused + short_refused == 0
+    stack.check(never_above and used >= 0.9, "limits: Ideogram in flight")
     stack.check(per_second <= limit and throttled == 0 and rate >= 0.9 * limit, "limits: DashScope rate")
 
 
@@ -441,7 +460,7 @@ def running_stack(work: Path, pools: str, dashscope_rpm: int | None):
     with contextlib.ExitStack() as stack:
         pg_url, redis_url = stack.enter_context(service_urls(work))
         database_url = stack.enter_context(private_database(pg_url))
-        dashscope = stack.enter_context(FakeDashScope())
+        dashscope = stack.enter_context(FakeDashScopeProcess())
         ideogram = stack.enter_context(FakeIdeogram(inflight_limit=IDEOGRAM_INFLIGHT))
         dashscope.set_rpm(dashscope_rpm)
         config = work / f"providers-{secrets.token_hex(3)}.yaml"
@@ -507,6 +526,7 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--burst-batches", type=int, default=20)
     parser.add_argument("--limit-jobs", type=int, default=200)
+    parser.add_argument("--limit-slow-jobs", type=int, default=100, help="Ideogram images of 2 s in the limits run")
     args = parser.parse_args()
     print(f"cpus={os.cpu_count()} scenarios={' '.join(args.scenario)}", flush=True)
     failures: list[str] = []
@@ -519,7 +539,7 @@ def main() -> None:
         if "limits" in args.scenario:
             with running_stack(work, LIMIT_POOLS, DASHSCOPE_RPM) as stack:
                 quiet_heap()
-                asyncio.run(limits(stack, args.limit_jobs))
+                asyncio.run(limits(stack, args.limit_jobs, args.limit_slow_jobs))
                 failures += stack.failures
     print("targets missed: " + ("; ".join(failures) if failures else "none"), flush=True)
     sys.exit(1 if failures else 0)

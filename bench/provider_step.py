@@ -29,7 +29,7 @@ from daygen.settings import Settings  # noqa: E402
 from pipelines.pool_config import ProviderPools  # noqa: E402
 from pipelines.steps import RunningSteps, StepCall, StepContext  # noqa: E402
 from tests.conftest import service_urls  # noqa: E402
-from tests.fakes.dashscope import in_a_process as dashscope_in_a_process  # noqa: E402
+from tests.fakes.dashscope import FakeDashScopeProcess  # noqa: E402
 
 PARAMS = {"prompt": "a benchmark", "size": "1328*1328", "seed": 7}
 
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     args = parser.parse_args()
     with (
-        dashscope_in_a_process() as (base_url, api_key),
+        FakeDashScopeProcess() as dashscope,
         tempfile.TemporaryDirectory(prefix="dgb-") as tmp,
         service_urls(Path(tmp)) as (_, redis_url),
     ):
@@ -82,8 +82,8 @@ def main() -> None:
             redis_url=redis_url,
             redis_namespace=f"daygen-bench-{secrets.token_hex(4)}",
             storage_url=f"file://{Path(tmp) / 'objects'}",
-            dashscope_base_url=base_url,
-            dashscope_api_key=api_key,
+            dashscope_base_url=dashscope.base_url,
+            dashscope_api_key=dashscope.api_key,
             log_level="WARNING",
         )
         asyncio.run(run(settings, pools, args.steps, args.concurrency))

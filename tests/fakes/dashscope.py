@@ -86,7 +86,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import io
 import ipaddress
@@ -99,7 +98,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -803,23 +802,76 @@ def _solid_png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
     return out.getvalue()
 
 
-@contextlib.contextmanager
-def in_a_process() -> Iterator[tuple[str, str]]:
-    """A default FakeDashScope in a process of its own, as (base URL, API key): for benchmarks that
-    measure their own process's CPU, which a fake in the same process would add to."""
-    code = (
-        "import sys\nfrom tests.fakes.dashscope import FakeDashScope\nfake = FakeDashScope()\n"
-        "print(fake.start(), fake.api_key, flush=True)\nsys.stdin.read()\nfake.stop()\n"
-    )
-    root = Path(__file__).resolve().parents[2]
-    process = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert process.stdout is not None
-        base_url, api_key = process.stdout.readline().split()
-        yield base_url, api_key
-    finally:
-        if process.stdin is not None:
-            process.stdin.close()  # the fake stops at the end of its input
-        process.wait(timeout=30)
+@dataclass(frozen=True)
+class SeenCall:
+    """What a fake in another process reports of one call it received."""
+
+    endpoint: str
+    method: str
+    at: float  # time.monotonic() of that process: the same clock as this one's on Linux
+    status: int | None
+
+
+_SERVE_CONTROL = """
+import json, sys
+from tests.fakes.dashscope import FakeDashScope
+fake = FakeDashScope()
+print(json.dumps([fake.start(), fake.api_key]), flush=True)
+for line in sys.stdin:
+    name, args = json.loads(line)
+    if name == "received":
+        answer = [[r.endpoint, r.method, r.at, r.status] for r in list(fake.received)]
+    else:
+        answer = getattr(fake, name)(*args)
+    print(json.dumps(answer), flush=True)
+fake.stop()
+"""
+
+
+class FakeDashScopeProcess:
+    """A FakeDashScope in a process of its own, driven over its stdin: for benchmarks, whose own
+    CPU (and GIL) the fake would otherwise share, so that its answers were held up by their clients."""
+
+    def __init__(self) -> None:
+        root = Path(__file__).resolve().parents[2]
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _SERVE_CONTROL], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.base_url, self.api_key = self._answer()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _answer(self) -> Any:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the fake DashScope process ended")
+        return json.loads(line)
+
+    def _call(self, name: str, *args: Any) -> Any:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps([name, args]) + "\n")
+        self.process.stdin.flush()
+        return self._answer()
+
+    def set_latency(self, seconds: float) -> None:
+        self._call("set_latency", seconds)
+
+    def set_rpm(self, rpm: int | None) -> None:
+        self._call("set_rpm", rpm)
+
+    def received(self) -> list[SeenCall]:
+        return [SeenCall(*fields) for fields in self._call("received")]
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()  # the fake stops at the end of its input
+        self.process.wait(timeout=30)
+
+    def __enter__(self) -> FakeDashScopeProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
