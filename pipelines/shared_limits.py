@@ -440,6 +440,16 @@ class ProviderOutage:
 RATE_HEADROOM = 0.925
 
 
+def allowed_lateness(requests_per_minute: float) -> float:
+    """Seconds a request may leave after its rate slot. Late requests land in the provider's next
+    second with its own: as many as the headroom leaves room for, less one slot for where the second
+    starts, and at least half an interval (at 20 a second that is all the room there is). A timer on
+    a busy host wakes some ms late: at high rates the headroom absorbs that, and a stricter bound
+    sent most requests back for a new slot."""
+    interval = 60.0 / (requests_per_minute * RATE_HEADROOM)
+    return max(interval / 2, (1.0 - RATE_HEADROOM) - interval)
+
+
 class ProviderGate:
     """What every upstream call of one provider passes through, on every actor of its pool:
     a pool-wide pause after a 429, a request-rate slot, and places among the images in flight."""
@@ -465,8 +475,6 @@ class ProviderGate:
         # A per-minute limit is also a per-second one (DashScope: RPS = RPM / 60): no bursts. Slots
         # are exact on Redis's clock, but requests reach the provider a little late now and then,
         # and two that bunch count in one second of its sliding window: aim a little under.
-        # A request let out late can land in the next request's second; half an interval of lateness
-        # leaves the other half for the time it takes to reach the provider, so two never bunch.
         self.rate = (
             SharedRateLimiter(
                 redis,
@@ -474,7 +482,7 @@ class ProviderGate:
                 rate=requests_per_minute * RATE_HEADROOM,
                 period_seconds=60.0,
                 pause_key=self.pause.key,
-                max_late_seconds=30.0 / (requests_per_minute * RATE_HEADROOM),
+                max_late_seconds=allowed_lateness(requests_per_minute),
             )
             if requests_per_minute
             else None

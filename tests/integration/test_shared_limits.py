@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from pipelines.shared_limits import PoolPause, SharedInFlightLimiter, SharedRateLimiter
+from pipelines.shared_limits import PoolPause, ProviderGate, SharedInFlightLimiter, SharedRateLimiter
 from storage.redis import make_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -416,6 +416,30 @@ async def test_requests_held_up_by_a_stalled_process_take_new_slots_instead_of_l
     busiest = max(bisect.bisect_right(let_out, first + 1.0) - i for i, first in enumerate(let_out))
     assert busiest <= rate + 1, busiest  # +1: a closed window holds both ends
     assert let_out[-1] - let_out[0] >= 1.95 + 0.25, "the slots missed in the stall were taken again at the end"
+
+
+async def test_at_a_high_rate_a_few_ms_of_lateness_does_not_send_requests_back_for_new_slots(prefix, connect):
+    gate = ProviderGate(connect(), prefix, requests_per_minute=60_000_000)
+    script = gate.rate._reserve
+    reserved = []
+
+    async def counted(**kwargs):
+        reserved.append(kwargs["args"][2])
+        return await script(**kwargs)
+
+    gate.rate._reserve = counted
+
+    async def request() -> None:
+        async with gate.call():
+            pass
+
+    async def stall() -> None:
+        await asyncio.sleep(0)
+        time.sleep(0.02)  # noqa: ASYNC251 -- blocking on purpose: a busy host's timers wake late
+
+    async with asyncio.timeout(30):
+        await asyncio.gather(stall(), *(request() for _ in range(2000)))
+    assert sum(reserved) == 2000, "one slot each: the headroom absorbs a few ms at this rate"
 
 
 async def test_a_burst_goes_at_once_and_the_next_request_waits_its_turn(prefix, connect):
