@@ -391,6 +391,14 @@ async def submit_all(client: httpx.AsyncClient, headers: dict, job: dict, count:
     return ids
 
 
+async def wait_until_ended(client: httpx.AsyncClient, headers: dict, job_id: str) -> None:
+    while True:
+        response = await client.get(f"/v1/jobs/{job_id}", params={"wait": 30}, headers=headers)
+        response.raise_for_status()
+        if response.json()["status"] in ("succeeded", "failed", "canceled"):
+            return
+
+
 async def ideogram_in_flight(
     stack: Stack, client: httpx.AsyncClient, headers: dict, jobs: int, latency: float
 ) -> tuple[float, int, int]:
@@ -408,9 +416,8 @@ async def ideogram_in_flight(
     ideogram_job = {"operation": "ideogram.generate", "params": {"prompt": "limits", "seed": 1}}
     sampler.start()
     try:
-        ids = await submit_all(client, headers, ideogram_job, jobs)
-        for job_id in ids:
-            await client.get(f"/v1/jobs/{job_id}", params={"wait": 60}, headers=headers)
+        for job_id in await submit_all(client, headers, ideogram_job, jobs):
+            await wait_until_ended(client, headers, job_id)
     finally:
         stop.set()
         sampler.join()
@@ -430,9 +437,8 @@ async def limits(stack: Stack, jobs: int, slow_jobs: int) -> None:
         short_used, short_peak, short_refused = await ideogram_in_flight(stack, client, headers, jobs, 0.2)
 
         before = len(stack.dashscope.received())
-        ids = await submit_all(client, headers, JOB, jobs)
-        for job_id in ids:
-            await client.get(f"/v1/jobs/{job_id}", params={"wait": 30}, headers=headers)
+        for job_id in await submit_all(client, headers, JOB, jobs):
+            await wait_until_ended(client, headers, job_id)
     calls = [r for r in stack.dashscope.received()[before:] if r.endpoint != "download" and r.method == "POST"]
     stamps = sorted(r.at for r in calls)
     per_second = max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps)
