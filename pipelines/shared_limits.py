@@ -364,7 +364,7 @@ class SharedRateLimiter:
             # The slot on this clock (a reply that sat unread makes it late too, and lateness under-counted).
             due = loop.time() + ahead
             try:
-                await asyncio.sleep(due - loop.time())
+                await asyncio.sleep(ahead)
             except asyncio.CancelledError:
                 await asyncio.shield(self._return_slot(tat_us))
                 raise
