@@ -34,7 +34,8 @@ RETRY_SECONDS = 0.5
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
 class ProviderWorker:
-    def __init__(self, settings: Settings, pools: ProviderPools, provider: str) -> None:
+    async def __init__(self, settings: Settings, pools: ProviderPools, provider: str) -> None:
+        # Async, so the step context (its HTTP session belongs to the event loop) is made on the actor's loop.
         configure_logging(settings.log_level)
         self.provider = provider
         self.context = StepContext.from_settings(settings, pools, provider)

@@ -1,11 +1,11 @@
 """Benchmark: what a qwen step's two upstream requests cost in CPU, by HTTP client.
 
-A pool actor makes them through httpx over aiohttp's connection pool (`httpx-aiohttp`, see
-`pipelines.steps.StepContext.from_settings`). This makes the same two requests (the generation
-call, then the download of the image it names) against the fake DashScope in a process of its
-own, `--concurrency` at a time, through that client and through aiohttp alone, and prints this
-process's CPU per pair, each measured twice (the second round shows the noise). The difference
-is what httpx's own layers cost a job.
+A pool actor makes them with aiohttp (`pipelines.providers.provider_session` and `send`). This
+makes the same two requests (the generation call, then the download of the image it names)
+against the fake DashScope in a process of its own, `--concurrency` at a time, through that
+client and through httpx (the client STYLE.md takes as a model, on its own connection pool), and
+prints this process's CPU per pair, each measured twice (the second round shows the noise). The
+difference is why the pool actors use aiohttp.
 
     .venv/bin/python bench/http_client.py [--pairs 2000] [--concurrency 50]
 """
@@ -19,12 +19,11 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines.providers import DEFAULT_TIMEOUT, provider_session, send  # noqa: E402
 from tests.fakes.dashscope import FakeDashScopeProcess  # noqa: E402
 
 PATH = "/services/aigc/multimodal-generation/generation"
@@ -56,26 +55,26 @@ async def measure(label: str, pair: Callable[[], Awaitable[int]], pairs: int, co
 
 async def through_httpx(base_url: str, api_key: str, pairs: int, concurrency: int) -> None:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(transport=AiohttpTransport(limits=limits)) as client:
+    async with httpx.AsyncClient(limits=limits) as client:
 
         async def pair() -> int:
             response = await client.request("POST", base_url + PATH, json=BODY, headers={"Authorization": api_key})
             async with client.stream("GET", image_url(response.json())) as download:
                 return sum([len(chunk) async for chunk in download.aiter_bytes()])
 
-        await measure("httpx over aiohttp's pool", pair, pairs, concurrency)
+        await measure("httpx                      ", pair, pairs, concurrency)
 
 
-async def through_aiohttp(base_url: str, api_key: str, pairs: int, concurrency: int) -> None:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+async def through_pool_client(base_url: str, api_key: str, pairs: int, concurrency: int) -> None:
+    async with provider_session(concurrency) as session:
 
         async def pair() -> int:
-            async with session.post(base_url + PATH, json=BODY, headers={"Authorization": api_key}) as response:
-                payload = await response.json()
-            async with session.get(image_url(payload)) as download:
+            headers = {"Authorization": api_key}
+            answer = await send(session, "POST", base_url + PATH, json=BODY, headers=headers, timeout=DEFAULT_TIMEOUT)
+            async with session.get(image_url(answer.json()), timeout=DEFAULT_TIMEOUT) as download:
                 return sum([len(chunk) async for chunk in download.content.iter_any()])
 
-        await measure("aiohttp alone            ", pair, pairs, concurrency)
+        await measure("the pool actors' (aiohttp) ", pair, pairs, concurrency)
 
 
 def main() -> None:
@@ -87,7 +86,7 @@ def main() -> None:
         auth = f"Bearer {dashscope.api_key}"
         for _ in range(2):
             asyncio.run(through_httpx(dashscope.base_url, auth, args.pairs, args.concurrency))
-            asyncio.run(through_aiohttp(dashscope.base_url, auth, args.pairs, args.concurrency))
+            asyncio.run(through_pool_client(dashscope.base_url, auth, args.pairs, args.concurrency))
 
 
 if __name__ == "__main__":

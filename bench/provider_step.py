@@ -60,7 +60,7 @@ async def run(settings: Settings, pools: ProviderPools, steps: int, concurrency:
             await measure(context, steps, concurrency)
     finally:
         if context.http is not None:
-            await context.http.aclose()
+            await context.http.close()
 
 
 def main() -> None:

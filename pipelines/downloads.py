@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
+import aiohttp
 
 from daygen.errors import DaygenError, ProviderUnavailable
 from pipelines.providers import DEFAULT_TIMEOUT
@@ -13,24 +13,24 @@ from storage.objects import ObjectStore
 
 
 async def copy_image(
-    http: httpx.AsyncClient,
+    http: aiohttp.ClientSession,
     url: str,
     store: ObjectStore,
     *,
     max_bytes: int,
     max_pixels: int,
-    http_timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    http_timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
 ) -> dict[str, Any]:
     """Stream one upstream image into the store; returns the fields of its asset row."""
     try:
-        async with http.stream("GET", url, timeout=http_timeout, follow_redirects=True) as response:
-            if response.status_code != 200:
-                raise ProviderUnavailable(f"the provider's output could not be fetched (HTTP {response.status_code})")
+        async with http.get(url, timeout=http_timeout, allow_redirects=True) as response:
+            if response.status != 200:
+                raise ProviderUnavailable(f"the provider's output could not be fetched (HTTP {response.status})")
             async with received_image(
-                store, response.aiter_bytes(), max_bytes=max_bytes, max_pixels=max_pixels
+                store, response.content.iter_any(), max_bytes=max_bytes, max_pixels=max_pixels
             ) as received:
                 stored = await received.writer.commit()
-    except httpx.HTTPError as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         raise ProviderUnavailable(f"the provider's output could not be fetched: {type(exc).__name__}") from None
     except ProviderUnavailable:
         raise

@@ -10,10 +10,10 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import httpx
+import aiohttp
 
 from daygen.errors import ContentRejected, ProviderMisconfigured, ProviderUnavailable
-from pipelines.providers import DEFAULT_TIMEOUT, ImageFile, ProviderResult, error_for, redact
+from pipelines.providers import DEFAULT_TIMEOUT, ImageFile, ProviderResult, UpstreamResponse, error_for, redact, send
 
 log = logging.getLogger("daygen.ideogram")
 
@@ -29,15 +29,15 @@ _Part = tuple[str, tuple[str | None, bytes | str, str | None]]
 
 
 class IdeogramClient:
-    """Ideogram's v3 image endpoints plus the legacy upscale and describe, over a shared httpx client."""
+    """Ideogram's v3 image endpoints plus the legacy upscale and describe, over the pool actor's HTTP session."""
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         *,
         base_url: str,
         api_key: str | None,
-        timeout: httpx.Timeout | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> None:
         self._http = http
         self._base_url = base_url.rstrip("/")
@@ -107,25 +107,30 @@ class IdeogramClient:
             raise ProviderUnavailable("Ideogram answered describe without any description text")
         return ProviderResult(texts=texts, upstream_request_id=_request_id(response))
 
-    async def _post(self, path: str, parts: list[_Part]) -> httpx.Response:
+    async def _post(self, path: str, parts: list[_Part]) -> UpstreamResponse:
         if not self._api_key:
             raise ProviderMisconfigured("No Ideogram API key is configured")
+        # Always multipart: with no file parts aiohttp would otherwise send the form url-encoded.
+        form = aiohttp.FormData(default_to_multipart=True)
+        for name, (filename, content, content_type) in parts:
+            form.add_field(name, content, filename=filename, content_type=content_type)
         try:
-            # Every part goes in `files=`: with no file parts httpx would otherwise send url-encoded.
-            response = await self._http.post(
+            response = await send(
+                self._http,
+                "POST",
                 f"{self._base_url}{path}",
-                files=parts,
+                data=form,
                 headers={"Api-Key": self._api_key},
                 timeout=self._timeout,
             )
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:
             raise ProviderUnavailable(f"Ideogram did not answer {path} in time ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise ProviderUnavailable(f"Could not reach Ideogram for {path} ({type(exc).__name__})") from exc
-        if response.is_success:
+        if response.ok:
             return response
-        if response.status_code in (401, 403):
-            log.warning("Ideogram refused our API key (HTTP %s on %s)", response.status_code, path)
+        if response.status in (401, 403):
+            log.warning("Ideogram refused our API key (HTTP %s on %s)", response.status, path)
         raise error_for(response, PROVIDER, redact(_error_message(response), self._api_key)[:_MESSAGE_CHARS])
 
 
@@ -147,14 +152,14 @@ def _file_parts(name: str, images: Iterable[ImageFile]) -> list[_Part]:
     return [(name, (image.filename or "image", image.data, image.content_type)) for image in images]
 
 
-def _json(response: httpx.Response) -> Any:
+def _json(response: UpstreamResponse) -> Any:
     try:
         return response.json()
     except ValueError:
-        raise ProviderUnavailable(f"Ideogram answered {response.status_code} with a body that is not JSON") from None
+        raise ProviderUnavailable(f"Ideogram answered {response.status} with a body that is not JSON") from None
 
 
-def _images(response: httpx.Response) -> ProviderResult:
+def _images(response: UpstreamResponse) -> ProviderResult:
     """The safe images of an image endpoint's answer; ContentRejected if every one was withheld."""
     body = _json(response)
     data = body.get("data") if isinstance(body, dict) else None
@@ -174,7 +179,7 @@ def _images(response: httpx.Response) -> ProviderResult:
     )
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(response: UpstreamResponse) -> str:
     try:
         body = response.json()
     except ValueError:
@@ -183,9 +188,9 @@ def _error_message(response: httpx.Response) -> str:
     if isinstance(body, dict):
         message = next((body[k] for k in ("error", "message", "detail") if isinstance(body.get(k), str)), None)
     if message is None:
-        message = response.text.strip() or response.reason_phrase
+        message = response.text.strip() or response.reason
     return message
 
 
-def _request_id(response: httpx.Response) -> str | None:
+def _request_id(response: UpstreamResponse) -> str | None:
     return response.headers.get("x-request-id")

@@ -6,9 +6,12 @@ that says what went wrong (daygen/errors.py); retries, backoff and limits live i
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-import httpx
+import aiohttp
 
 from daygen.errors import (
     ContentRejected,
@@ -22,12 +25,53 @@ from daygen.errors import (
 
 # What a client uses when none is given; the pool passes the configured one (provider_*_timeout_seconds).
 # A generation takes tens of seconds before the first byte of the answer; connecting should not.
-DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
+DEFAULT_TIMEOUT = aiohttp.ClientTimeout(sock_connect=5.0, sock_read=120.0)
 
 
-def provider_timeout(*, connect_seconds: float, read_seconds: float) -> httpx.Timeout:
-    """How long to wait for an upstream connection, and then between bytes of its answer (and our upload)."""
-    return httpx.Timeout(read_seconds, connect=connect_seconds)
+def provider_timeout(*, connect_seconds: float, read_seconds: float) -> aiohttp.ClientTimeout:
+    """How long to wait for an upstream connection, and then between bytes of its answer."""
+    return aiohttp.ClientTimeout(sock_connect=connect_seconds, sock_read=read_seconds)
+
+
+def provider_session(connections: int) -> aiohttp.ClientSession:
+    """The HTTP client of a pool actor's provider calls and downloads: aiohttp's own API, since
+    httpx's layers over the same pool cost about as much CPU as the requests (bench/http_client.py).
+    No cookies are kept between upstream calls. Made inside the running event loop."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=DEFAULT_TIMEOUT,
+    )
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    """An upstream API's answer, read whole (its JSON is small) so the connection is free at once."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        """The body as JSON; ValueError if it is not."""
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+async def send(http: aiohttp.ClientSession, method: str, url: str, **request: Any) -> UpstreamResponse:
+    """One request (`request`: aiohttp's arguments), redirects not followed; raises TimeoutError or
+    aiohttp.ClientError when no answer came."""
+    async with http.request(method, url, allow_redirects=False, **request) as response:
+        body = await response.read()
+        return UpstreamResponse(response.status, response.reason or "", response.headers, body)
 
 
 @dataclass(frozen=True)
@@ -58,7 +102,7 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, REDACTED) if secret else text
 
 
-def retry_after_seconds(response: httpx.Response) -> float | None:
+def retry_after_seconds(response: UpstreamResponse) -> float | None:
     value = response.headers.get("retry-after", "").strip()
     try:
         return max(0.0, float(value)) if value else None
@@ -66,9 +110,9 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
         return None
 
 
-def error_for(response: httpx.Response, provider: str, message: str) -> ProviderError:
+def error_for(response: UpstreamResponse, provider: str, message: str) -> ProviderError:
     """The domain error for an upstream error status; the message never contains our key."""
-    status = response.status_code
+    status = response.status
     text = f"{provider} answered {status}: {message}"[:500]
     if status == 401 or status == 403:
         return ProviderMisconfigured(f"{provider} refused our API key")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 
 from daygen.errors import (
     ContentRejected,
@@ -40,7 +40,7 @@ from daygen.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from pipelines.providers import DEFAULT_TIMEOUT, ImageFile, ProviderResult, error_for, redact
+from pipelines.providers import DEFAULT_TIMEOUT, ImageFile, ProviderResult, UpstreamResponse, error_for, redact, send
 
 logger = logging.getLogger("daygen.qwen")
 
@@ -81,11 +81,11 @@ class QwenClient:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         *,
         base_url: str,
         api_key: str | None,
-        timeout: httpx.Timeout | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> None:
         self._http = http
         self._base_url = base_url.rstrip("/")
@@ -153,15 +153,15 @@ class QwenClient:
         if asynchronous:
             headers["X-DashScope-Async"] = "enable"
         try:
-            response = await self._http.request(
-                method, self._base_url + path, json=body, headers=headers, timeout=self._timeout
+            response = await send(
+                self._http, method, self._base_url + path, json=body, headers=headers, timeout=self._timeout
             )
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:
             raise ProviderUnavailable(f"{PROVIDER} did not answer in time ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             reason = redact(f"{type(exc).__name__}: {exc}", self._api_key)
             raise ProviderUnavailable(f"{PROVIDER} could not be reached ({reason})"[:500]) from exc
-        if not response.is_success:
+        if not response.ok:
             raise self._error(response)
         try:
             payload = response.json()
@@ -171,18 +171,18 @@ class QwenClient:
             raise ProviderUnavailable(f"{PROVIDER} answered 200 with JSON that is not an object")
         return payload
 
-    def _error(self, response: httpx.Response) -> ProviderError:
+    def _error(self, response: UpstreamResponse) -> ProviderError:
         # Redacted before anything reads it: the error, the job and the warning below all quote it.
         code, message = (redact(text, self._api_key) for text in _code_and_message(response))
-        detail = f"{code}: {message}" if code or message else response.reason_phrase or "no details"
+        detail = f"{code}: {message}" if code or message else response.reason or "no details"
         error = error_for(response, PROVIDER, detail)
         if isinstance(error, ProviderMisconfigured):
             # An operator must act; the message names DashScope's code, never our key.
-            logger.warning("%s refused our API key (HTTP %s, %s)", PROVIDER, response.status_code, detail[:200])
+            logger.warning("%s refused our API key (HTTP %s, %s)", PROVIDER, response.status, detail[:200])
             return error
-        if response.status_code == 400 and code in MODERATION_CODES:
+        if response.status == 400 and code in MODERATION_CODES:
             return ContentRejected(error.message)
-        if response.status_code == 400 and code in OUT_OF_FUNDS_CODES:
+        if response.status == 400 and code in OUT_OF_FUNDS_CODES:
             return ProviderOutOfFunds(error.message)
         if isinstance(error, ProviderRateLimited):
             if message.lower().startswith("free allocated quota exceeded"):
@@ -261,7 +261,7 @@ def _request_id(payload: dict[str, Any]) -> str | None:
     return request_id if isinstance(request_id, str) and request_id else None
 
 
-def _code_and_message(response: httpx.Response) -> tuple[str, str]:
+def _code_and_message(response: UpstreamResponse) -> tuple[str, str]:
     try:
         body = response.json()
     except ValueError:

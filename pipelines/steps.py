@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-from httpx_aiohttp import AiohttpTransport
+import aiohttp
 from PIL import Image
 
 from daygen.errors import (
@@ -30,7 +29,7 @@ from pipelines.downloads import copy_image
 from pipelines.ideogram import IdeogramClient
 from pipelines.operations import OPERATIONS
 from pipelines.pool_config import ProviderPools, pool_key
-from pipelines.providers import DEFAULT_TIMEOUT, ImageFile, ProviderResult, provider_timeout
+from pipelines.providers import DEFAULT_TIMEOUT, ImageFile, ProviderResult, provider_session, provider_timeout
 from pipelines.qwen import QwenClient
 from pipelines.retry import RetryPolicy, call_with_retries
 from pipelines.shared_limits import ProviderGate
@@ -50,12 +49,12 @@ class StepContext:
     limits (a gate per provider), the retry policy."""
 
     store: ObjectStore
-    http: httpx.AsyncClient | None = None
+    http: aiohttp.ClientSession | None = None
     ideogram: IdeogramClient | None = None
     qwen: QwenClient | None = None
     gates: dict[str, ProviderGate] = field(default_factory=dict)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
+    timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT
     max_pixels: int = 100_000_000
     qwen_async_tasks: bool = False
     poll_seconds: float = 10.0
@@ -65,16 +64,14 @@ class StepContext:
     @classmethod
     def from_settings(cls, settings, pools: ProviderPools, provider: str | None = None) -> StepContext:
         """For a pool actor of `provider`: its HTTP connections are as many as the steps it may run
-        at once, so the upstream's limits (the shared gates) are the only ones that queue a step."""
+        at once, so the upstream's limits (the shared gates) are the only ones that queue a step.
+        Called inside the running event loop (the HTTP session belongs to it)."""
 
         def key(secret) -> str | None:
             return secret.get_secret_value() if secret is not None else None
 
         connections = max(pools[provider].steps_per_actor, 16) if provider else 64
-        # aiohttp's connection pool under httpx's API: httpcore's pool rescans every connection on
-        # each request, which cost more CPU than the rest of a step (bench/job_engine.py).
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=min(connections, 256))
-        http = httpx.AsyncClient(transport=AiohttpTransport(limits=limits))
+        http = provider_session(connections)
         redis = make_redis(settings.redis_url)
         gates = {
             provider: ProviderGate(

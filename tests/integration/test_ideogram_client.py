@@ -9,7 +9,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
-import httpx
+import aiohttp
 import pytest
 from PIL import Image
 from pydantic import SecretStr
@@ -30,7 +30,7 @@ from daygen.errors import (
 from daygen.settings import Settings
 from pipelines.ideogram import IdeogramClient
 from pipelines.pool_config import ProviderPools
-from pipelines.providers import ImageFile, ProviderResult
+from pipelines.providers import ImageFile, ProviderResult, provider_session, provider_timeout
 from pipelines.steps import StepContext, run_step
 from tests.fakes.ideogram import FakeIdeogram, ReceivedRequest
 from tests.fakes.server import FakeServer
@@ -70,13 +70,13 @@ def fresh_fake(fake: FakeIdeogram) -> None:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with provider_session(16) as client:
         yield client
 
 
 @pytest.fixture
-def ideogram(http: httpx.AsyncClient, fake: FakeIdeogram) -> IdeogramClient:
+def ideogram(http: aiohttp.ClientSession, fake: FakeIdeogram) -> IdeogramClient:
     return IdeogramClient(http, base_url=fake.base_url, api_key=KEY)
 
 
@@ -97,11 +97,12 @@ def as_part(field: str, image: ImageFile) -> tuple[str, str, str, bytes]:
     return (field, image.filename, image.content_type, image.data)
 
 
-async def png_size(http: httpx.AsyncClient, url: str) -> tuple[int, int]:
-    response = await http.get(url)
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "image/png"
-    with Image.open(io.BytesIO(response.content)) as image:
+async def png_size(http: aiohttp.ClientSession, url: str) -> tuple[int, int]:
+    async with http.get(url) as response:
+        assert response.status == 200
+        assert response.headers["content-type"] == "image/png"
+        content = await response.read()
+    with Image.open(io.BytesIO(content)) as image:
         assert image.format == "PNG"
         return image.size
 
@@ -118,7 +119,7 @@ def assert_key_hidden(exc: BaseException) -> None:
 
 
 async def test_generate_sends_every_option_and_both_reference_kinds_and_returns_downloadable_pngs(
-    ideogram: IdeogramClient, fake: FakeIdeogram, http: httpx.AsyncClient
+    ideogram: IdeogramClient, fake: FakeIdeogram, http: aiohttp.ClientSession
 ) -> None:
     params = {
         "prompt": "a lighthouse at dusk",
@@ -163,7 +164,7 @@ async def test_generate_sends_every_option_and_both_reference_kinds_and_returns_
 
 
 async def test_a_text_only_generate_is_still_sent_as_multipart(
-    ideogram: IdeogramClient, fake: FakeIdeogram, http: httpx.AsyncClient
+    ideogram: IdeogramClient, fake: FakeIdeogram, http: aiohttp.ClientSession
 ) -> None:
     result = await ideogram.generate({"prompt": "a red balloon"})
 
@@ -176,7 +177,7 @@ async def test_a_text_only_generate_is_still_sent_as_multipart(
 
 
 async def test_edit_sends_image_and_mask_as_files_and_returns_an_image_of_the_same_size(
-    ideogram: IdeogramClient, fake: FakeIdeogram, http: httpx.AsyncClient
+    ideogram: IdeogramClient, fake: FakeIdeogram, http: aiohttp.ClientSession
 ) -> None:
     params = {
         "prompt": "add a red door",
@@ -208,7 +209,7 @@ async def test_edit_sends_image_and_mask_as_files_and_returns_an_image_of_the_sa
 
 
 async def test_reframe_sends_the_target_resolution_and_returns_an_image_of_that_size(
-    ideogram: IdeogramClient, fake: FakeIdeogram, http: httpx.AsyncClient
+    ideogram: IdeogramClient, fake: FakeIdeogram, http: aiohttp.ClientSession
 ) -> None:
     params = {
         "resolution": "512x256",
@@ -236,7 +237,7 @@ async def test_reframe_sends_the_target_resolution_and_returns_an_image_of_that_
 
 
 async def test_replace_background_returns_every_image_asked_for(
-    ideogram: IdeogramClient, fake: FakeIdeogram, http: httpx.AsyncClient
+    ideogram: IdeogramClient, fake: FakeIdeogram, http: aiohttp.ClientSession
 ) -> None:
     params = {"prompt": "a snowy forest", "magic_prompt": "ON", "num_images": 3, "image": "asset-photo"}
 
@@ -253,7 +254,7 @@ async def test_replace_background_returns_every_image_asked_for(
 
 
 async def test_remix_sends_image_weight_and_character_references(
-    ideogram: IdeogramClient, fake: FakeIdeogram, http: httpx.AsyncClient
+    ideogram: IdeogramClient, fake: FakeIdeogram, http: aiohttp.ClientSession
 ) -> None:
     params = {
         "prompt": "the same scene in watercolour",
@@ -286,7 +287,7 @@ async def test_remix_sends_image_weight_and_character_references(
 
 
 async def test_upscale_sends_its_options_as_one_json_image_request_and_the_image_as_image_file(
-    ideogram: IdeogramClient, fake: FakeIdeogram, http: httpx.AsyncClient
+    ideogram: IdeogramClient, fake: FakeIdeogram, http: aiohttp.ClientSession
 ) -> None:
     params = {"resemblance": 55, "detail": 80, "prompt": "crisp", "magic_prompt": "OFF", "seed": None, "image": "a"}
 
@@ -325,7 +326,7 @@ async def test_describe_returns_the_description_texts_and_no_images(
 @pytest.mark.parametrize("api_key", [None, "", "   "])
 @pytest.mark.parametrize("operation", OPERATIONS)
 async def test_without_an_api_key_every_operation_is_misconfigured_and_nothing_is_sent(
-    http: httpx.AsyncClient, fake: FakeIdeogram, operation: str, api_key: str | None
+    http: aiohttp.ClientSession, fake: FakeIdeogram, operation: str, api_key: str | None
 ) -> None:
     client = IdeogramClient(http, base_url=fake.base_url, api_key=api_key)
 
@@ -403,7 +404,7 @@ async def test_asking_for_more_images_than_the_inflight_limit_is_rate_limited_no
 
 
 async def test_a_refused_key_is_misconfigured_and_alerts_the_operator_without_the_key(
-    http: httpx.AsyncClient, fake: FakeIdeogram, caplog: pytest.LogCaptureFixture
+    http: aiohttp.ClientSession, fake: FakeIdeogram, caplog: pytest.LogCaptureFixture
 ) -> None:
     wrong_key = "sk-ideogram-revoked-0000"
     client = IdeogramClient(http, base_url=fake.base_url, api_key=wrong_key)
@@ -441,8 +442,10 @@ async def test_an_upstream_error_that_echoes_our_key_back_is_redacted(
     assert_key_hidden(raised.value)
 
 
-async def test_a_hung_upstream_times_out_as_unavailable(http: httpx.AsyncClient, fake: FakeIdeogram) -> None:
-    client = IdeogramClient(http, base_url=fake.base_url, api_key=KEY, timeout=httpx.Timeout(5.0, read=0.3))
+async def test_a_hung_upstream_times_out_as_unavailable(http: aiohttp.ClientSession, fake: FakeIdeogram) -> None:
+    client = IdeogramClient(
+        http, base_url=fake.base_url, api_key=KEY, timeout=provider_timeout(connect_seconds=5.0, read_seconds=0.3)
+    )
     fake.hang_next(endpoint="generate")
 
     try:
@@ -452,7 +455,7 @@ async def test_a_hung_upstream_times_out_as_unavailable(http: httpx.AsyncClient,
         fake.release_hung()
 
     assert "in time" in str(raised.value)
-    assert isinstance(raised.value.__cause__, httpx.TimeoutException)
+    assert isinstance(raised.value.__cause__, TimeoutError)
     assert_key_hidden(raised.value)
     assert [r.endpoint for r in fake.received] == ["generate"]
 
@@ -479,7 +482,7 @@ async def test_a_short_read_timeout_setting_fails_a_hung_upstream_as_unavailable
     finally:
         fake.release_hung()
         assert ctx.http is not None
-        await ctx.http.aclose()
+        await ctx.http.close()
 
     assert outcome.error_code == "provider_unavailable"
     assert "in time" in (outcome.error_message or "")
@@ -488,7 +491,7 @@ async def test_a_short_read_timeout_setting_fails_a_hung_upstream_as_unavailable
     assert outcome.assets == []
 
 
-async def test_a_closed_port_is_unavailable(http: httpx.AsyncClient) -> None:
+async def test_a_closed_port_is_unavailable(http: aiohttp.ClientSession) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -497,7 +500,7 @@ async def test_a_closed_port_is_unavailable(http: httpx.AsyncClient) -> None:
     with pytest.raises(ProviderUnavailable) as raised:
         await client.generate({"prompt": "a kite"})
 
-    assert isinstance(raised.value.__cause__, httpx.ConnectError)
+    assert isinstance(raised.value.__cause__, aiohttp.ClientConnectorError)
     assert_key_hidden(raised.value)
 
 
@@ -544,7 +547,7 @@ def odd_upstream() -> Iterator[str]:
 
 
 @pytest.fixture
-def odd_ideogram(http: httpx.AsyncClient, odd_upstream: str) -> IdeogramClient:
+def odd_ideogram(http: aiohttp.ClientSession, odd_upstream: str) -> IdeogramClient:
     return IdeogramClient(http, base_url=odd_upstream, api_key=KEY)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
 import pytest
 
+from pipelines.providers import provider_session
 from pipelines.qwen import QwenClient
 from pipelines.retry import RetryPolicy
 from pipelines.shared_limits import ProviderGate
@@ -31,7 +31,7 @@ async def actors(dashscope, settings, tmp_path):
     dashscope.reset()
     key = f"{settings.redis_namespace}:pool-test:{uuid.uuid4().hex}"
     made = []
-    async with httpx.AsyncClient() as http:
+    async with provider_session(16) as http:
         for _ in range(2):
             gate = ProviderGate(make_redis(settings.redis_url), key, requests_per_minute=60_000)
             slept: list[float] = []

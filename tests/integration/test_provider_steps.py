@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from PIL import Image
 
+from pipelines.providers import provider_session
 from pipelines.qwen import QwenClient
 from pipelines.retry import RetryPolicy
 from pipelines.steps import StepContext, run_step
@@ -27,7 +27,7 @@ async def context(dashscope, tmp_path):
     async def record(seconds: float) -> None:
         slept.append(seconds)
 
-    async with httpx.AsyncClient() as http:
+    async with provider_session(16) as http:
         ctx = StepContext(
             store=ObjectStore(f"file://{tmp_path}"),
             http=http,

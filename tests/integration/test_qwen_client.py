@@ -9,7 +9,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
+import aiohttp
 import pytest
 from PIL import Image
 from starlette.applications import Starlette
@@ -26,7 +26,7 @@ from daygen.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from pipelines.providers import ImageFile
+from pipelines.providers import ImageFile, provider_session, provider_timeout
 from pipelines.qwen import QUOTA_RETRY_S, RATE_LIMIT_RETRY_S, QwenClient
 from tests.fakes.dashscope import QUOTA_CODE, QUOTA_MESSAGE, FakeDashScope
 from tests.fakes.server import FakeServer
@@ -48,13 +48,13 @@ def fake(dashscope: FakeDashScope) -> FakeDashScope:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(trust_env=False) as client:
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with provider_session(16) as client:
         yield client
 
 
 @pytest.fixture
-def qwen(fake: FakeDashScope, http: httpx.AsyncClient) -> QwenClient:
+def qwen(fake: FakeDashScope, http: aiohttp.ClientSession) -> QwenClient:
     return QwenClient(http, base_url=fake.base_url, api_key=SECRET_KEY)
 
 
@@ -64,11 +64,12 @@ def assert_keeps_the_key_secret(error: BaseException) -> None:
     assert SECRET_KEY not in repr(getattr(error, "details", None))
 
 
-async def png_size(http: httpx.AsyncClient, url: str) -> tuple[int, int]:
-    response = await http.get(url)
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "image/png"
-    with Image.open(io.BytesIO(response.content)) as image:
+async def png_size(http: aiohttp.ClientSession, url: str) -> tuple[int, int]:
+    async with http.get(url) as response:
+        assert response.status == 200
+        assert response.headers["content-type"] == "image/png"
+        content = await response.read()
+    with Image.open(io.BytesIO(content)) as image:
         assert image.format == "PNG"
         return image.size
 
@@ -77,7 +78,7 @@ async def png_size(http: httpx.AsyncClient, url: str) -> tuple[int, int]:
 
 
 async def test_generate_sends_prompt_and_parameters_and_returns_a_png_of_the_requested_size(
-    fake: FakeDashScope, qwen: QwenClient, http: httpx.AsyncClient
+    fake: FakeDashScope, qwen: QwenClient, http: aiohttp.ClientSession
 ) -> None:
     params = {
         "prompt": "a lighthouse at dusk",
@@ -125,7 +126,7 @@ async def test_generate_leaves_out_parameters_that_are_none_and_names_it_does_no
 
 
 async def test_edit_sends_the_image_as_a_data_url_of_exactly_the_given_bytes(
-    fake: FakeDashScope, qwen: QwenClient, http: httpx.AsyncClient
+    fake: FakeDashScope, qwen: QwenClient, http: aiohttp.ClientSession
 ) -> None:
     photo = encoded("PNG", size=(40, 30), colour="blue")
     params = {"image": "0b9d7c1e-0000-4000-8000-000000000001", "prompt": "make it red", "seed": 7, "watermark": True}
@@ -163,7 +164,7 @@ async def test_edit_of_a_jpeg_names_its_own_content_type(fake: FakeDashScope, qw
 
 
 async def test_submitted_task_is_polled_from_pending_through_running_to_succeeded(
-    fake: FakeDashScope, qwen: QwenClient, http: httpx.AsyncClient
+    fake: FakeDashScope, qwen: QwenClient, http: aiohttp.ClientSession
 ) -> None:
     params = {"prompt": "a paper boat", "size": "1472*1140", "seed": 5, "negative_prompt": "text", "watermark": False}
 
@@ -237,7 +238,7 @@ async def test_unknown_task_id_is_reported_unknown_and_finished(fake: FakeDashSc
 
 @pytest.mark.parametrize("missing", [None, ""])
 async def test_without_an_api_key_nothing_is_sent_and_the_operator_is_told(
-    fake: FakeDashScope, http: httpx.AsyncClient, missing: str | None, caplog: pytest.LogCaptureFixture
+    fake: FakeDashScope, http: aiohttp.ClientSession, missing: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     qwen = QwenClient(http, base_url=fake.base_url, api_key=missing)
     image = ImageFile("a.png", encoded(), "image/png")
@@ -258,7 +259,7 @@ async def test_without_an_api_key_nothing_is_sent_and_the_operator_is_told(
 
 
 async def test_refused_key_is_misconfigured_and_warns_without_showing_the_key(
-    fake: FakeDashScope, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    fake: FakeDashScope, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     wrong_key = "sk-wrong-key-that-must-stay-hidden"
     qwen = QwenClient(http, base_url=fake.base_url, api_key=wrong_key)
@@ -381,9 +382,14 @@ async def test_allocated_quota_exceeded_waits_longer_before_the_next_try(fake: F
 
 
 async def test_an_answer_that_never_comes_is_unavailable_after_the_read_timeout(
-    fake: FakeDashScope, http: httpx.AsyncClient
+    fake: FakeDashScope, http: aiohttp.ClientSession
 ) -> None:
-    qwen = QwenClient(http, base_url=fake.base_url, api_key=SECRET_KEY, timeout=httpx.Timeout(5.0, read=0.2))
+    qwen = QwenClient(
+        http,
+        base_url=fake.base_url,
+        api_key=SECRET_KEY,
+        timeout=provider_timeout(connect_seconds=5.0, read_seconds=0.2),
+    )
     fake.hang_next()
 
     with pytest.raises(ProviderUnavailable) as raised:
@@ -393,7 +399,7 @@ async def test_an_answer_that_never_comes_is_unavailable_after_the_read_timeout(
     assert_keeps_the_key_secret(raised.value)
 
 
-async def test_a_closed_port_is_unavailable(http: httpx.AsyncClient) -> None:
+async def test_a_closed_port_is_unavailable(http: aiohttp.ClientSession) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -444,7 +450,7 @@ def odd_upstream() -> Iterator[str]:
 
 @pytest.mark.parametrize("kind", ["html", "list", "no-output", "no-image"])
 async def test_a_malformed_200_to_generate_is_unavailable(
-    odd_upstream: str, http: httpx.AsyncClient, kind: str
+    odd_upstream: str, http: aiohttp.ClientSession, kind: str
 ) -> None:
     qwen = QwenClient(http, base_url=f"{odd_upstream}/{kind}", api_key=SECRET_KEY)
 
@@ -453,7 +459,7 @@ async def test_a_malformed_200_to_generate_is_unavailable(
 
 
 @pytest.mark.parametrize("kind", ["odd-status", "no-results", "no-output"])
-async def test_a_malformed_task_poll_is_unavailable(odd_upstream: str, http: httpx.AsyncClient, kind: str) -> None:
+async def test_a_malformed_task_poll_is_unavailable(odd_upstream: str, http: aiohttp.ClientSession, kind: str) -> None:
     qwen = QwenClient(http, base_url=f"{odd_upstream}/{kind}", api_key=SECRET_KEY)
 
     with pytest.raises(ProviderUnavailable):
@@ -461,7 +467,7 @@ async def test_a_malformed_task_poll_is_unavailable(odd_upstream: str, http: htt
 
 
 async def test_a_succeeded_task_whose_every_image_was_refused_is_a_failed_task(
-    odd_upstream: str, http: httpx.AsyncClient
+    odd_upstream: str, http: aiohttp.ClientSession
 ) -> None:
     qwen = QwenClient(http, base_url=f"{odd_upstream}/all-images-refused", api_key=SECRET_KEY)
 
