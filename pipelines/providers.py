@@ -26,6 +26,8 @@ from daygen.errors import (
 # What a client uses when none is given; the pool passes the configured one (provider_*_timeout_seconds).
 # A generation takes tens of seconds before the first byte of the answer; connecting should not.
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(sock_connect=5.0, sock_read=120.0)
+# An API answer is JSON of a few KB (images come as URLs, copied apart); more is a broken upstream.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 
 def provider_timeout(*, connect_seconds: float, read_seconds: float) -> aiohttp.ClientTimeout:
@@ -68,10 +70,14 @@ class UpstreamResponse:
 
 async def send(http: aiohttp.ClientSession, method: str, url: str, **request: Any) -> UpstreamResponse:
     """One request (`request`: aiohttp's arguments), redirects not followed; raises TimeoutError or
-    aiohttp.ClientError when no answer came."""
+    aiohttp.ClientError when no answer came, ProviderUnavailable when it is over MAX_ANSWER_BYTES."""
     async with http.request(method, url, allow_redirects=False, **request) as response:
-        body = await response.read()
-        return UpstreamResponse(response.status, response.reason or "", response.headers, body)
+        body = bytearray()
+        async for chunk in response.content.iter_any():
+            body += chunk
+            if len(body) > MAX_ANSWER_BYTES:
+                raise ProviderUnavailable(f"the provider answered with more than {MAX_ANSWER_BYTES} bytes")
+        return UpstreamResponse(response.status, response.reason or "", response.headers, bytes(body))
 
 
 @dataclass(frozen=True)

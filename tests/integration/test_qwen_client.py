@@ -26,7 +26,7 @@ from daygen.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from pipelines.providers import ImageFile, provider_session, provider_timeout
+from pipelines.providers import MAX_ANSWER_BYTES, ImageFile, provider_session, provider_timeout
 from pipelines.qwen import QUOTA_RETRY_S, RATE_LIMIT_RETRY_S, QwenClient
 from tests.fakes.dashscope import QUOTA_CODE, QUOTA_MESSAGE, FakeDashScope
 from tests.fakes.server import FakeServer
@@ -416,6 +416,7 @@ async def test_a_closed_port_is_unavailable(http: aiohttp.ClientSession) -> None
 
 ODD_ANSWERS: dict[str, Any] = {
     "html": Response("<html>gateway</html>", 200, media_type="text/html"),
+    "huge": Response(b'{"output": "' + b"x" * MAX_ANSWER_BYTES + b'"}', 200, media_type="application/json"),
     "list": JSONResponse(["not", "an", "object"]),
     "no-output": JSONResponse({"request_id": "r-1"}),
     "no-image": JSONResponse(
@@ -456,6 +457,17 @@ async def test_a_malformed_200_to_generate_is_unavailable(
 
     with pytest.raises(ProviderUnavailable):
         await qwen.generate({"prompt": "x"})
+
+
+async def test_an_answer_too_large_to_be_json_of_an_image_is_unavailable_without_being_read_whole(
+    odd_upstream: str, http: aiohttp.ClientSession
+) -> None:
+    qwen = QwenClient(http, base_url=f"{odd_upstream}/huge", api_key=SECRET_KEY)
+
+    with pytest.raises(ProviderUnavailable) as raised:
+        await qwen.generate({"prompt": "x"})
+
+    assert f"more than {MAX_ANSWER_BYTES} bytes" in str(raised.value)
 
 
 @pytest.mark.parametrize("kind", ["odd-status", "no-results", "no-output"])
