@@ -4,7 +4,7 @@ A claim ranks every claimable job of a provider (fair share between users), so i
 with the backlog; this prints it for a few backlog sizes, on a freshly filled table (as after a
 burst, before autovacuum has analyzed it) and after ANALYZE.
 
-    .venv/bin/python bench/claims.py [--users 50] [--backlogs 500 5000 20000]
+    .venv/bin/python bench/claims.py [--users 50] [--backlogs 500 5000 20000] [--limits 1 10 100]
 
 Uses the machine's Postgres when DAYGEN_TEST_DATABASE_URL is set, else an embedded one.
 """
@@ -32,7 +32,6 @@ from storage.models import Job, JobEvent, User  # noqa: E402
 from tests.conftest import private_database, service_urls  # noqa: E402
 
 CLAIMS = 7
-LIMITS = (1, 10, 100)
 
 
 async def claim_ms(sessions, limit: int) -> float:
@@ -52,7 +51,7 @@ async def claim_ms(sessions, limit: int) -> float:
     return statistics.median(times)
 
 
-async def run(database_url: str, users: int, backlogs: list[int]) -> None:
+async def run(database_url: str, users: int, backlogs: list[int], limits: list[int]) -> None:
     engine = make_engine(database_url, pool_size=2)
     sessions = make_sessionmaker(engine)
     owners = [uuid7() for _ in range(users)]
@@ -70,12 +69,12 @@ async def run(database_url: str, users: int, backlogs: list[int]) -> None:
             ]
             async with sessions() as session:
                 await job_queries.insert_jobs(session, jobs)
-        fresh = {limit: await claim_ms(sessions, limit) for limit in LIMITS}
+        fresh = {limit: await claim_ms(sessions, limit) for limit in limits}
         async with engine.connect() as connection:
             await connection.execute(text("ANALYZE jobs"))
             await connection.commit()
-        analyzed = {limit: await claim_ms(sessions, limit) for limit in LIMITS}
-        figures = ", ".join(f"{limit}: {fresh[limit]:.1f} / {analyzed[limit]:.1f} ms" for limit in LIMITS)
+        analyzed = {limit: await claim_ms(sessions, limit) for limit in limits}
+        figures = ", ".join(f"{limit}: {fresh[limit]:.1f} / {analyzed[limit]:.1f} ms" for limit in limits)
         print(f"backlog {per_user * users} ({users} users), claim of N jobs, fresh / analyzed table: {figures}")
     await engine.dispose()
 
@@ -84,10 +83,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--backlogs", type=int, nargs="+", default=[500, 5000, 20000])
+    parser.add_argument("--limits", type=int, nargs="+", default=[1, 10, 100], help="jobs a claim takes, each")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dgb-") as tmp, service_urls(Path(tmp)) as (pg_url, _):
         with private_database(pg_url) as url:
-            asyncio.run(run(Settings(database_url=url).database_url, args.users, args.backlogs))
+            asyncio.run(run(Settings(database_url=url).database_url, args.users, args.backlogs, args.limits))
 
 
 if __name__ == "__main__":
