@@ -516,12 +516,15 @@ async def test_waiting_without_a_pause_returns_at_once(prefix, connect):
 
 async def test_a_rate_slot_is_not_given_out_during_the_pools_pause(prefix, connect):
     pause = PoolPause(connect(), prefix)
-    limiter = SharedRateLimiter(connect(), prefix, rate=1000, period_seconds=1.0, pause_key=pause.key)
+    # One slot a second: the limiter's key lives until its next slot, long enough to read it back
+    # (at 1,000 a second it lived 2 ms, less than the reads below take on a loaded machine).
+    limiter = SharedRateLimiter(connect(), prefix, rate=1, period_seconds=1.0, pause_key=pause.key)
     await pause.set(0.3)
     async with asyncio.timeout(5):
         slot = await limiter.acquire()
+    next_slot = await limiter.redis.get(limiter.key)
     redis_now = await limiter.redis.time()
     # The slot was reserved once the pause had ended, on the Redis clock (no earlier slot was taken).
     assert await pause.remaining() == 0
     assert redis_now[0] + redis_now[1] / 1e6 - slot < 0.1
-    assert int(await limiter.redis.get(limiter.key)) == pytest.approx(slot * 1_000_000 + 1000, abs=1)
+    assert int(next_slot) == pytest.approx(slot * 1_000_000 + 1_000_000, abs=1)
