@@ -1,4 +1,4 @@
-"""Image bytes for tests: real encodings from Pillow, and hand-made PNGs for the edge cases."""
+"""Image bytes for tests: real encodings from Pillow, hand-made PNGs for the edge cases, and a PNG fetched by URL."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 import struct
 import zlib
 
+import aiohttp
 from PIL import Image
 
 
@@ -28,3 +29,13 @@ def png_header_only(width: int, height: int) -> bytes:
         + _chunk(b"IDAT", zlib.compress(b"\x00" * 64))
         + _chunk(b"IEND", b"")
     )
+
+
+async def png_size(http: aiohttp.ClientSession, url: str) -> tuple[int, int]:
+    async with http.get(url) as response:
+        assert response.status == 200
+        assert response.headers["content-type"] == "image/png"
+        content = await response.read()
+    with Image.open(io.BytesIO(content)) as image:
+        assert image.format == "PNG"
+        return image.size

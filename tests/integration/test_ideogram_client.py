@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import socket
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from PIL import Image
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -34,7 +32,7 @@ from pipelines.providers import ImageFile, ProviderResult, provider_session, pro
 from pipelines.steps import StepContext, run_step
 from tests.fakes.ideogram import FakeIdeogram, ReceivedRequest
 from tests.fakes.server import FakeServer
-from tests.images import encoded
+from tests.images import encoded, png_size
 
 KEY = "sk-ideogram-7c1f0e9a-SECRET-do-not-leak"
 
@@ -95,16 +93,6 @@ def sent_files(record: ReceivedRequest) -> list[tuple[str, str | None, str | Non
 
 def as_part(field: str, image: ImageFile) -> tuple[str, str, str, bytes]:
     return (field, image.filename, image.content_type, image.data)
-
-
-async def png_size(http: aiohttp.ClientSession, url: str) -> tuple[int, int]:
-    async with http.get(url) as response:
-        assert response.status == 200
-        assert response.headers["content-type"] == "image/png"
-        content = await response.read()
-    with Image.open(io.BytesIO(content)) as image:
-        assert image.format == "PNG"
-        return image.size
 
 
 def assert_key_hidden(exc: BaseException) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -11,7 +10,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,7 +28,7 @@ from pipelines.providers import MAX_ANSWER_BYTES, ImageFile, provider_session, p
 from pipelines.qwen import QUOTA_RETRY_S, RATE_LIMIT_RETRY_S, QwenClient
 from tests.fakes.dashscope import QUOTA_CODE, QUOTA_MESSAGE, FakeDashScope
 from tests.fakes.server import FakeServer
-from tests.images import encoded
+from tests.images import encoded, png_size
 
 SECRET_KEY = "sk-qwen-secret-0123456789abcdef"
 
@@ -62,16 +60,6 @@ def assert_keeps_the_key_secret(error: BaseException) -> None:
     assert SECRET_KEY not in str(error)
     assert SECRET_KEY not in repr(error)
     assert SECRET_KEY not in repr(getattr(error, "details", None))
-
-
-async def png_size(http: aiohttp.ClientSession, url: str) -> tuple[int, int]:
-    async with http.get(url) as response:
-        assert response.status == 200
-        assert response.headers["content-type"] == "image/png"
-        content = await response.read()
-    with Image.open(io.BytesIO(content)) as image:
-        assert image.format == "PNG"
-        return image.size
 
 
 # -- synchronous generate and edit ---------------------------------------------------------
