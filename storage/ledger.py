@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from sqlalchemy import Insert, Select, Text, bindparam, func, select
+from sqlalchemy import Insert, Row, Select, Text, bindparam, func, select, true
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import TypeEngine
 
 from daygen.errors import InsufficientCredits
-from storage.db import insert_unnested
+from storage.db import insert_unnested, unnest_rows
 from storage.models import Credits, Job, LedgerBalance, LedgerEntry
 
 Settlement = Literal["commit", "release"]
@@ -113,10 +113,28 @@ def _locked_balances_statement() -> Select:
 
 
 @functools.cache
-def _entries_made_statement() -> Select:
-    return select(LedgerEntry.idempotency_key).where(
-        LedgerEntry.idempotency_key == func.any(bindparam("keys", type_=ARRAY(Text())))
+def _entries_by_key_statement() -> Select:
+    """The entries with the given idempotency keys, each looked up through the unique index.
+
+    A lateral lookup per key, not `idempotency_key = ANY(keys)`: for that, with a ledger of tens
+    of thousands of entries, the planner chose to read the whole ledger on every call (Postgres's
+    default costs make a hundred index lookups look dearer than a sequential scan until the table is
+    larger), and the reservations and settlements of a busy minute took most of Postgres's CPU."""
+    wanted = unnest_rows("wanted", [("key", Text())], prefix="wanted_")
+    entries = LedgerEntry.__table__
+    found = (
+        select(entries.c.idempotency_key, entries.c.kind, entries.c.account_id, entries.c.amount, entries.c.job_id)
+        .where(entries.c.idempotency_key == wanted.c.key)
+        .limit(1)  # a key is unique; the limit also keeps the planner from turning this into a join
+        .lateral("found")
     )
+    return select(found).select_from(wanted.join(found, true()))
+
+
+async def _entries_by_key(session: AsyncSession, keys: Sequence[str]) -> dict[str, Row]:
+    """The entries made under `keys` (those that exist), by key."""
+    rows = await session.execute(_entries_by_key_statement(), {"wanted_key": list(keys)})
+    return {row.idempotency_key: row for row in rows}
 
 
 async def reserve_many(session: AsyncSession, requests: Sequence[Reservation]) -> list[Reserved]:
@@ -129,7 +147,7 @@ async def reserve_many(session: AsyncSession, requests: Sequence[Reservation]) -
     balances.update((await session.execute(_locked_balances_statement(), {"accounts": list(accounts)})).tuples().all())
     keys = [f"reserve:{r.job_id}" for r in requests]
     # Read after the lock, so a repeat of a reservation that was being made meanwhile is seen.
-    held = set((await session.execute(_entries_made_statement(), {"keys": keys})).scalars())
+    held = set(await _entries_by_key(session, keys))
     rows, answers = [], []
     for request, key in zip(requests, keys, strict=True):
         current = balances[request.account_id]
@@ -165,20 +183,10 @@ async def reserve(session: AsyncSession, *, account_id: uuid.UUID, job_id: uuid.
     return answer.balance
 
 
-def _reserve_keys(job_ids: Sequence[uuid.UUID]) -> dict[str, list[str]]:
-    return {"keys": [f"reserve:{job_id}" for job_id in job_ids]}
-
-
-@functools.cache
-def _reservations_statement() -> Select:
-    """Jobs' reservations (job id, account, amount) and how each was settled, if it was."""
-    reserve, settle = LedgerEntry.__table__.alias("reserve"), LedgerEntry.__table__.alias("settle")
-    return (
-        select(reserve.c.job_id, reserve.c.account_id, reserve.c.amount, settle.c.kind)
-        .select_from(reserve)
-        .outerjoin(settle, settle.c.idempotency_key == func.concat("settle:", reserve.c.job_id))
-        .where(reserve.c.idempotency_key == func.any(bindparam("keys", type_=ARRAY(Text()))))
-    )
+async def _settlements(session: AsyncSession, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Settlement]:
+    """How each of the jobs was settled, for those that were."""
+    found = await _entries_by_key(session, [f"settle:{job_id}" for job_id in job_ids])
+    return {row.job_id: row.kind for row in found.values()}
 
 
 async def settle_many(session: AsyncSession, charges: Sequence[tuple[uuid.UUID, Decimal]]) -> list[Settlement | None]:
@@ -189,12 +197,10 @@ async def settle_many(session: AsyncSession, charges: Sequence[tuple[uuid.UUID, 
     time or any later time; None for a job that never reserved anything.
     """
     job_ids = [job_id for job_id, _ in charges]
-    reservations: dict[uuid.UUID, tuple[uuid.UUID, Decimal]] = {}
-    settled: dict[uuid.UUID, Settlement] = {}
-    for job_id, account_id, amount, kind in await session.execute(_reservations_statement(), _reserve_keys(job_ids)):
-        reservations[job_id] = (account_id, amount)
-        if kind is not None:
-            settled[job_id] = kind
+    # The reservations and their settlements, in one lookup.
+    found = await _entries_by_key(session, [f"{kind}:{job_id}" for job_id in job_ids for kind in ("reserve", "settle")])
+    reservations = {row.job_id: (row.account_id, row.amount) for row in found.values() if row.kind == "reserve"}
+    settled: dict[uuid.UUID, Settlement] = {row.job_id: row.kind for row in found.values() if row.kind != "reserve"}
     if not reservations:
         return [None] * len(charges)
     rows = []
@@ -222,8 +228,7 @@ async def settle_many(session: AsyncSession, charges: Sequence[tuple[uuid.UUID, 
         made = await _insert_entries(session, rows)
         lost = [row["job_id"] for row in rows if row["idempotency_key"] not in made]
         if lost:
-            for job_id, _, _, kind in await session.execute(_reservations_statement(), _reserve_keys(lost)):
-                settled[job_id] = kind
+            settled.update(await _settlements(session, lost))
     return [settled.get(job_id) for job_id in job_ids]
 
 

@@ -6,15 +6,19 @@ import asyncio
 import functools
 import random
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from daygen.errors import InsufficientCredits
 from storage import ledger
+from storage.db import make_engine, make_sessionmaker
 from storage.models import LedgerEntry
+from tests.conftest import private_database
 from tests.integration.test_job_lifecycle import someone_waits_for
 from tests.integration.test_shared_limits import eventually
 
@@ -201,3 +205,49 @@ async def test_an_account_with_no_entries_has_a_balance_of_zero_and_can_reserve_
         with pytest.raises(InsufficientCredits):
             await ledger.reserve(session, account_id=account, job_id=uuid.uuid4(), amount=Decimal("0.5"))
     assert await sum_of_entries(sessions, account) == 0
+
+
+@pytest.fixture(scope="module")
+def own_database_url(server_urls: tuple[str, str]) -> Iterator[str]:
+    """A database whose ledger holds only what the test puts in it."""
+    with private_database(server_urls[0]) as url:
+        yield url
+
+
+@pytest.fixture
+async def own_sessions(own_database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = make_engine(own_database_url.replace("postgresql://", "postgresql+asyncpg://"), pool_size=2)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+async def ledger_rows_scanned(session: AsyncSession) -> int:
+    """Ledger rows this transaction has read by sequential scan so far."""
+    query = text("SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_xact_user_tables WHERE relname = 'ledger_entries'")
+    return (await session.execute(query)).scalar_one()
+
+
+async def test_reserving_and_settling_look_up_their_own_entries_not_the_whole_ledger(own_sessions):
+    """With 5,000 past jobs in the ledger, reserving and settling 100 new ones reads none of the
+    others' entries: each is found by its key. (Asked as `key = ANY(keys)`, Postgres chose to read the
+    whole ledger for every reservation and settlement of a ledger this size.)"""
+    account = await funded_account(own_sessions, Decimal(10_000))
+    async with own_sessions.begin() as session:
+        await session.execute(
+            text(
+                "INSERT INTO ledger_entries (account_id, kind, amount, job_id, idempotency_key) "
+                "SELECT :account, kind, amount, job, key || ':' || job "
+                "FROM (SELECT gen_random_uuid() AS job FROM generate_series(1, 5000)) AS past, "
+                "(VALUES ('reserve', 'reserve', -1), ('release', 'settle', 1)) AS entry(kind, key, amount)"
+            ).bindparams(account=account)
+        )
+    jobs = [uuid.uuid4() for _ in range(100)]
+    async with own_sessions.begin() as session:
+        answers = await ledger.reserve_many(session, [ledger.Reservation(account, job, Decimal(1)) for job in jobs])
+        assert await ledger_rows_scanned(session) == 0
+    assert all(answer.accepted for answer in answers)
+    async with own_sessions.begin() as session:
+        settled = await ledger.settle_many(session, [(job, Decimal(1)) for job in jobs])
+        assert await ledger_rows_scanned(session) == 0
+    assert settled == ["commit"] * 100
+    assert await balance(own_sessions, account) == 10_000 - 100
