@@ -131,11 +131,12 @@ class JobDispatcher:
     async def _upkeep(self) -> None:
         """Off the claim path: settle what a crash left unsettled, delete expired uploads."""
         rounds = 0
+        ended_since: datetime | None = None  # the first pass looks at every job
         while True:
             try:
                 if rounds % PRUNE_EVERY == 0:
                     await prune_expired(self.sessions, self.store, datetime.now(UTC))
-                await settle_unsettled(self.sessions, self._settle)
+                ended_since = await settle_unsettled(self.sessions, self._settle, ended_since)
             except Exception:
                 log.exception("upkeep round failed")
             rounds += 1

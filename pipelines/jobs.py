@@ -14,6 +14,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +29,7 @@ from pipelines.steps import StepOutcome
 from storage import assets as asset_queries
 from storage import jobs as job_queries
 from storage import ledger as ledger_queries
+from storage.db import database_now
 from storage.events import Event
 
 log = logging.getLogger("daygen.jobs")
@@ -260,11 +262,29 @@ async def execute_job(
     return status
 
 
-async def settle_unsettled(sessions: async_sessionmaker[AsyncSession], settle: Settle) -> int:
-    """Settle reservations of jobs that ended without one: a queued job canceled by the API, whose
-    release was lost to a crash right after."""
+# Longer than any transaction that ends a job: one that began before a pass began (so its end is
+# stamped earlier) and committed after the pass looked is still inside the next pass's window.
+RECONCILE_OVERLAP = timedelta(minutes=10)
+UNSETTLED_PAGE = 100
+
+
+async def settle_unsettled(
+    sessions: async_sessionmaker[AsyncSession], settle: Settle, ended_since: datetime | None = None
+) -> datetime:
+    """Settle the reservations of jobs that ended without one (a queued job canceled by the API, whose
+    release was lost to a crash right after), among the jobs that ended since `ended_since` (all of
+    them: None), however many. Answers the `ended_since` of the next pass: passes that each look at
+    what ended since the one before began cost what ended meanwhile, not every job there ever was."""
     async with sessions() as session:
-        pending = await ledger_queries.unsettled_finished_jobs(session)
-    for job in pending:
-        await settle(job.id, charged_for(job_steps(job.operation, job.params, job.cost, None), job.steps_done))
-    return len(pending)
+        began = await database_now(session)
+    after = None
+    while True:
+        async with sessions() as session:
+            page = await ledger_queries.unsettled_finished_jobs(
+                session, ended_since=ended_since, after=after, limit=UNSETTLED_PAGE
+            )
+        for job in page:
+            await settle(job.id, charged_for(job_steps(job.operation, job.params, job.cost, None), job.steps_done))
+        if len(page) < UNSETTLED_PAGE:
+            return began - RECONCILE_OVERLAP
+        after = page[-1].id

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import asyncpg
 from sqlalchemy import Table, bindparam, column, event, func, make_url, select
@@ -54,6 +55,11 @@ def insert_unnested(table: Table, columns: tuple[tuple[str, TypeEngine], ...]) -
     rows = unnest_rows("new", columns)
     names = [name for name, _ in columns]
     return insert(table).from_select(names, select(*(rows.c[name] for name in names)))
+
+
+async def database_now(session: AsyncSession) -> datetime:
+    """The database's clock: the one `now()` stamps rows with."""
+    return (await session.execute(select(func.now()))).scalar_one()
 
 
 def is_unique_violation(exc: Exception) -> bool:

@@ -105,6 +105,8 @@ class Job(Base):
             "id",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
+        # What ended since a time: the dispatcher's reconciliation passes.
+        Index("ix_jobs_completed_at", "completed_at", postgresql_where=text("completed_at IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = _id()

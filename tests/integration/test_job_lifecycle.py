@@ -183,6 +183,79 @@ async def test_a_failed_step_fails_the_job_and_releases_the_credit(sessions, set
     await redis.aclose()
 
 
+async def canceled_without_release(sessions, owner: uuid.UUID, count: int) -> list[uuid.UUID]:
+    """Queued jobs canceled by the API, each release lost to a crash right after."""
+    job_ids = [uuid7() for _ in range(count)]
+    async with sessions.begin() as session:
+        await ledger.append_entry(
+            session, account_id=owner, kind="grant", amount=Decimal(count), idempotency_key=f"g:{uuid.uuid4()}"
+        )
+        await ledger.reserve_many(session, [ledger.Reservation(owner, job_id, Decimal(1)) for job_id in job_ids])
+    async with sessions() as session:
+        new = [
+            job_queries.NewJob(
+                id=job_id,
+                owner_id=owner,
+                operation="offline.generate",
+                provider="offline",
+                params={"prompt": "never run", "width": 64, "height": 64, "seed": 1},
+                cost=Decimal(1),
+            )
+            for job_id in job_ids
+        ]
+        await job_queries.insert_jobs(session, new)
+    async with sessions.begin() as session:
+        ids = text("UPDATE jobs SET status = 'canceled', completed_at = now() WHERE id = ANY(:ids)")
+        await session.execute(ids.bindparams(ids=job_ids))
+    return job_ids
+
+
+async def settlements(sessions, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
+    async with sessions() as session:
+        rows = await session.execute(
+            select(LedgerEntry.job_id, LedgerEntry.kind).where(LedgerEntry.job_id.in_(job_ids)).order_by(LedgerEntry.id)
+        )
+    found: dict[uuid.UUID, list[str]] = {job_id: [] for job_id in job_ids}
+    for job_id, kind in rows:
+        found[job_id].append(kind)
+    return found
+
+
+async def test_a_reconciliation_pass_settles_what_ended_since_the_last_began_and_a_first_pass_everything(sessions):
+    owner = await make_user(sessions)
+    old, recent = await canceled_without_release(sessions, owner, 2)
+    async with sessions.begin() as session:
+        await session.execute(
+            update(Job).where(Job.id == old).values(completed_at=func.now() - text("interval '1 day'"))
+        )
+    settle = await settle_with(sessions)
+    async with sessions() as session:
+        an_hour_ago = (await session.execute(select(func.now() - text("interval '1 hour'")))).scalar_one()
+
+    ended_since = await settle_unsettled(sessions, settle, an_hour_ago)
+    assert await settlements(sessions, [old, recent]) == {old: ["reserve"], recent: ["reserve", "release"]}
+    assert ended_since > an_hour_ago  # the next pass starts later
+
+    await settle_unsettled(sessions, settle)  # a dispatcher starting: every job
+    assert await settlements(sessions, [old, recent]) == {old: ["reserve", "release"], recent: ["reserve", "release"]}
+    async with sessions() as session:
+        assert await ledger.balance(session, owner) == 5 + 2
+
+
+async def test_one_reconciliation_pass_settles_every_unsettled_job_however_many(sessions):
+    owner = await make_user(sessions)
+    job_ids = await canceled_without_release(sessions, owner, 250)
+    settle = await settle_with(sessions)
+    async with sessions() as session:
+        before = (await session.execute(select(func.now() - text("interval '1 minute'")))).scalar_one()
+
+    await settle_unsettled(sessions, settle, before)
+
+    assert set(map(tuple, (await settlements(sessions, job_ids)).values())) == {("reserve", "release")}
+    async with sessions() as session:
+        assert await ledger.balance(session, owner) == 5 + 250
+
+
 async def test_a_crash_between_finishing_and_settling_is_repaired_once(sessions):
     owner = await make_user(sessions)
     job_id = await queued_job(sessions, owner)
@@ -192,8 +265,8 @@ async def test_a_crash_between_finishing_and_settling_is_repaired_once(sessions)
         assert await job_queries.record_finishes(session, [step]) == [[]]
     settle = await settle_with(sessions)
 
-    assert await settle_unsettled(sessions, settle) >= 1
-    await settle_unsettled(sessions, settle)
+    ended_since = await settle_unsettled(sessions, settle)
+    await settle_unsettled(sessions, settle, ended_since)
 
     async with sessions() as session:
         kinds = (await session.execute(select(LedgerEntry.kind).where(LedgerEntry.job_id == job_id))).scalars().all()
