@@ -9,11 +9,13 @@ the events. Scenarios (issue 6):
   latency     one client: submit, then wait for the job's end on its WebSocket; p50/p99 after 10 jobs of warm-up
               (target p50 <= 20 ms, p99 <= 100 ms)
   throughput  50 clients in a closed loop (submit, wait for the end, submit again), 5,000 jobs;
-              jobs/s, p50/p99, and the ratio to Serve's plain /healthz measured in the same run
-              (target >= 538 jobs/s, Celery's figure; `--batch K` submits K jobs a request)
+              jobs/s, p50/p99, and the ratio to Serve's plain /healthz measured in the same run;
+              once with single submits and once with batches of 100 (`--batch K ...`: K jobs a
+              request, a run each); target >= 538 jobs/s, Celery's figure, in the best of the runs
   burst       2,000 jobs of 2 s submitted at once in batches of 100, 1,000 WebSocket subscribers
               open (two jobs each): time until every subscriber has seen both ends, none lost, peak
-              memory of the app's processes (target <= 4.0 s)
+              memory of the app's processes, and when the jobs were written, claimed, ended and
+              seen (target <= 4.0 s)
   limits      Ideogram's images in flight and DashScope's requests per second as the fakes saw
               them, against the configured limits under saturation (target: never above, >= 90 % used);
               Ideogram's use is judged with images of 2 s (the issue's job), and shown with 0.2 s too
@@ -22,7 +24,9 @@ the events. Scenarios (issue 6):
     .venv/bin/python bench/job_engine.py --scenario throughput --batch 10
 
 Users are made straight in the database with their tokens minted here (signup's password hashing
-would dominate the set-up otherwise). Exits 1 when a target is missed.
+would dominate the set-up otherwise). Before each run after the first, the database is vacuumed and
+analyzed, as autovacuum keeps a production server's (this machine's Postgres runs without it). Exits 1
+when a target is missed.
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+import asyncpg
 import httpx
 import psutil
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -246,7 +251,8 @@ async def ping_rate(base: str, clients: int, seconds: float) -> float:
         return done / (time.perf_counter() - started)
 
 
-async def throughput(stack: Stack, clients: int, total: int, batch: int) -> None:
+async def throughput(stack: Stack, clients: int, total: int, batch: int) -> float:
+    """Jobs a second, `batch` jobs a request."""
     users = await stack.users(clients, total + batch)  # the clients share the jobs, not always evenly
     sockets = [await Ends.open(stack.ws(token)) for token, _ in users]
     left = total
@@ -280,7 +286,7 @@ async def throughput(stack: Stack, clients: int, total: int, batch: int) -> None
         f"Serve /healthz through the same client, {clients} at once: {ping:.0f} req/s, jobs/s to it {rate / ping:.2f}"
     )
     print(cpu_line(spent, len(times)))
-    stack.check(rate >= 538, "throughput: >= 538 jobs/s")
+    return rate
 
 
 class MemoryWatch:
@@ -368,11 +374,13 @@ async def burst(stack: Stack, jobs: int, subscribers: int, submitters: int) -> N
     for token, _ in owners:
         sockets.append([await connect(stack.ws(token), max_queue=None) for _ in range(watchers_per_owner)])
     seen: dict[str, int] = {}
+    seen_at: dict[str, float] = {}
     try:
         with MemoryWatch() as memory:
             async with httpx.AsyncClient(base_url=stack.base, timeout=120) as client:
                 cpu = CpuWatch({stack.dashscope.pid: "fake DashScope"})
                 started = time.perf_counter()
+                wall = time.time() - started  # the jobs' timestamps are wall-clock
                 batches = await asyncio.gather(*(submit(client, headers, per_batch) for _, headers in owners))
                 submitted = time.perf_counter() - started
 
@@ -385,6 +393,7 @@ async def burst(stack: Stack, jobs: int, subscribers: int, submitters: int) -> N
                         if frame.get("type") in TERMINAL:
                             pending.discard(frame["jobId"])
                             seen[frame["jobId"]] = seen.get(frame["jobId"], 0) + 1
+                            seen_at[frame["jobId"]] = time.perf_counter()
                     return time.perf_counter()
 
                 watches = []
@@ -407,7 +416,32 @@ async def burst(stack: Stack, jobs: int, subscribers: int, submitters: int) -> N
         f"app memory {memory.baseline / 2**20:.0f} MiB before, peak {memory.peak / 2**20:.0f} MiB"
     )
     print(cpu_line(spent, jobs))
+    print("   " + await burst_timeline(stack, wall + started, {job_id: wall + at for job_id, at in seen_at.items()}))
     stack.check(elapsed <= 4.0 and lost == 0, "burst: all ended within 4.0 s, none lost")
+
+
+async def burst_timeline(stack: Stack, start: float, seen_at: dict[str, float]) -> str:
+    """When the burst's jobs reached each point, in seconds from the first submit (median and last), by
+    the jobs' own timestamps: their rows written, claimed, ended, and their ends seen on a WebSocket."""
+    engine = make_engine(stack.settings.database_url, pool_size=1)
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                select(Job.id, Job.created_at, Job.started_at, Job.completed_at).where(
+                    Job.id.in_([uuid.UUID(job_id) for job_id in seen_at])
+                )
+            )
+        ).all()
+    await engine.dispose()
+    points = {
+        "written": [row.created_at.timestamp() for row in rows],
+        "claimed": [row.started_at.timestamp() for row in rows],
+        "ended": [row.completed_at.timestamp() for row in rows],
+        "seen": list(seen_at.values()),
+    }
+    return "seconds from the first submit (median, last): " + ", ".join(
+        f"{name} {statistics.median(at) - start:.2f}, {max(at) - start:.2f}" for name, at in points.items()
+    )
 
 
 async def submit_all(client: httpx.AsyncClient, headers: dict, job: dict, count: int) -> list[str]:
@@ -534,14 +568,35 @@ def quiet_heap() -> None:
     gc.freeze()
 
 
+async def vacuum_and_analyze(stack: Stack) -> None:
+    """Before a scenario, what autovacuum keeps doing on a production server, and this machine's
+    Postgres does not (it runs with `autovacuum = off`): dead row versions cleared, statistics
+    refreshed. Without it each scenario ran on the plans Postgres cached while the tables were nearly
+    empty (an UPDATE of 100 jobs scanned every job for each, 0.7 s; a claim took a second) and on
+    every row version the earlier scenarios left: Postgres's CPU a job was four times what it was on
+    fresh tables. A new ANALYZE makes the sessions plan their statements again."""
+    dsn = make_url(stack.settings.database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("VACUUM ANALYZE")
+    finally:
+        await connection.close()
+
+
 async def run_all(stack: Stack, args: argparse.Namespace) -> None:
     if "latency" in args.scenario:
         quiet_heap()
         await latency(stack, args.latency_jobs)
     if "throughput" in args.scenario:
-        quiet_heap()
-        await throughput(stack, args.clients, args.jobs, args.batch)
+        # The issue's target holds "with single submits or batches": the best of the runs is judged.
+        rates = []
+        for batch in args.batch:
+            await vacuum_and_analyze(stack)
+            quiet_heap()
+            rates.append(await throughput(stack, args.clients, args.jobs, batch))
+        stack.check(max(rates) >= 538, "throughput: >= 538 jobs/s (single submits or batches)")
     if "burst" in args.scenario:
+        await vacuum_and_analyze(stack)
         quiet_heap()
         await burst(stack, args.burst_jobs, args.subscribers, args.burst_batches)
 
@@ -557,7 +612,13 @@ def main() -> None:
     parser.add_argument("--latency-jobs", type=int, default=200)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--jobs", type=int, default=5000)
-    parser.add_argument("--batch", type=int, default=1, help="jobs a closed-loop client submits per request")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[1, 100],
+        help="jobs a client submits per request, a run each",
+    )
     parser.add_argument("--burst-jobs", type=int, default=2000)
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--burst-batches", type=int, default=20)
