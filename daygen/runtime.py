@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import gc
+import itertools
 import os
+import random
 import socket
 from pathlib import Path
 
@@ -49,10 +51,31 @@ def check_port_free(host: str, port: int) -> None:
             raise
 
 
-def _free_port() -> int:
+# HAProxy's side listeners (stats, metrics, the backup Serve proxy) take their ports from here: below
+# the kernel's ephemeral range (32768-60999 on Linux), where outgoing connections take their local
+# ports (one took a port picked there before HAProxy bound it, and `daygen up` did not start), and
+# apart from Ray's worker ports (10002-19999) and Serve's replica ports (30000-31000).
+SIDE_PORTS = range(20000, 30000)
+
+
+def _bindable(port: int) -> bool:
+    """Free on every interface, as HAProxy binds it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
+
+
+def side_ports(count: int) -> list[int]:
+    """`count` distinct ports of SIDE_PORTS free now, picked at random (several daygens share a machine)."""
+    free = (port for port in random.sample(SIDE_PORTS, len(SIDE_PORTS)) if _bindable(port))
+    chosen = list(itertools.islice(free, count))
+    if len(chosen) < count:
+        raise PortInUse(f"not {count} free ports between {SIDE_PORTS.start} and {SIDE_PORTS.stop - 1} for HAProxy")
+    return chosen
 
 
 def ingress_environment(temp_dir: Path) -> dict[str, str]:
@@ -70,6 +93,7 @@ def ingress_environment(temp_dir: Path) -> dict[str, str]:
             f"Ray's temp folder {temp_dir} is too long a path for HAProxy's sockets: "
             f"keep it under {MAX_HAPROXY_DIR_CHARS - 4} characters"
         )
+    stats_port, metrics_port, fallback_port = side_ports(3)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
@@ -79,9 +103,9 @@ def ingress_environment(temp_dir: Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy_dir),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy_dir / "server-state"),
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(haproxy_dir / "metrics.sock"),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_port),
     }
 
 

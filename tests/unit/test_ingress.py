@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
-from daygen.runtime import ingress_environment
+from daygen.runtime import ingress_environment, side_ports
 from serve_app.http_server import StreamRequestBodies, server_middlewares
 
 
@@ -58,8 +59,23 @@ def test_the_ingress_uses_haproxy_with_user_code_on_the_replica_loop_and_private
     assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
     assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "serve_app.http_server:server_middlewares"
     assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"].startswith("/tmp/dgr-abc/hap/")
-    ports = {env[k] for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")}
-    assert len(ports) == 2 and env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] not in ports
+    names = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")
+    ports = {int(env[name]) for name in names}
+    assert len(ports) == 3
+
+
+def test_haproxys_side_ports_are_free_and_below_the_range_outgoing_connections_take_theirs():
+    """A port picked from the ephemeral range was taken by an outgoing connection before HAProxy
+    bound it, and `daygen up` did not start."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        ports = side_ports(3)
+        assert len(set(ports)) == 3
+        assert all(port < ephemeral_low and not 30000 <= port <= 31000 for port in ports)
+        for port in ports:
+            with socket.socket() as listener:  # as HAProxy binds it
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind(("0.0.0.0", port))
 
 
 def test_a_temp_folder_too_long_for_haproxys_sockets_is_refused_up_front():
