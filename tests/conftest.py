@@ -12,7 +12,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from daygen import embedded
+from daygen.runtime import side_ports
 from daygen.settings import Settings
 from storage.db import make_engine, make_sessionmaker
 from storage.migrate import migrate_to
@@ -32,9 +32,10 @@ from tests.inline_images import refuse_inline_images
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now for a server bound later: from outside the range outgoing connections take
+    their local ports from, so none takes it meanwhile (`daygen.runtime.SIDE_PORTS`)."""
+    [port] = side_ports(1)
+    return port
 
 
 @pytest.fixture(scope="session")
