@@ -305,7 +305,7 @@ class FakeIdeogram:
         self._add(_Script(endpoint, times, "slow", seconds=seconds))
 
     def unsafe_next(self, times: int = 1, *, endpoint: str | None = None) -> None:
-        """The next `times` successful calls withhold their images: `is_image_safe: false`, `url: null`."""
+        """The next `times` accepted image calls withhold their images: `is_image_safe: false`, `url: null`."""
         self._add(_Script(endpoint, times, "unsafe"))
 
     def set_latency(self, seconds: float) -> None:
@@ -399,13 +399,15 @@ class FakeIdeogram:
             return self._inflight_refusal()
         self.inflight_images += places
         self.peak_inflight_images = max(self.peak_inflight_images, self.inflight_images)
+        # Taken on arrival, not after the wait: a call a test hung or slowed down must not
+        # finish later and use up a script the next test added.
+        unsafe = not isinstance(job, str) and self._take({"unsafe"}, name) is not None
         try:
             await self._process(name)
             if self._stopping:
                 return _error(503, "The fake server is stopping")
             if isinstance(job, str):
                 return JSONResponse({"descriptions": [{"text": job}]})
-            unsafe = self._take({"unsafe"}, name) is not None
             return JSONResponse(self._images(job, str(request.base_url).rstrip("/"), unsafe=unsafe))
         finally:
             self.inflight_images -= places

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -503,6 +504,23 @@ async def test_when_every_image_is_withheld_as_unsafe_the_content_is_rejected(
     assert "withheld all 2 images" in str(raised.value)
     assert_key_hidden(raised.value)
     assert [r.status for r in fake.received] == [200]
+
+
+async def test_a_call_hung_before_images_were_scripted_unsafe_is_answered_safe_when_released(
+    ideogram: IdeogramClient, fake: FakeIdeogram
+) -> None:
+    # A hung call from one test that finishes during the next must not use up that test's script.
+    fake.hang_next(endpoint="generate")
+    hung = asyncio.create_task(ideogram.generate({"prompt": "an early kite"}))
+    await asyncio.to_thread(fake.wait_until_hung)
+    fake.unsafe_next(endpoint="generate")
+    fake.release_hung()
+
+    early = await hung
+    with pytest.raises(ContentRejected):
+        await ideogram.generate({"prompt": "a later kite"})
+
+    assert len(early.image_urls) == 1
 
 
 def test_the_clients_repr_does_not_show_the_key(ideogram: IdeogramClient) -> None:
