@@ -202,6 +202,14 @@ async def events_after(
     return page.events if page is not None else []
 
 
+def announced(owner_id: uuid.UUID, entry: dict[bytes, bytes]) -> list[Event]:
+    """The events of one stream entry `JobEvents.publish` wrote, in id order."""
+    return [
+        Event(e["id"], uuid.UUID(e["job"]), owner_id, e["type"], e["data"], datetime.fromisoformat(e["at"]))
+        for e in json.loads(entry[b"events"])
+    ]
+
+
 class JobEvents:
     """The live side: each owner's events go on the owner's stream, a doorbell for the replicas' hubs."""
 

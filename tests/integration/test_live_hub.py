@@ -1,4 +1,5 @@
-"""The replica's event hub against real Redis and Postgres: announcements only ring, the log decides."""
+"""The replica's event hub against real Redis and Postgres: an announcement is handed out as it comes
+only when it follows the last event handed out; else it rings, and the log decides."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sqlalchemy import select, update
 
 from serve_app import live as live_module
 from serve_app.live import EventHub, Listener
-from storage.events import JobEvents, LogRead, append_event
+from storage.events import Event, JobEvents, LogRead, append_event
 from storage.models import Job, JobEvent
 from storage.redis import make_redis
 from tests.integration.test_job_lifecycle import make_user, queued_job, someone_waits_for
@@ -250,3 +251,69 @@ async def test_a_batch_of_events_is_one_stream_entry_per_owner_with_each_owners_
         assert {e["job"] for e in announced} == {str(job_id)}
         assert [e["data"] for e in announced] == [{"n": 0}, {"n": 1}, {"n": 2}]
         assert all(e["type"] == "job.progress" and e["at"] for e in announced)
+
+
+async def test_events_announced_in_order_are_handed_out_without_reading_the_log(sessions, live, monkeypatch):
+    hub, events = live.hub, live.events
+    owner = await make_user(sessions)
+    job_id = await queued_job(sessions, owner)
+    reads = []
+    real_read_logs = live_module.read_logs
+
+    async def counted(session, wanted, page_size):
+        reads.extend(wanted)
+        return await real_read_logs(session, wanted, page_size)
+
+    monkeypatch.setattr(live_module, "read_logs", counted)
+    listener = Listener(owner, max_pending=100)
+    listener.job_ids = {job_id}
+    await hub.join(listener)
+    try:
+        assert len(reads) == 1, "joining reads where the log stands"
+        written = []
+        for type in ["job.started", "job.progress", "job.succeeded"]:
+            async with sessions.begin() as session:
+                written.append(
+                    await append_event(session, job_id=job_id, owner_id=owner, type=type, data={"type": type})
+                )
+            await events.publish(written[-1])
+            [got] = await take(listener, 1)
+            assert got == written[-1]
+        assert [e.id - written[0].id for e in written] == [0, 1, 2], "no one else's event drew an id between"
+        assert len(reads) == 1
+    finally:
+        hub.leave(listener)
+
+
+async def test_an_announcement_that_does_not_directly_follow_the_last_event_handed_out_is_read_from_the_log(
+    sessions, live
+):
+    hub, events = live.hub, live.events
+    owner, someone_else = await make_user(sessions), await make_user(sessions)
+    job_id, their_job = await queued_job(sessions, owner), await queued_job(sessions, someone_else)
+    listener = Listener(owner, max_pending=100)
+    listener.every_job = True
+    await hub.join(listener)
+
+    async def progress(owner: uuid.UUID, job_id: uuid.UUID, n: int) -> Event:
+        async with sessions.begin() as session:
+            return await append_event(session, job_id=job_id, owner_id=owner, type="job.progress", data={"n": n})
+
+    try:
+        written = [await progress(owner, job_id, n) for n in range(2)]
+        # The first one's announcement was lost (Redis blipped): the second's id is not the next.
+        await events.publish(written[1])
+        assert [e.id for e in await take(listener, 2)] == [e.id for e in written]
+        # Another user's event drew the id between: the next of ours can't tell it from one of ours.
+        await progress(someone_else, their_job, 0)
+        written.append(await progress(owner, job_id, 2))
+        await events.publish(written[2])
+        assert await take(listener, 1) == [written[2]]
+        await events.publish(*written)  # all handed out already: nothing twice
+        written.append(await progress(owner, job_id, 3))
+        await events.redis.xadd(events.user_stream(owner), {"events": b"not json"})
+        await events.publish(written[3])
+        assert await take(listener, 1) == [written[3]]
+        assert listener.queue.empty()
+    finally:
+        hub.leave(listener)
