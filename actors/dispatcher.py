@@ -52,6 +52,11 @@ class JobDispatcher:
         self.peers: dict[str, ActorHandle] = {}
         self.steps = {provider: PoolSteps(provider, pool.actors, self._peer) for provider, pool in pools.pools.items()}
         self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=16))
+        # The claim's plan is made afresh each time: with a generic plan from a nearly empty jobs
+        # table, a fresh database's first burst of 2,000 jobs was claimed in one statement of 190 s.
+        self.claim_sessions = make_sessionmaker(
+            make_engine(settings.database_url, pool_size=len(pools.pools), plan_each_time=True)
+        )
         self.events = JobEvents(make_redis(settings.redis_url), settings.redis_namespace)
         self.store = ObjectStore.from_settings(settings)
         self.wakeup = asyncio.Event()
@@ -152,7 +157,7 @@ class JobDispatcher:
         return more
 
     async def _claim(self, provider: str, limit: int) -> int:
-        async with self.sessions() as session:
+        async with self.claim_sessions() as session:
             claimed = await job_queries.claim_jobs(
                 session, provider=provider, limit=limit, lease_seconds=self.settings.job_lease_seconds
             )

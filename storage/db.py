@@ -19,11 +19,22 @@ from sqlalchemy.types import TypeEngine
 log = logging.getLogger("daygen.db")
 
 
-def make_engine(database_url: str, pool_size: int = 10, max_overflow: int = 0) -> AsyncEngine:
+def make_engine(
+    database_url: str, pool_size: int = 10, max_overflow: int = 0, *, plan_each_time: bool = False
+) -> AsyncEngine:
     """A pool of `pool_size` connections kept open, plus `max_overflow` opened for a burst and closed
     after it. Actors under steady load take none: they wait for a connection (back-pressure) rather
-    than each opening and closing one of their own, which costs far more than the query it is for."""
-    engine = create_async_engine(database_url, pool_size=pool_size, max_overflow=max_overflow)
+    than each opening and closing one of their own, which costs far more than the query it is for.
+
+    `plan_each_time`: every statement is planned for its parameters and the tables as they are now
+    (`plan_cache_mode`), for statements whose best plan changes as a table fills. Otherwise a
+    prepared statement may settle on a generic plan made while a table was nearly empty and keep
+    it, however the table grows, until the next ANALYZE. Planning costs CPU each time, so only
+    such statements should run on it."""
+    settings = {"plan_cache_mode": "force_custom_plan"} if plan_each_time else {}
+    engine = create_async_engine(
+        database_url, pool_size=pool_size, max_overflow=max_overflow, connect_args={"server_settings": settings}
+    )
     event.listen(engine.sync_engine, "checkout", _drop_if_closed_by_server)
     return engine
 
