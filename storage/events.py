@@ -18,14 +18,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import BigInteger, Integer, Select, Text, bindparam, func, insert, select, true
+from sqlalchemy import BigInteger, Integer, Row, Select, Text, bindparam, cast, func, insert, select, true
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.expression import Insert
+from sqlalchemy.sql.expression import CTE, TableValuedAlias
 
 from storage.db import unnest_rows
-from storage.models import Job, JobEvent
+from storage.models import Job, JobEvent, WebhookEndpoint
 from storage.webhooks import enqueue_deliveries
 
 log = logging.getLogger("daygen.events")
@@ -55,56 +55,111 @@ class NewEvent:
     data: dict[str, Any]
 
 
-@functools.cache
-def _append_statement() -> Insert:
-    """The events (one array parameter per column) inserted in order, once the per-owner locks are held:
-    they are taken in the statement's one-time filter, which runs before any row is drawn an id, so
-    the locks cost no round trip of their own."""
+def event_rows(prefix: str = "event_") -> TableValuedAlias:
+    """New events given as one array parameter per column (`<prefix>n`, `<prefix>job_id`, ...): `n`
+    orders them."""
+    columns = [
+        ("n", Integer()),
+        ("job_id", PgUUID(as_uuid=True)),
+        ("owner_id", PgUUID(as_uuid=True)),
+        ("type", Text()),
+        ("data", JSONB()),
+    ]
+    return unnest_rows("new_events", columns, prefix=prefix)
+
+
+def event_params(new: Sequence[NewEvent], prefix: str = "event_") -> dict[str, list]:
+    """`event_rows`' parameters."""
+    return {
+        f"{prefix}n": list(range(len(new))),
+        f"{prefix}job_id": [e.job_id for e in new],
+        f"{prefix}owner_id": [e.owner_id for e in new],
+        f"{prefix}type": [e.type for e in new],
+        f"{prefix}data": [e.data for e in new],
+    }
+
+
+def appending(drawn: Select, after: Sequence[CTE] = ()) -> CTE:
+    """The INSERT of the events `drawn` selects (columns n, job_id, owner_id, type, data; ids are drawn
+    in the order of n), as a CTE answering (id, job_id, owner_id, type, data, created_at), for a
+    statement that makes the change the events record as well: one round trip for both.
+
+    The per-owner locks are taken in the insert's one-time filter, after the CTEs in `after` ran (the
+    change's own row locks come first, as when they were separate statements) and before any id is
+    drawn; owners in id order, so that two writers can't deadlock."""
     table = JobEvent.__table__
-    owners = unnest_rows("owners", [("owner_key", Text())])
-    lock = func.pg_advisory_xact_lock(func.hashtextextended(owners.c.owner_key, 1))
+    source = drawn.subquery("drawn")
+    ran = [select(func.count()).select_from(cte).scalar_subquery() >= 0 for cte in after]
+    owners = select(source.c.owner_id).distinct().where(*ran).order_by(source.c.owner_id).subquery("owners")
+    lock = func.pg_advisory_xact_lock(func.hashtextextended(cast(owners.c.owner_id, Text), 1))
     locked = select(func.count(lock)).scalar_subquery()
-    rows = unnest_rows(
-        "new",
-        [
-            ("n", Integer()),
-            ("job_id", PgUUID(as_uuid=True)),
-            ("owner_id", PgUUID(as_uuid=True)),
-            ("type", Text()),
-            ("data", JSONB()),
-        ],
+    rows = (
+        select(source.c.job_id, source.c.owner_id, source.c.type, source.c.data).where(locked >= 0).order_by(source.c.n)
     )
-    drawn = select(rows.c.job_id, rows.c.owner_id, rows.c.type, rows.c.data).where(locked >= 0).order_by(rows.c.n)
     return (
         insert(table)
-        .from_select(["job_id", "owner_id", "type", "data"], drawn)
-        .returning(table.c.id, table.c.created_at)
+        .from_select(["job_id", "owner_id", "type", "data"], rows)
+        .returning(table.c.id, table.c.job_id, table.c.owner_id, table.c.type, table.c.data, table.c.created_at)
+        .cte("appended")
     )
+
+
+def appended_columns(appended: CTE) -> list:
+    """What a statement that appends events answers for each: the event, then who receives it by
+    webhook — the ids of the owner's enabled endpoints that want its type (or None), and its job's own
+    webhookUrl when it ends the job (or None)."""
+    endpoints = select(func.array_agg(WebhookEndpoint.id)).where(
+        WebhookEndpoint.owner_id == appended.c.owner_id,
+        WebhookEndpoint.enabled,
+        appended.c.type == func.any(WebhookEndpoint.event_types),
+    )
+    job_url = select(Job.webhook_url).where(Job.id == appended.c.job_id, appended.c.type.in_(TERMINAL_EVENTS))
+    return [
+        appended.c.id.label("event_id"),
+        appended.c.job_id.label("event_job_id"),
+        appended.c.owner_id.label("event_owner_id"),
+        appended.c.type.label("event_type"),
+        appended.c.data.label("event_data"),
+        appended.c.created_at.label("event_created_at"),
+        endpoints.scalar_subquery().label("event_endpoints"),
+        job_url.scalar_subquery().label("event_job_url"),
+    ]
+
+
+async def appended_events(session: AsyncSession, rows: Sequence[Row]) -> list[Event]:
+    """The events a statement with `appended_columns` answered (rows without one skipped), in id order,
+    their webhook deliveries queued in the caller's transaction (an insert only when anyone receives them)."""
+    events, receivers = [], []
+    for row in sorted((r for r in rows if r.event_id is not None), key=lambda r: r.event_id):
+        event = Event(
+            row.event_id, row.event_job_id, row.event_owner_id, row.event_type, row.event_data, row.event_created_at
+        )
+        events.append(event)
+        if row.event_endpoints or row.event_job_url:
+            receivers.append(
+                (event.id, event.job_id, event.owner_id, event.type, row.event_endpoints, row.event_job_url)
+            )
+    await enqueue_deliveries(session, receivers)
+    return events
+
+
+@functools.cache
+def _append_statement() -> Select:
+    appended = appending(select(*event_rows().c))
+    return select(*appended_columns(appended))
 
 
 async def append_events(session: AsyncSession, new: Sequence[NewEvent]) -> list[Event]:
-    """Add events inside the caller's transaction, in order; a fixed number of statements for any number.
+    """Add events inside the caller's transaction, in order; one statement for any number (and an insert
+    of webhook deliveries when anyone receives them).
 
     The per-owner locks, held until commit, make one owner's event ids commit in order, so a
-    reader that has seen id N never later finds a smaller id appear; they are taken in one
-    order (sorted) so that two writers can't deadlock. The events' webhook deliveries are
-    queued in the same transaction.
+    reader that has seen id N never later finds a smaller id appear. The events' webhook deliveries
+    are queued in the same transaction.
     """
     if not new:
         return []
-    params = {
-        "owner_key": sorted({str(e.owner_id) for e in new}),
-        "n": list(range(len(new))),
-        "job_id": [e.job_id for e in new],
-        "owner_id": [e.owner_id for e in new],
-        "type": [e.type for e in new],
-        "data": [e.data for e in new],
-    }
-    # Ids are drawn in the rows' order (as SQLAlchemy's own ordered inserts rely on): sorted, they match `new`.
-    made = sorted((await session.execute(_append_statement(), params)).all())
-    events = [Event(i, e.job_id, e.owner_id, e.type, e.data, at) for e, (i, at) in zip(new, made, strict=True)]
-    await enqueue_deliveries(session, [(e.id, e.job_id, e.owner_id, e.type) for e in events])
-    return events
+    return await appended_events(session, (await session.execute(_append_statement(), event_params(new))).all())
 
 
 async def append_event(

@@ -22,12 +22,13 @@ from sqlalchemy import (
     Text,
     bindparam,
     case,
-    column,
     func,
+    insert,
     literal,
     null,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -37,7 +38,16 @@ from sqlalchemy.sql.expression import Select, TableValuedAlias, Update
 from sqlalchemy.types import TypeEngine
 
 from storage.db import insert_unnested, unnest_rows
-from storage.events import Event, NewEvent, append_events
+from storage.events import (
+    Event,
+    NewEvent,
+    append_events,
+    appended_columns,
+    appended_events,
+    appending,
+    event_params,
+    event_rows,
+)
 from storage.models import Asset, Credits, Job
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -77,16 +87,6 @@ class NewJob:
     webhook_url: str | None = None
 
 
-@functools.cache
-def _notify_statement() -> Select:
-    providers = (
-        func.unnest(bindparam("providers", type_=ARRAY(Text())))
-        .table_valued(column("provider", Text()))
-        .render_derived()
-    )
-    return select(func.pg_notify(QUEUED_CHANNEL, providers.c.provider))
-
-
 # New jobs' fields; the model's defaults make them queued.
 _NEW_JOB: tuple[tuple[str, TypeEngine], ...] = (
     ("id", PgUUID(as_uuid=True)),
@@ -102,18 +102,25 @@ _NEW_JOB: tuple[tuple[str, TypeEngine], ...] = (
 )
 
 
+@functools.cache
+def _insert_statement() -> Select:
+    """New jobs, their `job.queued` events and a NOTIFY naming each job's provider (as the rows commit,
+    the dispatcher hears which providers have new work): one statement."""
+    jobs = insert_unnested(Job.__table__, _NEW_JOB)
+    inserted = jobs.returning(func.pg_notify(QUEUED_CHANNEL, Job.provider)).cte("new_jobs")
+    appended = appending(select(*event_rows().c), after=[inserted])
+    return select(*appended_columns(appended))
+
+
 async def insert_jobs(session: AsyncSession, jobs: Sequence[NewJob]) -> list[Event]:
     """The job rows and their `job.queued` events, in one transaction; the events in the jobs' order.
 
     A repeated Idempotency-Key raises IntegrityError and inserts nothing. The rows' server
     defaults, such as `created_at`, are not read back.
     """
-    columns = {name: [getattr(job, name) for job in jobs] for name, _ in _NEW_JOB}
-    await session.execute(insert_unnested(Job.__table__, _NEW_JOB), columns)
-    queued = [NewEvent(job.id, job.owner_id, "job.queued", {"status": "queued"}) for job in jobs]
-    events = await append_events(session, queued)
-    providers = sorted({job.provider for job in jobs})  # the dispatcher claims for these
-    await session.execute(_notify_statement(), {"providers": providers})
+    params = event_params([NewEvent(job.id, job.owner_id, "job.queued", {"status": "queued"}) for job in jobs])
+    params.update({name: [getattr(job, name) for job in jobs] for name, _ in _NEW_JOB})
+    events = await appended_events(session, (await session.execute(_insert_statement(), params)).all())
     await session.commit()
     return events
 
@@ -145,9 +152,10 @@ async def list_jobs(
 
 
 @functools.cache
-def _claim_statement() -> Update:
-    """The claim, built once with bound parameters (for_provider, limit, lease_for): claiming is on every
-    job's path, and building and keying a statement this size costs more than running it.
+def _claim_statement() -> Select:
+    """The claim and the claimed jobs' `job.started` events, one statement built once with bound
+    parameters (for_provider, limit, lease_for): claiming is on every job's path, and building and
+    keying a statement this size costs more than running it.
 
     Fair share: users take turns, each user's jobs oldest first, and a user's turn counts the
     jobs they already have running. Both counted and ranked once (MATERIALIZED): on a table whose
@@ -183,7 +191,7 @@ def _claim_statement() -> Update:
         .limit(limit)
         .with_for_update(of=jobs, skip_locked=True)
     )
-    return (
+    claimed = (
         update(jobs)
         .where(jobs.c.id.in_(chosen.scalar_subquery()))
         .values(
@@ -202,8 +210,24 @@ def _claim_statement() -> Update:
             jobs.c.cost,
             jobs.c.steps_done,
             jobs.c.result,
-            jobs.c.cancel_requested_at.is_not(None),
+            jobs.c.cancel_requested_at.is_not(None).label("cancel_requested"),
         )
+        .cte("claimed")
+    )
+    started = func.jsonb_build_object(
+        "status", "running", "attempt", claimed.c.attempt, "step", claimed.c.steps_done, type_=JSONB
+    )
+    appended = appending(
+        select(
+            claimed.c.id.label("n"),
+            claimed.c.id.label("job_id"),
+            claimed.c.owner_id,
+            literal("job.started").label("type"),
+            started.label("data"),
+        )
+    )
+    return select(*claimed.c, *appended_columns(appended)).join_from(
+        claimed, appended, appended.c.job_id == claimed.c.id
     )
 
 
@@ -212,14 +236,9 @@ async def claim_jobs(session: AsyncSession, *, provider: str, limit: int, lease_
     taking turns, so one user's thousand queued jobs wait behind another user's single one."""
     params = {"for_provider": provider, "limit": limit, "lease_for": timedelta(seconds=lease_seconds)}
     rows = (await session.execute(_claim_statement(), params)).all()
-    claimed = sorted((ClaimedJob(*row) for row in rows), key=lambda j: j.id)
-    starts = [
-        NewEvent(
-            job.id, job.owner_id, "job.started", {"status": "running", "attempt": job.attempt, "step": job.steps_done}
-        )
-        for job in claimed
-    ]
-    events = await append_events(session, starts)
+    fields = len(ClaimedJob.__dataclass_fields__) - 1  # all but `started`, in the statement's order
+    claimed = sorted((ClaimedJob(*row[:fields]) for row in rows), key=lambda j: j.id)
+    events = await appended_events(session, rows)
     await session.commit()
     return [replace(job, started=event) for job, event in zip(claimed, events, strict=True)]
 
@@ -389,6 +408,28 @@ _NEW_ASSET: tuple[tuple[str, TypeEngine], ...] = (
 )
 
 
+@functools.cache
+def _finish_statement() -> Select:
+    """Ended steps and jobs, their output assets and their events: one statement, fenced (each part
+    writes only for the jobs whose attempt the UPDATEs found still holding them)."""
+    finished, ended = _finished_steps().update.cte("finished_jobs"), _ended_jobs().update.cte("ended_jobs")
+    kept = union_all(select(finished.c.id), select(ended.c.id)).cte("kept")
+    outputs = unnest_rows("new_assets", _NEW_ASSET, prefix="asset_")
+    names = [name for name, _ in _NEW_ASSET]
+    assets = (
+        insert(Asset.__table__)
+        .from_select(names, select(*(outputs.c[name] for name in names)).where(outputs.c.job_id.in_(select(kept.c.id))))
+        .cte("new_assets")
+    )
+    events = event_rows()
+    appended = appending(select(*events.c).where(events.c.job_id.in_(select(kept.c.id))), after=[kept])
+    return (
+        select(kept.c.id.label("kept_id"), *appended_columns(appended))
+        .outerjoin_from(kept, appended, appended.c.job_id == kept.c.id)
+        .add_cte(assets)
+    )
+
+
 async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> list[list[Event] | None]:
     """Record ended steps and jobs, many at once, inside the caller's transaction; each answered with
     its events.
@@ -398,33 +439,25 @@ async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> 
     """
     await lock_in_order(session, (f.claimed.id for f in finishes))
     steps = [f for f in finishes if isinstance(f, StepFinished)]
-    ended = [f for f in finishes if isinstance(f, JobEnded)]
-    owned: set[uuid.UUID] = set()
-    if steps:
-        finished = _finished_steps()
-        owned |= set((await session.execute(finished.update, finished.params(map(_step_row, steps)))).scalars())
-    if ended:
-        ends = _ended_jobs()
-        rows = [(e.claimed.id, e.claimed.attempt, e.status, e.code, e.message) for e in ended]
-        owned |= set((await session.execute(ends.update, ends.params(rows))).scalars())
-    kept = [f for f in finishes if f.claimed.id in owned]
+    ends = [f for f in finishes if isinstance(f, JobEnded)]
     assets = [
-        {**a, "owner_id": f.claimed.owner_id, "job_id": f.claimed.id, "source": "job"}
-        for f in kept
-        if isinstance(f, StepFinished)
-        for a in f.assets
+        {**a, "owner_id": f.claimed.owner_id, "job_id": f.claimed.id, "source": "job"} for f in steps for a in f.assets
     ]
-    if assets:
-        columns = {name: [asset[name] for asset in assets] for name, _ in _NEW_ASSET}
-        await session.execute(insert_unnested(Asset.__table__, _NEW_ASSET), columns)
-    specs = [f.events if isinstance(f, StepFinished) else [(f"job.{f.status}", f.data)] for f in kept]
     new = [
         NewEvent(f.claimed.id, f.claimed.owner_id, kind, data)
-        for f, spec in zip(kept, specs, strict=True)
-        for kind, data in spec
+        for f in finishes
+        for kind, data in (f.events if isinstance(f, StepFinished) else [(f"job.{f.status}", f.data)])
     ]
-    made = iter(await append_events(session, new))
-    recorded = {f.claimed.id: [next(made) for _ in spec] for f, spec in zip(kept, specs, strict=True)}
+    params = {
+        **_finished_steps().params(map(_step_row, steps)),
+        **_ended_jobs().params((e.claimed.id, e.claimed.attempt, e.status, e.code, e.message) for e in ends),
+        **{f"asset_{name}": [asset[name] for asset in assets] for name, _ in _NEW_ASSET},
+        **event_params(new),
+    }
+    rows = (await session.execute(_finish_statement(), params)).all()  # a row per kept job, or per its event
+    recorded: dict[uuid.UUID, list[Event]] = {row.kept_id: [] for row in rows}
+    for event in await appended_events(session, rows):
+        recorded[event.job_id].append(event)
     return [recorded.get(f.claimed.id) for f in finishes]
 
 

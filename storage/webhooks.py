@@ -8,77 +8,44 @@ a lease; a sender that dies mid-send leaves rows whose lease runs out and anothe
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, and_, bindparam, func, insert, null, or_, select, union_all, update
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import UUID as PgUUID
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.expression import CompoundSelect
 
 from daygen.ids import uuid7
-from storage.models import Job, User, WebhookDelivery, WebhookEndpoint
+from storage.models import User, WebhookDelivery, WebhookEndpoint
 
 TERMINAL_EVENT_TYPES = ("job.succeeded", "job.failed", "job.canceled")
 
 
-@functools.cache
-def _receivers_statement() -> CompoundSelect:
-    """The owners' enabled endpoints (owner, endpoint id, event types), then the ending jobs' own URLs
-    (owner, job id, URL): (owner_id, endpoint_id, event_types, job_id, url) rows, one query."""
-    uuids = ARRAY(PgUUID(as_uuid=True))
-    endpoints = select(
-        WebhookEndpoint.owner_id,
-        WebhookEndpoint.id,
-        WebhookEndpoint.event_types,
-        null().cast(PgUUID(as_uuid=True)),
-        null().cast(Text()),
-    ).where(WebhookEndpoint.owner_id == func.any(bindparam("owners", type_=uuids)), WebhookEndpoint.enabled)
-    job_urls = select(
-        Job.owner_id, null().cast(PgUUID(as_uuid=True)), null().cast(ARRAY(Text())), Job.id, Job.webhook_url
-    ).where(Job.id == func.any(bindparam("ending", type_=uuids)), Job.webhook_url.is_not(None))
-    return union_all(endpoints, job_urls)
-
-
-async def enqueue_deliveries(session: AsyncSession, events: Sequence[tuple[int, uuid.UUID, uuid.UUID, str]]) -> int:
-    """Outbox rows for new events, given as (event id, job id, owner id, type): one per enabled
-    endpoint of the owner that wants the type, and one for the job's own webhookUrl when the event
-    ends the job. Inside the caller's transaction: one query, and an insert when anyone receives them."""
-    params = {
-        "owners": list({owner_id for _, _, owner_id, _ in events}),
-        "ending": list({job_id for _, job_id, _, kind in events if kind in TERMINAL_EVENT_TYPES}),
-    }
-    endpoints: dict[uuid.UUID, list[tuple[uuid.UUID, list[str]]]] = {}
-    job_urls: dict[uuid.UUID, str] = {}
-    for owner_id, endpoint_id, types, job_id, url in await session.execute(_receivers_statement(), params):
-        if endpoint_id is not None:
-            endpoints.setdefault(owner_id, []).append((endpoint_id, types))
-        else:
-            job_urls[job_id] = url
-    rows = []
-    for event_id, job_id, owner_id, kind in events:
-        receivers = [(endpoint_id, None) for endpoint_id, types in endpoints.get(owner_id, []) if kind in types]
-        if kind in TERMINAL_EVENT_TYPES and job_id in job_urls:
-            receivers.append((None, job_urls[job_id]))
-        rows += [
-            {
-                "id": uuid7(),
-                "owner_id": owner_id,
-                "endpoint_id": endpoint_id,
-                "url": url,
-                "job_id": job_id,
-                "event_id": event_id,
-                "event_type": kind,
-                "status": "pending",
-                "attempts": 0,
-            }
-            for endpoint_id, url in receivers
-        ]
+async def enqueue_deliveries(
+    session: AsyncSession,
+    events: Sequence[tuple[int, uuid.UUID, uuid.UUID, str, Sequence[uuid.UUID] | None, str | None]],
+) -> int:
+    """Outbox rows for new events, given as (event id, job id, owner id, type, endpoint ids, job URL):
+    one per endpoint (the owner's enabled ones that want the type, as `storage.events` finds them in
+    the statement that appends the events), and one for the job's own webhookUrl (given only when the
+    event ends the job). Inside the caller's transaction; nothing to do, no round trip."""
+    rows = [
+        {
+            "id": uuid7(),
+            "owner_id": owner_id,
+            "endpoint_id": endpoint_id,
+            "url": url,
+            "job_id": job_id,
+            "event_id": event_id,
+            "event_type": kind,
+            "status": "pending",
+            "attempts": 0,
+        }
+        for event_id, job_id, owner_id, kind, endpoint_ids, job_url in events
+        for endpoint_id, url in [*((e, None) for e in endpoint_ids or ()), *([(None, job_url)] if job_url else [])]
+    ]
     if rows:
         await session.execute(insert(WebhookDelivery), rows)
     return len(rows)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from pipelines.webhook_outbox import Outbox
 from pipelines.webhooks import verify
 from storage import webhooks as queries
-from storage.events import append_event
+from storage.events import NewEvent, append_event, append_events
 from storage.models import Job, WebhookDelivery
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.integration.test_job_lifecycle import make_user, queued_job
@@ -129,3 +129,41 @@ async def test_no_webhook_url_and_no_endpoint_means_no_row(sessions):
     async with sessions() as session:
         rows = (await session.execute(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id))).all()
     assert rows == []
+
+
+async def test_each_event_goes_to_the_owners_enabled_endpoints_that_want_it_and_an_end_to_the_jobs_url(sessions):
+    owner, job_id = await job_with_hook(sessions, "https://hooks.example.test/job")
+    stranger = await make_user(sessions)
+    async with sessions() as session:
+        ends_only = await queries.create_endpoint(
+            session, owner, url="https://a.example.test", description=None, event_types=["job.succeeded"]
+        )
+        everything = await queries.create_endpoint(
+            session, owner, url="https://b.example.test", description=None, event_types=["job.started", "job.succeeded"]
+        )
+        off = await queries.create_endpoint(
+            session, owner, url="https://c.example.test", description=None, event_types=["job.started", "job.succeeded"]
+        )
+        off_id = off.id
+        await session.execute(update(type(off)).where(type(off).id == off_id).values(enabled=False))
+        await session.commit()
+        await queries.create_endpoint(
+            session, stranger, url="https://d.example.test", description=None, event_types=["job.succeeded"]
+        )
+    async with sessions.begin() as session:
+        started, succeeded = await append_events(
+            session,
+            [NewEvent(job_id, owner, "job.started", {}), NewEvent(job_id, owner, "job.succeeded", {"status": "ok"})],
+        )
+    async with sessions() as session:
+        rows = (await session.execute(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id))).scalars()
+        got = sorted((r.event_id, r.event_type, str(r.endpoint_id), r.url, r.status) for r in rows)
+    assert got == sorted(
+        [
+            (started.id, "job.started", str(everything.id), None, "pending"),
+            (succeeded.id, "job.succeeded", str(ends_only.id), None, "pending"),
+            (succeeded.id, "job.succeeded", str(everything.id), None, "pending"),
+            (succeeded.id, "job.succeeded", "None", "https://hooks.example.test/job", "pending"),
+        ]
+    )
+    assert succeeded.data == {"status": "ok"} and started.id < succeeded.id
