@@ -18,7 +18,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import BigInteger, Integer, Row, Select, Text, bindparam, cast, func, insert, select, true
+from sqlalchemy import BigInteger, Integer, Row, Select, Text, bindparam, cast, column, func, insert, select, true
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -79,19 +79,28 @@ def event_params(new: Sequence[NewEvent], prefix: str = "event_") -> dict[str, l
     }
 
 
-def appending(drawn: Select, after: Sequence[CTE] = ()) -> CTE:
+def event_owners(prefix: str = "event_") -> Select:
+    """The owners of the events `event_rows` gives, from their one array (not the whole rows: the data
+    would be decoded again): what `appending` locks."""
+    owner_ids = bindparam(f"{prefix}owner_id", type_=ARRAY(PgUUID(as_uuid=True)))
+    return select(func.unnest(owner_ids).table_valued(column("owner_id", PgUUID(as_uuid=True))).render_derived())
+
+
+def appending(drawn: Select, after: Sequence[CTE] = (), owners: Select | None = None) -> CTE:
     """The INSERT of the events `drawn` selects (columns n, job_id, owner_id, type, data; ids are drawn
     in the order of n), as a CTE answering (id, job_id, owner_id, type, data, created_at), for a
     statement that makes the change the events record as well: one round trip for both.
 
     The per-owner locks are taken in the insert's one-time filter, after the CTEs in `after` ran (the
     change's own row locks come first, as when they were separate statements) and before any id is
-    drawn; owners in id order, so that two writers can't deadlock."""
+    drawn; owners in id order, so that two writers can't deadlock. `owners` selects the owners to lock
+    (a column owner_id; by default those of `drawn`)."""
     table = JobEvent.__table__
     source = drawn.subquery("drawn")
     ran = [select(func.count()).select_from(cte).scalar_subquery() >= 0 for cte in after]
-    owners = select(source.c.owner_id).distinct().where(*ran).order_by(source.c.owner_id).subquery("owners")
-    lock = func.pg_advisory_xact_lock(func.hashtextextended(cast(owners.c.owner_id, Text), 1))
+    given = (owners if owners is not None else select(source.c.owner_id)).subquery("given")
+    locking = select(given.c.owner_id).distinct().where(*ran).order_by(given.c.owner_id).subquery("owners")
+    lock = func.pg_advisory_xact_lock(func.hashtextextended(cast(locking.c.owner_id, Text), 1))
     locked = select(func.count(lock)).scalar_subquery()
     rows = (
         select(source.c.job_id, source.c.owner_id, source.c.type, source.c.data).where(locked >= 0).order_by(source.c.n)
@@ -145,7 +154,7 @@ async def appended_events(session: AsyncSession, rows: Sequence[Row]) -> list[Ev
 
 @functools.cache
 def _append_statement() -> Select:
-    appended = appending(select(*event_rows().c))
+    appended = appending(select(*event_rows().c), owners=event_owners())
     return select(*appended_columns(appended))
 
 

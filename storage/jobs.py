@@ -45,6 +45,7 @@ from storage.events import (
     appended_columns,
     appended_events,
     appending,
+    event_owners,
     event_params,
     event_rows,
 )
@@ -108,7 +109,7 @@ def _insert_statement() -> Select:
     the dispatcher hears which providers have new work): one statement."""
     jobs = insert_unnested(Job.__table__, _NEW_JOB)
     inserted = jobs.returning(func.pg_notify(QUEUED_CHANNEL, Job.provider)).cte("new_jobs")
-    appended = appending(select(*event_rows().c), after=[inserted])
+    appended = appending(select(*event_rows().c), after=[inserted], owners=event_owners())
     return select(*appended_columns(appended))
 
 
@@ -422,7 +423,8 @@ def _finish_statement() -> Select:
         .cte("new_assets")
     )
     events = event_rows()
-    appended = appending(select(*events.c).where(events.c.job_id.in_(select(kept.c.id))), after=[kept])
+    drawn = select(*events.c).where(events.c.job_id.in_(select(kept.c.id)))
+    appended = appending(drawn, after=[kept], owners=event_owners())
     return (
         select(kept.c.id.label("kept_id"), *appended_columns(appended))
         .outerjoin_from(kept, appended, appended.c.job_id == kept.c.id)
