@@ -1,8 +1,9 @@
 """The usage ledger: a named singleton actor, the one writer of credit entries.
 
 Postgres holds the truth (storage/ledger.py); the actor keeps no balance of its own, so a
-restart loses nothing. It also ends jobs, in the transaction that settles them, so a job is
-never seen ended with its credits still held. Calls that arrive together share one
+restart loses nothing. It also queues jobs, in the transaction that holds their credits, and ends
+them, in the transaction that settles them, so a job is never seen queued without its credits
+held, nor ended with them still held. Calls that arrive together share one
 transaction (group commit).
 """
 
@@ -18,11 +19,11 @@ from daygen.logs import configure_logging
 from daygen.runtime import freeze_startup_heap
 from daygen.settings import Settings
 from pipelines.batching import Batcher
-from pipelines.jobs import ender
+from pipelines.jobs import QueueAnswer, ender, one_key_each, queue_jobs
 from storage import ledger
 from storage.db import make_engine, make_sessionmaker
 from storage.events import JobEvents
-from storage.jobs import Finish
+from storage.jobs import Finish, NewJob
 from storage.redis import make_redis
 
 LEDGER_NAME = "daygen-ledger"
@@ -33,14 +34,20 @@ class UsageLedger:
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level)
         self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=8))
-        self.reserving = Batcher(self._reserve_many, max_size=500)
+        self.queuing = Batcher(self._queue_many, max_size=500)
         self.settling = Batcher(self._settle_many, max_size=500)
-        self.ending = ender(self.sessions, JobEvents(make_redis(settings.redis_url), settings.redis_namespace).publish)
+        self.events = JobEvents(make_redis(settings.redis_url), settings.redis_namespace)
+        self.ending = ender(self.sessions, self.events.publish)
         freeze_startup_heap()
 
-    async def _reserve_many(self, requests: list[ledger.Reservation]) -> list[ledger.Reserved]:
-        async with self.sessions.begin() as session:
-            return await ledger.reserve_many(session, requests)
+    async def _queue_many(self, jobs: list[NewJob]) -> list[QueueAnswer]:
+        answers: dict[uuid.UUID, QueueAnswer] = {}
+        for batch in one_key_each(jobs):
+            async with self.sessions.begin() as session:
+                queued, events = await queue_jobs(session, batch)
+            await self.events.publish(*events)
+            answers.update((job.id, answer) for job, answer in zip(batch, queued, strict=True))
+        return [answers[job.id] for job in jobs]
 
     async def _settle_many(self, charges: list[tuple[uuid.UUID, Decimal]]) -> list[ledger.Settlement | None]:
         async with self.sessions.begin() as session:
@@ -51,9 +58,10 @@ class UsageLedger:
         announce the ends; each answered False when its attempt had lost the job (nothing written)."""
         return list(await asyncio.gather(*(self.ending(finish, charged) for finish, charged in endings)))
 
-    async def reserve(self, requests: list[ledger.Reservation]) -> list[ledger.Reserved]:
-        """Each request judged in order; a refusal is a normal answer (accepted False), not an exception across Ray."""
-        return list(await asyncio.gather(*map(self.reserving, requests)))
+    async def queue(self, jobs: list[NewJob]) -> list[QueueAnswer]:
+        """Hold each job's price and queue it, one transaction for whatever arrives meanwhile; each judged
+        in order. A refusal is a normal answer, not an exception across Ray; safe to repeat."""
+        return list(await asyncio.gather(*map(self.queuing, jobs)))
 
     async def settle(self, charges: list[tuple[uuid.UUID, Decimal]]) -> list[ledger.Settlement | None]:
         """(job id, credits charged) each; safe to repeat."""

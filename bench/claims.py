@@ -67,7 +67,7 @@ async def run(database_url: str, users: int, backlogs: list[int], limits: list[i
                 job_queries.NewJob(uuid7(), owner, "qwen.generate", "qwen", {"prompt": "x"}, Decimal(1))
                 for _ in range(per_user)
             ]
-            async with sessions() as session:
+            async with sessions.begin() as session:
                 await job_queries.insert_jobs(session, jobs)
         fresh = {limit: await claim_ms(sessions, limit) for limit in limits}
         async with engine.connect() as connection:

@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -40,6 +41,64 @@ Record = Callable[[job_queries.StepFinished], Awaitable[list[Event] | None]]
 # Ends a job, settles it and announces the end; False when the attempt had lost the job (nothing written).
 End = Callable[[job_queries.Finish, Decimal], Awaitable[bool]]
 Publish = Callable[..., Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class QueueAnswer:
+    """What became of a job asked to be queued: `queued` (by this call, or an earlier one with the same
+    job), `refused` for want of credits (with the balance), or `key_taken`: another job of the owner
+    already has its Idempotency-Key."""
+
+    outcome: Literal["queued", "refused", "key_taken"]
+    balance: Decimal = Decimal(0)
+
+
+async def queue_jobs(
+    session: AsyncSession, jobs: Sequence[job_queries.NewJob]
+) -> tuple[list[QueueAnswer], list[Event]]:
+    """Hold each job's price and insert the job with its `job.queued` event, in the caller's transaction
+    (the ledger's): a job is never queued without its credits held, nor credits held for a job that
+    was not queued. Each judged in order against what the earlier ones left; answers each, and the
+    events to announce once the transaction commits.
+
+    Safe to repeat: a job an earlier call queued is answered queued, nothing held or inserted twice.
+    An owner's Idempotency-Key may appear once a call (`one_key_each`). With keys, the owners'
+    balances are locked before the keys are looked up: every job is queued under that lock, so no
+    job can take a key between the look and the insert.
+    """
+    keyed = [(job.owner_id, job.idempotency_key) for job in jobs if job.idempotency_key is not None]
+    taken: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
+    if keyed:
+        await ledger_queries.lock_accounts(session, (owner for owner, _ in keyed), event_logs=True)
+        taken = await job_queries.jobs_by_idempotency_key(session, keyed)
+    free = [job for job in jobs if taken.get((job.owner_id, job.idempotency_key or ""), job.id) == job.id]
+    held = await ledger_queries.reserve_many(
+        session, [ledger_queries.Reservation(job.owner_id, job.id, job.cost) for job in free], event_logs=True
+    )
+    answers = {
+        job.id: QueueAnswer("queued" if h.accepted else "refused", h.balance) for job, h in zip(free, held, strict=True)
+    }
+    new = [job for job, h in zip(free, held, strict=True) if h.accepted and not h.repeat]
+    events = await job_queries.insert_jobs(session, new) if new else []
+    return [answers.get(job.id, QueueAnswer("key_taken")) for job in jobs], events
+
+
+def one_key_each(jobs: Sequence[job_queries.NewJob]) -> list[list[job_queries.NewJob]]:
+    """The jobs in rounds (in order) in which an owner's Idempotency-Key appears once: a later job with
+    a key an earlier one of the same call has is queued in a later transaction, which then sees
+    whether the earlier one took the key."""
+    rounds: list[list[job_queries.NewJob]] = []
+    seen: list[set[tuple[uuid.UUID, str]]] = []
+    for job in jobs:
+        key = (job.owner_id, job.idempotency_key) if job.idempotency_key is not None else None
+        index = next((i for i, keys in enumerate(seen) if key not in keys), len(rounds)) if key else 0
+        if index == len(rounds):
+            rounds.append([])
+            seen.append(set())
+        rounds[index].append(job)
+        if key:
+            seen[index].add(key)
+    return rounds
 
 
 def recorder(sessions: async_sessionmaker[AsyncSession]) -> Record:

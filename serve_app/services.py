@@ -11,13 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from daygen.settings import Settings
 from pipelines.batching import Batcher
+from pipelines.jobs import QueueAnswer
 from pipelines.pool_config import ProviderPools
 from serve_app import signing
 from serve_app.live import EventHub
 from serve_app.security import hash_password
 from storage.db import make_engine, make_sessionmaker
 from storage.events import JobEvents
-from storage.ledger import Reservation, Reserved
+from storage.jobs import NewJob
 from storage.objects import ObjectStore
 from storage.redis import make_redis
 
@@ -39,14 +40,14 @@ class Services:
     files_secret: bytes
     decoy_password_hash: str
     hub: EventHub | None = None
-    reserving: Batcher | None = None
+    queuing: Batcher | None = None
 
-    async def reserve(self, requests: list[Reservation]) -> list[Reserved]:
-        """Hold credits through the ledger, each request judged in order; the replica's concurrent
-        submits share one call to it."""
-        if self.reserving is None:  # on first use: services built without a ledger never reserve
-            self.reserving = Batcher(self.ledger.reserve.remote, max_size=500)
-        return list(await asyncio.gather(*map(self.reserving, requests)))
+    async def queue(self, jobs: list[NewJob]) -> list[QueueAnswer]:
+        """Hold credits and queue the jobs through the ledger, each judged in order; the replica's
+        concurrent submits share one call to it."""
+        if self.queuing is None:  # on first use: services built without a ledger never queue
+            self.queuing = Batcher(self.ledger.queue.remote, max_size=500)
+        return list(await asyncio.gather(*map(self.queuing, jobs)))
 
     async def event_hub(self) -> EventHub:
         """The replica's live-event reader, made on first use (it needs the replica's event loop).

@@ -22,7 +22,7 @@ from sqlalchemy import BigInteger, Integer, Row, Select, Text, bindparam, cast, 
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.expression import CTE, TableValuedAlias
+from sqlalchemy.sql.expression import CTE, ColumnElement, ScalarSelect, TableValuedAlias
 
 from storage.db import unnest_rows
 from storage.models import Job, JobEvent, WebhookEndpoint
@@ -86,6 +86,19 @@ def event_owners(prefix: str = "event_") -> Select:
     return select(func.unnest(owner_ids).table_valued(column("owner_id", PgUUID(as_uuid=True))).render_derived())
 
 
+def owners_locked(owners: Select, *first: ColumnElement[bool]) -> ScalarSelect:
+    """The per-owner locks of the event logs of `owners` (a column owner_id), taken in id order, held to
+    commit, once `first` (conditions) are evaluated: a count to use as a one-time filter (`>= 0`), which
+    Postgres runs before anything else in the statement, so the locks cost no round trip of their own.
+
+    Every transaction that appends events takes them, and one that also changes balances (a job's
+    queuing, its end) takes them first: the order that keeps the two from deadlocking."""
+    given = owners.subquery("given")
+    locking = select(given.c.owner_id).distinct().where(*first).order_by(given.c.owner_id).subquery("owners")
+    lock = func.pg_advisory_xact_lock(func.hashtextextended(cast(locking.c.owner_id, Text), 1))
+    return select(func.count(lock)).scalar_subquery()
+
+
 def appending(drawn: Select, after: Sequence[CTE] = (), owners: Select | None = None) -> CTE:
     """The INSERT of the events `drawn` selects (columns n, job_id, owner_id, type, data; ids are drawn
     in the order of n), as a CTE answering (id, job_id, owner_id, type, data, created_at), for a
@@ -98,10 +111,7 @@ def appending(drawn: Select, after: Sequence[CTE] = (), owners: Select | None = 
     table = JobEvent.__table__
     source = drawn.subquery("drawn")
     ran = [select(func.count()).select_from(cte).scalar_subquery() >= 0 for cte in after]
-    given = (owners if owners is not None else select(source.c.owner_id)).subquery("given")
-    locking = select(given.c.owner_id).distinct().where(*ran).order_by(given.c.owner_id).subquery("owners")
-    lock = func.pg_advisory_xact_lock(func.hashtextextended(cast(locking.c.owner_id, Text), 1))
-    locked = select(func.count(lock)).scalar_subquery()
+    locked = owners_locked(owners if owners is not None else select(source.c.owner_id), *ran)
     rows = (
         select(source.c.job_id, source.c.owner_id, source.c.type, source.c.data).where(locked >= 0).order_by(source.c.n)
     )

@@ -114,16 +114,33 @@ def _insert_statement() -> Select:
 
 
 async def insert_jobs(session: AsyncSession, jobs: Sequence[NewJob]) -> list[Event]:
-    """The job rows and their `job.queued` events, in one transaction; the events in the jobs' order.
+    """The job rows and their `job.queued` events, inside the caller's transaction; the events in the
+    jobs' order. The ledger queues jobs this way, in the transaction that holds their credits.
 
     A repeated Idempotency-Key raises IntegrityError and inserts nothing. The rows' server
     defaults, such as `created_at`, are not read back.
     """
     params = event_params([NewEvent(job.id, job.owner_id, "job.queued", {"status": "queued"}) for job in jobs])
     params.update({name: [getattr(job, name) for job in jobs] for name, _ in _NEW_JOB})
-    events = await appended_events(session, (await session.execute(_insert_statement(), params)).all())
-    await session.commit()
-    return events
+    return await appended_events(session, (await session.execute(_insert_statement(), params)).all())
+
+
+@functools.cache
+def _jobs_by_key_statement() -> Select:
+    keys = unnest_rows("wanted", [("owner_id", PgUUID(as_uuid=True)), ("key", Text())], prefix="wanted_")
+    return select(Job.owner_id, Job.idempotency_key, Job.id).join(
+        keys, (Job.owner_id == keys.c.owner_id) & (Job.idempotency_key == keys.c.key)
+    )
+
+
+async def jobs_by_idempotency_key(
+    session: AsyncSession, keys: Sequence[tuple[uuid.UUID, str]]
+) -> dict[tuple[uuid.UUID, str], uuid.UUID]:
+    """The jobs made under (owner, Idempotency-Key) pairs, those that exist: one query."""
+    if not keys:
+        return {}
+    params = {"wanted_owner_id": [owner for owner, _ in keys], "wanted_key": [key for _, key in keys]}
+    return {(owner, key): job_id for owner, key, job_id in await session.execute(_jobs_by_key_statement(), params)}
 
 
 async def job_by_idempotency_key(session: AsyncSession, owner_id: uuid.UUID, key: str) -> Job | None:

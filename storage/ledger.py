@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from sqlalchemy import Insert, Row, Select, Text, bindparam, func, select, true
+from sqlalchemy import Insert, Row, Select, Text, bindparam, column, func, select, true
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,6 +24,7 @@ from sqlalchemy.types import TypeEngine
 
 from daygen.errors import InsufficientCredits
 from storage.db import insert_unnested, unnest_rows
+from storage.events import owners_locked
 from storage.models import Credits, Job, LedgerBalance, LedgerEntry
 
 Settlement = Literal["commit", "release"]
@@ -98,19 +99,26 @@ class Reserved:
 
     accepted: bool
     balance: Decimal
+    repeat: bool = False  # held by an earlier call for the same job: nothing was held now
 
 
 @functools.cache
-def _locked_balances_statement() -> Select:
+def _locked_balances_statement(event_logs: bool) -> Select:
     """The accounts' balances, each row locked until commit, in one order (sorted) so two writers can't
-    deadlock. A row another transaction changed meanwhile is read as that one committed it."""
-    accounts = bindparam("accounts", type_=ARRAY(PgUUID(as_uuid=True)))
-    return (
+    deadlock. A row another transaction changed meanwhile is read as that one committed it. With
+    `event_logs`, the accounts' (owners') event logs are locked first, in the same statement."""
+    uuids = ARRAY(PgUUID(as_uuid=True))
+    accounts = bindparam("accounts", type_=uuids)
+    stmt = (
         select(LedgerBalance.account_id, LedgerBalance.balance)
         .where(LedgerBalance.account_id == func.any(accounts))
         .order_by(LedgerBalance.account_id)
         .with_for_update()
     )
+    if event_logs:
+        owners = func.unnest(bindparam("accounts", type_=uuids)).table_valued(column("owner_id", PgUUID(as_uuid=True)))
+        stmt = stmt.where(owners_locked(select(owners.render_derived())) >= 0)
+    return stmt
 
 
 @functools.cache
@@ -138,36 +146,51 @@ async def _entries_by_key(session: AsyncSession, keys: Sequence[str]) -> dict[st
     return {row.idempotency_key: row for row in rows}
 
 
-async def reserve_many(session: AsyncSession, requests: Sequence[Reservation]) -> list[Reserved]:
+async def lock_accounts(session: AsyncSession, accounts: Iterable[uuid.UUID], *, event_logs: bool = False) -> None:
+    """Lock the accounts' balance rows until the caller's transaction ends, as a reservation would: what
+    the caller reads meanwhile about what their reservations are for can't change under it. With
+    `event_logs`, their owners' event logs first (as `reserve_many`)."""
+    await session.execute(_locked_balances_statement(event_logs), {"accounts": sorted(set(accounts))})
+
+
+async def reserve_many(
+    session: AsyncSession, requests: Sequence[Reservation], *, event_logs: bool = False
+) -> list[Reserved]:
     """Hold credits for many jobs at once, each judged in order against what the earlier ones left.
 
-    Idempotent on the job id: a reservation made before is answered accepted and holds nothing more.
+    Idempotent on the job id: a reservation made before is answered accepted (a repeat) and holds
+    nothing more. `event_logs`: the caller will append events of the accounts (as owners) in this
+    transaction, so their event logs are locked first, before the balances, in the one order every
+    transaction that does both keeps (`storage.events.owners_locked`).
     """
     accounts = {r.account_id for r in requests}
     balances: dict[uuid.UUID, Decimal] = {a: Decimal(0) for a in accounts}
-    balances.update((await session.execute(_locked_balances_statement(), {"accounts": list(accounts)})).tuples().all())
+    locked = await session.execute(_locked_balances_statement(event_logs), {"accounts": sorted(accounts)})
+    balances.update(locked.tuples().all())
     keys = [f"reserve:{r.job_id}" for r in requests]
     # Read after the lock, so a repeat of a reservation that was being made meanwhile is seen.
     held = set(await _entries_by_key(session, keys))
     rows, answers = [], []
     for request, key in zip(requests, keys, strict=True):
         current = balances[request.account_id]
-        if key not in held:
-            if current < request.amount:
-                answers.append(Reserved(False, current))
-                continue
-            held.add(key)
-            current = balances[request.account_id] = current - request.amount
-            rows.append(
-                {
-                    "account_id": request.account_id,
-                    "kind": "reserve",
-                    "amount": -request.amount,
-                    "idempotency_key": key,
-                    "job_id": request.job_id,
-                    "reason": None,
-                }
-            )
+        if key in held:
+            answers.append(Reserved(True, current, repeat=True))
+            continue
+        if current < request.amount:
+            answers.append(Reserved(False, current))
+            continue
+        held.add(key)
+        current = balances[request.account_id] = current - request.amount
+        rows.append(
+            {
+                "account_id": request.account_id,
+                "kind": "reserve",
+                "amount": -request.amount,
+                "idempotency_key": key,
+                "job_id": request.job_id,
+                "reason": None,
+            }
+        )
         answers.append(Reserved(True, current))
     await _insert_entries(session, rows)
     return answers

@@ -13,7 +13,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from pydantic import BaseModel, ValidationError
 from ray.exceptions import RayError
-from sqlalchemy.exc import IntegrityError
 
 from daygen.errors import Conflict, DaygenError, InsufficientCredits, InvalidInput, NotFound, ProviderDown
 from daygen.ids import uuid7
@@ -43,7 +42,6 @@ from serve_app.services import Services
 from storage import jobs as queries
 from storage.assets import resolve_inputs
 from storage.jobs import NewJob
-from storage.ledger import Reservation
 from storage.models import Job, User
 
 v1 = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_json)])
@@ -184,69 +182,43 @@ Queued = uuid.UUID | Replayed | DaygenError
 async def queue_jobs(
     services: Services, session: SessionDep, owner_id: uuid.UUID, jobs: list[Prepared]
 ) -> list[Queued]:
-    """Reserve the prices, insert the jobs (the dispatcher hears of them as they commit) and announce
-    them: one ledger call and one transaction however many jobs. Each job is answered with its id, or what
-    stopped it (too few credits, a repeated Idempotency-Key). Reservations of jobs that were not
-    inserted are given back."""
-    ids = [uuid7() for _ in jobs]
-    reserved = await services.reserve(
-        [Reservation(owner_id, job_id, job.cost) for job_id, job in zip(ids, jobs, strict=True)]
-    )
+    """Hold the prices and queue the jobs: one ledger call (and transaction, which the dispatcher hears
+    of as it commits) however many jobs. Each job is answered with its id, or what stopped it (too few
+    credits, an Idempotency-Key another request took meanwhile)."""
+    new = [
+        NewJob(
+            id=uuid7(),
+            owner_id=owner_id,
+            operation=job.operation,
+            provider=job.provider,
+            params=job.params,
+            cost=job.cost,
+            inputs=job.inputs,
+            idempotency_key=job.idempotency.key if job.idempotency else None,
+            request_hash=job.idempotency.request_hash if job.idempotency else None,
+            webhook_url=job.webhook_url,
+        )
+        for job in jobs
+    ]
     answers: list[Queued] = []
-    new: list[NewJob] = []
-    for job_id, job, held in zip(ids, jobs, reserved, strict=True):
-        if not held.accepted:
+    for job, queued in zip(new, await services.queue(new), strict=True):
+        if queued.outcome == "queued":
+            answers.append(job.id)
+        elif queued.outcome == "refused":
             answers.append(
                 InsufficientCredits(
                     "not enough credits for this job",
-                    details={"required": float(job.cost), "balance": float(held.balance)},
+                    details={"required": float(job.cost), "balance": float(queued.balance)},
                 )
             )
-            continue
-        answers.append(job_id)
-        new.append(
-            NewJob(
-                id=job_id,
-                owner_id=owner_id,
-                operation=job.operation,
-                provider=job.provider,
-                params=job.params,
-                cost=job.cost,
-                inputs=job.inputs,
-                idempotency_key=job.idempotency.key if job.idempotency else None,
-                request_hash=job.idempotency.request_hash if job.idempotency else None,
-                webhook_url=job.webhook_url,
-            )
-        )
-    if not new:
-        return answers
-    inserted: list[NewJob] = []
-    try:
-        try:
-            events = await queries.insert_jobs(session, new)
-            inserted = new
-        except IntegrityError:
-            # A concurrent request with one of the Idempotency-Keys got in first: one at a time, to tell which.
-            await session.rollback()
-            events = []
-            for job in new:
-                try:
-                    events += await queries.insert_jobs(session, [job])
-                    inserted.append(job)
-                except IntegrityError:
-                    await session.rollback()
-                    if job.idempotency_key is None or job.request_hash is None:
-                        raise
-                    try:
-                        await earlier_job(session, owner_id, Idempotency(job.idempotency_key, job.request_hash))
-                    except (Replayed, DaygenError) as exc:
-                        answers[answers.index(job.id)] = exc
-    finally:
-        kept = {job.id for job in inserted}
-        lost = [(job.id, Decimal(0)) for job in new if job.id not in kept]
-        if lost:
-            await services.ledger.settle.remote(lost)
-    await services.events.publish(*events)
+        else:  # a concurrent request with the same key got in first: answered as a repeat of it, or 409
+            assert job.idempotency_key is not None and job.request_hash is not None
+            try:
+                await earlier_job(session, owner_id, Idempotency(job.idempotency_key, job.request_hash))
+            except (Replayed, DaygenError) as exc:
+                answers.append(exc)
+            else:
+                raise RuntimeError("the ledger found the Idempotency-Key taken, but no job has it")
     return answers
 
 

@@ -17,7 +17,7 @@ from tests.integration.test_job_lifecycle import make_user
 async def queue(sessions, owner: uuid.UUID, provider: str, count: int) -> list[uuid.UUID]:
     params = {"prompt": "fair", "width": 64, "height": 64, "seed": 1}
     jobs = [job_queries.NewJob(uuid7(), owner, "offline.generate", provider, params, Decimal(0)) for _ in range(count)]
-    async with sessions() as session:
+    async with sessions.begin() as session:
         await job_queries.insert_jobs(session, jobs)
     return [job.id for job in jobs]
 

@@ -39,7 +39,7 @@ async def queued_job(sessions, owner: uuid.UUID, prompt: str = "lifecycle") -> u
     job_id = uuid7()
     async with sessions.begin() as session:
         await ledger.reserve(session, account_id=owner, job_id=job_id, amount=Decimal(1))
-    async with sessions() as session:
+    async with sessions.begin() as session:
         await job_queries.insert_jobs(
             session,
             [
@@ -191,7 +191,7 @@ async def canceled_without_release(sessions, owner: uuid.UUID, count: int) -> li
             session, account_id=owner, kind="grant", amount=Decimal(count), idempotency_key=f"g:{uuid.uuid4()}"
         )
         await ledger.reserve_many(session, [ledger.Reservation(owner, job_id, Decimal(1)) for job_id in job_ids])
-    async with sessions() as session:
+    async with sessions.begin() as session:
         new = [
             job_queries.NewJob(
                 id=job_id,
@@ -286,7 +286,7 @@ async def queued_chain(sessions, owner: uuid.UUID) -> uuid.UUID:
     job_id = uuid7()
     async with sessions.begin() as session:
         await ledger.reserve(session, account_id=owner, job_id=job_id, amount=cost)
-    async with sessions() as session:
+    async with sessions.begin() as session:
         params = {"steps": [s.stored() for s in steps]}
         await job_queries.insert_jobs(
             session, [job_queries.NewJob(job_id, owner, PIPELINE, steps[0].provider, params, cost)]

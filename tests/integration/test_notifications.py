@@ -49,7 +49,7 @@ async def listening(database_url: str, channel: str):
 
 async def queue_one(sessions, owner) -> None:
     params = {"prompt": "ring", "width": 64, "height": 64, "seed": 1}
-    async with sessions() as session:
+    async with sessions.begin() as session:
         await job_queries.insert_jobs(
             session, [job_queries.NewJob(uuid7(), owner, "offline.generate", "offline", params, Decimal(0))]
         )
