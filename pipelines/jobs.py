@@ -72,9 +72,8 @@ async def queue_jobs(
         await ledger_queries.lock_accounts(session, (owner for owner, _ in keyed), event_logs=True)
         taken = await job_queries.jobs_by_idempotency_key(session, keyed)
     free = [job for job in jobs if taken.get((job.owner_id, job.idempotency_key or ""), job.id) == job.id]
-    held = await ledger_queries.reserve_many(
-        session, [ledger_queries.Reservation(job.owner_id, job.id, job.cost) for job in free], event_logs=True
-    )
+    reservations = [ledger_queries.Reservation(job.owner_id, job.id, job.cost) for job in free]
+    held = await ledger_queries.reserve_many(session, reservations, event_logs=True) if free else []
     answers = {
         job.id: QueueAnswer("queued" if h.accepted else "refused", h.balance) for job, h in zip(free, held, strict=True)
     }
