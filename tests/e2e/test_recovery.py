@@ -1,4 +1,5 @@
-"""Killing parts of the running app for real: a pool actor mid-call, the dispatcher mid-job.
+"""Killing parts of the running app for real: a pool actor mid-call, the dispatcher mid-job, the
+ledger while jobs are submitted.
 
 Afterwards every job ends exactly once, is charged exactly once, and a WebSocket subscriber and
 a webhook endpoint each saw its end. (Stopping and restarting the whole app: tests/test_restart.py.)
@@ -19,9 +20,10 @@ from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 
 from actors.dispatcher import DISPATCHER_NAME
+from actors.ledger import LEDGER_NAME
 from actors.pools import pool_name
 from daygen.runtime import RAY_NAMESPACE
-from storage.models import JobEvent, LedgerEntry
+from storage.models import Job, JobEvent, LedgerEntry
 from tests.conftest import IDEOGRAM_INFLIGHT_LIMIT
 from tests.e2e.helpers import bearer, set_balance, signup
 from tests.e2e.test_providers import credits
@@ -177,3 +179,51 @@ async def test_steps_sent_together_survive_their_actor_dying_and_a_cancel_stops_
     assert sorted(f["jobId"] for f in frames if f.get("type") in TERMINAL) == sorted(job_ids)
     calls = fake_ideogram.requests_to("generate")
     assert len(calls) == count + len(rest), "each job's call went out again after the kill, the canceled one's not"
+
+
+async def test_a_ledger_killed_while_jobs_are_submitted_queues_each_once_and_loses_none(client, sessions, account):
+    """Each submit is one call to the ledger, which holds the credits and inserts the job in one
+    transaction; a call the dying ledger had taken is made again on the restarted one (Ray retries it),
+    and a repeat of a call that had committed holds and inserts nothing more."""
+    await set_balance(sessions, account["id"], Decimal(1000))
+    offline = {"operation": "offline.generate", "params": {"prompt": "through a restart", "width": 64, "height": 64}}
+    answers: list[int] = []
+    job_ids: list[str] = []
+    flowing, killed = asyncio.Event(), asyncio.Event()
+    in_flight = 0
+
+    async def keep_submitting() -> None:
+        nonlocal in_flight
+        after_kill = 0
+        while after_kill < 20:  # until well after the restart
+            in_flight += 1
+            response = await client.post("/v1/jobs", json=offline, headers=account["headers"])
+            in_flight -= 1
+            answers.append(response.status_code)
+            if response.status_code == 202:
+                job_ids.append(response.json()["jobId"])
+            if len(answers) >= 8:
+                flowing.set()
+            after_kill += killed.is_set()
+
+    submitters = [asyncio.create_task(keep_submitting()) for _ in range(4)]
+    await flowing.wait()
+    submitting_at_kill = in_flight
+    await kill(LEDGER_NAME)
+    killed.set()
+    await asyncio.gather(*submitters)
+
+    assert submitting_at_kill > 0, "the ledger died with submits in flight"
+
+    assert set(answers) == {202}, f"every submit was answered 202: {sorted(set(answers))}"
+    owner = uuid.UUID(account["id"])
+    async with sessions() as session:
+        reserved = await session.scalar(
+            select(func.count()).where(LedgerEntry.account_id == owner, LedgerEntry.kind == "reserve")
+        )
+        jobs = await session.scalar(select(func.count()).select_from(Job).where(Job.owner_id == owner))
+    assert reserved == jobs == len(job_ids) == len(set(job_ids)), "one job and one reservation per answer"
+    for job_id in job_ids:
+        job = (await client.get(f"/v1/jobs/{job_id}", params={"wait": 30}, headers=account["headers"])).json()
+        assert job["status"] == "succeeded", job
+    assert await credits(client, account["headers"]) == 1000 - len(job_ids), "each job charged exactly once"
