@@ -92,7 +92,7 @@ async def test_queuing_waits_for_an_ending_transaction_of_the_same_owner_rather_
     Queuing takes both too; had it locked the balance first, each would hold what the other waits for."""
     owner = await make_user(sessions)
     async with sessions() as ending:
-        [job] = [new_job(owner)]
+        job = new_job(owner)
         await queue(sessions, [job])
         await append_event(ending, job_id=job.id, owner_id=owner, type="job.succeeded", data={})
         queuing = asyncio.create_task(queue(sessions, [new_job(owner)]))
