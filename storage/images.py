@@ -13,7 +13,7 @@ from typing import IO
 from PIL import Image, UnidentifiedImageError
 
 from daygen.errors import InvalidInput, UnsupportedMediaType
-from storage.objects import ObjectStore, ObjectWriter
+from storage.objects import INLINE_BYTES, ObjectStore, ObjectWriter
 
 SNIFF_BYTES = 16
 
@@ -101,7 +101,9 @@ async def received_image(
             await writer.write(chunk)
         await writer.close()
         whole = writer.buffered
-        if whole is not None:  # a small image: checked in memory, stored in one go by commit
+        if whole is not None and len(whole) <= INLINE_BYTES:  # checked in less time than a thread hop costs
+            width, height = inspect_image(io.BytesIO(whole), max_pixels)
+        elif whole is not None:  # in memory, stored in one go by commit
             width, height = await asyncio.to_thread(inspect_image, io.BytesIO(whole), max_pixels)
         else:
             width, height = await asyncio.to_thread(inspect_stored, store, writer.tmp_key, max_pixels)

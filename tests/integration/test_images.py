@@ -175,14 +175,19 @@ async def chunks_of(data: bytes, size: int = 64 * 1024):
 
 
 def noisy_png(size: tuple[int, int]) -> bytes:
-    """A PNG that does not compress: over a megabyte for 800x800, so it is written out as it arrives."""
+    """A PNG that does not compress: 750 KB for 500x500 (kept in memory, but too large to check on the event
+    loop), over a megabyte for 800x800 (written out as it arrives)."""
     noise = random.Random(5).randbytes(size[0] * size[1] * 3)
     buffer = io.BytesIO()
     Image.frombytes("RGB", size, noise).save(buffer, "PNG", compress_level=0)
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("size", [(37, 23), (800, 800)], ids=["small: checked in memory", "large: streamed"])
+@pytest.mark.parametrize(
+    "size",
+    [(37, 23), (500, 500), (800, 800)],
+    ids=["small: checked at once", "under a megabyte: checked in memory in a thread", "large: streamed"],
+)
 async def test_a_received_image_is_checked_then_stored_once_under_its_sha256(store, size):
     data = pillow_image("PNG", size) if size[0] < 100 else noisy_png(size)
     async with received_image(store, chunks_of(data), max_bytes=len(data), max_pixels=MAX_PIXELS) as received:
@@ -196,9 +201,9 @@ async def test_a_received_image_is_checked_then_stored_once_under_its_sha256(sto
     assert store.fs.glob(f"{store.root}/tmp/*") == []
 
 
-@pytest.mark.parametrize("size", [(200, 100), (800, 800)], ids=["small", "large"])
+@pytest.mark.parametrize("size", [(200, 100), (500, 500), (800, 800)], ids=["small", "under a megabyte", "large"])
 async def test_a_received_truncated_image_is_refused_and_nothing_is_kept(store, size):
-    whole = pillow_image("PNG", size) if size[0] < 800 else noisy_png(size)
+    whole = pillow_image("PNG", size) if size[0] < 500 else noisy_png(size)
     data = whole[: len(whole) // 2]
 
     with pytest.raises(InvalidImage):
