@@ -112,8 +112,17 @@ def world(server_urls, tmp_path):
             }
 
 
-async def listen(url: str, after: int, frames: list[dict], done: set[str], job_ids: set[str]) -> None:
-    """user:me from `after` on, until every job has ended or the server goes away."""
+async def listen(
+    url: str,
+    after: int,
+    frames: list[dict],
+    done: set[str],
+    job_ids: set[str],
+    all_started: asyncio.Event | None = None,
+) -> None:
+    """user:me from `after` on, until every job has ended or the server goes away; `all_started` is set
+    once every job's start has arrived."""
+    started: set[str] = set()
     try:
         async with connect(url) as socket:
             await socket.send(json.dumps({"action": "subscribe", "channel": "user:me", "lastEventId": after}))
@@ -123,6 +132,10 @@ async def listen(url: str, after: int, frames: list[dict], done: set[str], job_i
                     frames.append(frame)
                     if frame["type"] in TERMINAL:
                         done.add(frame["jobId"])
+                    if frame["type"] == "job.started":
+                        started.add(frame["jobId"])
+                        if all_started is not None and job_ids <= started:
+                            all_started.set()
     except (ConnectionClosed, OSError):
         pass
 
@@ -152,8 +165,10 @@ async def test_a_restart_with_fifty_jobs_in_flight_loses_none_and_charges_each_o
             job_ids = {r["jobId"] for r in results}
             frames: list[dict] = []
             done: set[str] = set()
-            before = asyncio.create_task(listen(ws_url, 0, frames, done, job_ids))
+            all_started = asyncio.Event()
+            before = asyncio.create_task(listen(ws_url, 0, frames, done, job_ids, all_started))
             await asyncio.to_thread(ideogram.wait_until_hung, JOBS, 60)
+            await asyncio.wait_for(all_started.wait(), 60)  # the subscriber has heard of every job
 
         await app.stop()  # every job is mid-call
         await asyncio.wait_for(before, 30)
