@@ -31,7 +31,7 @@ WRITE_BUFFER = 1 << 20
 S3_PART_SIZE = 5 << 20
 # Work on an object this small is done on the event loop: a hop to a worker thread and back costs
 # about 0.2 ms of CPU here, as much as checking a 256 KB image or filing it on the local disk, and
-# a provider step took two (bench/provider_step.py: 1.5-1.9 ms of CPU a step with them, 0.9-1.1 without).
+# a provider step took two (bench/provider_step.py: 1.5-1.7 ms of CPU a step with them, 1.0-1.2 without).
 INLINE_BYTES = 256 << 10
 
 

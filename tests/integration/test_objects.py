@@ -77,7 +77,7 @@ async def test_bytes_are_filed_under_their_sha256(store):
 @pytest.mark.parametrize(
     "size",
     [1000, 512 * 1024, 3 * MIB],
-    ids=["kept in memory, filed at once", "kept in memory, filed in a thread", "written out as it streams"],
+    ids=["kept in memory, under 256 KiB", "kept in memory, over 256 KiB", "written out as it streams"],
 )
 async def test_the_key_is_known_once_the_writer_is_closed_before_it_is_filed(store, size):
     # Uploads lock the key (against a concurrent delete of the same bytes) before they commit.
