@@ -106,9 +106,6 @@ def ingress_environment(temp_dir: Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_port),
-        # Serve's controller loop ten times a second was 5 % of a core with nothing to do; twice a
-        # second, 2 %, and the app is up as fast (docs/ingress.md).
-        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     }
 
 
