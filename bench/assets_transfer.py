@@ -400,7 +400,7 @@ def main() -> None:
             log_level="WARNING",
         )
         ray_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dgr-")))
-        start_ray(temp_dir=ray_dir, dashboard=False, num_cpus=2, object_store_bytes=200 * MiB)
+        start_ray(temp_dir=ray_dir, dashboard=False, http_port=settings.port, num_cpus=2, object_store_bytes=200 * MiB)
         stack.callback(ray.shutdown)
         base_url = deploy(settings)
         print(f"serving at {base_url} (HAProxy in front of the replica, docs/ingress.md)", flush=True)

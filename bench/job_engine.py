@@ -554,7 +554,9 @@ def running_stack(work: Path, pools: str, dashscope_rpm: int | None):
             ws_max_pending_events=100_000,
         )
         ray_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dgr-")))
-        start_ray(temp_dir=ray_dir, dashboard=False, num_cpus=2, object_store_bytes=200 * 2**20)
+        start_ray(
+            temp_dir=ray_dir, dashboard=False, http_port=settings.port, num_cpus=2, object_store_bytes=200 * 2**20
+        )
         stack.callback(ray.shutdown)
         yield Stack(deploy(settings), settings, dashscope, ideogram)
 

@@ -41,7 +41,7 @@ def cmd_up(settings: Settings) -> int:
             migrate_to(settings.database_url)
             print("daygen: starting Ray and the Serve app (about 15 s)", flush=True)
             stack.callback(shutil.rmtree, ray_dir, True)
-            context = start_ray(temp_dir=ray_dir, dashboard=settings.ray_dashboard)
+            context = start_ray(temp_dir=ray_dir, dashboard=settings.ray_dashboard, http_port=settings.port)
             stack.callback(ray.shutdown)
             base = deploy(settings)
         except (PortInUse, ConfigError) as exc:

@@ -8,6 +8,7 @@ import itertools
 import os
 import random
 import socket
+from collections.abc import Collection
 from pathlib import Path
 
 import ray
@@ -69,23 +70,25 @@ def _bindable(port: int) -> bool:
         return True
 
 
-def side_ports(count: int) -> list[int]:
-    """`count` distinct ports of SIDE_PORTS free now, picked at random (several daygens share a machine)."""
-    free = (port for port in random.sample(SIDE_PORTS, len(SIDE_PORTS)) if _bindable(port))
+def side_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
+    """`count` distinct ports of SIDE_PORTS free now, picked at random (several daygens share a machine),
+    none of `avoid` (ports free now that something else will bind, such as the app's own)."""
+    free = (port for port in random.sample(SIDE_PORTS, len(SIDE_PORTS)) if port not in avoid and _bindable(port))
     chosen = list(itertools.islice(free, count))
     if len(chosen) < count:
         raise PortInUse(f"not {count} free ports between {SIDE_PORTS.start} and {SIDE_PORTS.stop - 1} for HAProxy")
     return chosen
 
 
-def ingress_environment(temp_dir: Path) -> dict[str, str]:
+def ingress_environment(temp_dir: Path, http_port: int) -> dict[str, str]:
     """Serve's HTTP ingress as daygen runs it: HAProxy in front of replicas that serve HTTP themselves.
 
     Measured on 2 cores (docs/ingress.md): about 9x the requests per second of Serve's Python
     proxy and a quarter of its latency, and with user code on the replica's own event loop and
     `serve_app.http_server` a request body streams with back-pressure instead of being read into
     memory ahead of the app. HAProxy's files and its side ports (stats, metrics, and the backup
-    Serve proxy) are made private to this Ray, so several can run on one machine.
+    Serve proxy) are made private to this Ray, so several can run on one machine, and are never
+    `http_port`, the app's own, which HAProxy binds only once Serve is up.
     """
     haproxy_dir = temp_dir / "hap"
     if len(str(haproxy_dir)) > MAX_HAPROXY_DIR_CHARS:
@@ -93,7 +96,7 @@ def ingress_environment(temp_dir: Path) -> dict[str, str]:
             f"Ray's temp folder {temp_dir} is too long a path for HAProxy's sockets: "
             f"keep it under {MAX_HAPROXY_DIR_CHARS - 4} characters"
         )
-    stats_port, metrics_port, fallback_port = side_ports(3)
+    stats_port, metrics_port, fallback_port = side_ports(3, avoid={http_port})
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
@@ -110,13 +113,19 @@ def ingress_environment(temp_dir: Path) -> dict[str, str]:
 
 
 def start_ray(
-    *, temp_dir: Path, dashboard: bool, num_cpus: int | None = None, object_store_bytes: int | None = None
+    *,
+    temp_dir: Path,
+    dashboard: bool,
+    http_port: int,
+    num_cpus: int | None = None,
+    object_store_bytes: int | None = None,
 ) -> ray.runtime_context.RuntimeContext:
-    """A private local Ray: token auth off (loopback only), no shared /tmp/ray, daygen's ingress."""
+    """A private local Ray: token auth off (loopback only), no shared /tmp/ray, daygen's ingress for
+    an app on `http_port`."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     temp_dir.mkdir(parents=True, exist_ok=True)
     # Ray's processes inherit the environment the cluster starts with.
-    os.environ.update(ingress_environment(temp_dir))
+    os.environ.update(ingress_environment(temp_dir, http_port))
     return ray.init(
         namespace=RAY_NAMESPACE,
         num_cpus=num_cpus,

@@ -180,7 +180,9 @@ def app_url(settings: Settings) -> Iterator[str]:
     from daygen.runtime import deploy, start_ray
 
     ray_dir = Path(tempfile.mkdtemp(prefix="dgr-"))
-    start_ray(temp_dir=ray_dir, dashboard=False, num_cpus=2, object_store_bytes=200 * 1024 * 1024)
+    start_ray(
+        temp_dir=ray_dir, dashboard=False, http_port=settings.port, num_cpus=2, object_store_bytes=200 * 1024 * 1024
+    )
     try:
         yield deploy(settings)
     finally:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from daygen import runtime
 from daygen.runtime import ingress_environment, side_ports
 from serve_app.http_server import StreamRequestBodies, server_middlewares
 
@@ -54,7 +55,7 @@ def test_serve_gets_the_middleware_from_the_callback():
 
 def test_the_ingress_uses_haproxy_with_user_code_on_the_replica_loop_and_private_paths(tmp_path):
     short = Path("/tmp/dgr-abc")
-    env = ingress_environment(short)
+    env = ingress_environment(short, 20000)
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
     assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "serve_app.http_server:server_middlewares"
@@ -62,6 +63,27 @@ def test_the_ingress_uses_haproxy_with_user_code_on_the_replica_loop_and_private
     names = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")
     ports = {int(env[name]) for name in names}
     assert len(ports) == 3
+
+
+def test_haproxys_side_ports_are_never_the_apps_own_port(monkeypatch):
+    """The app's port is free until HAProxy binds it once Serve is up: a side port picked on it would
+    be bound first, and HAProxy could not start ("Address already in use")."""
+
+    def bindable(port: int) -> bool:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                return False
+            return True
+
+    start = next(p for p in range(20000, 29996, 4) if all(bindable(q) for q in range(p, p + 4)))
+    monkeypatch.setattr(runtime, "SIDE_PORTS", range(start, start + 4))  # four ports: three side, one app
+    names = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")
+    for _ in range(20):
+        env = ingress_environment(Path("/tmp/dgr-abc"), http_port=start)
+        assert {int(env[name]) for name in names} == set(range(start + 1, start + 4))
 
 
 def test_haproxys_side_ports_are_free_and_below_the_range_outgoing_connections_take_theirs():
@@ -80,4 +102,4 @@ def test_haproxys_side_ports_are_free_and_below_the_range_outgoing_connections_t
 
 def test_a_temp_folder_too_long_for_haproxys_sockets_is_refused_up_front():
     with pytest.raises(ValueError, match="too long"):
-        ingress_environment(Path("/tmp") / ("x" * 40))
+        ingress_environment(Path("/tmp") / ("x" * 40), 20000)
