@@ -68,17 +68,7 @@ def test_the_ingress_uses_haproxy_with_user_code_on_the_replica_loop_and_private
 def test_haproxys_side_ports_are_never_the_apps_own_port(monkeypatch):
     """The app's port is free until HAProxy binds it once Serve is up: a side port picked on it would
     be bound first, and HAProxy could not start ("Address already in use")."""
-
-    def bindable(port: int) -> bool:
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("0.0.0.0", port))
-            except OSError:
-                return False
-            return True
-
-    start = next(p for p in range(20000, 29996, 4) if all(bindable(q) for q in range(p, p + 4)))
+    start = next(p for p in range(20000, 29996, 4) if all(runtime._bindable(q) for q in range(p, p + 4)))
     monkeypatch.setattr(runtime, "SIDE_PORTS", range(start, start + 4))  # four ports: three side, one app
     names = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")
     for _ in range(20):
