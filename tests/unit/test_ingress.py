@@ -11,6 +11,12 @@ from daygen import runtime
 from daygen.runtime import ingress_environment, side_ports
 from serve_app.http_server import StreamRequestBodies, server_middlewares
 
+SIDE_PORT_NAMES = (
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+)
+
 
 async def headers_seen_by_app(method: str, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     seen = {}
@@ -60,8 +66,7 @@ def test_the_ingress_uses_haproxy_with_user_code_on_the_replica_loop_and_private
     assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
     assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "serve_app.http_server:server_middlewares"
     assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"].startswith("/tmp/dgr-abc/hap/")
-    names = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")
-    ports = {int(env[name]) for name in names}
+    ports = {int(env[name]) for name in SIDE_PORT_NAMES}
     assert len(ports) == 3
 
 
@@ -70,10 +75,9 @@ def test_haproxys_side_ports_are_never_the_apps_own_port(monkeypatch):
     be bound first, and HAProxy could not start ("Address already in use")."""
     start = next(p for p in range(20000, 29996, 4) if all(runtime._bindable(q) for q in range(p, p + 4)))
     monkeypatch.setattr(runtime, "SIDE_PORTS", range(start, start + 4))  # four ports: three side, one app
-    names = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")
     for _ in range(20):
         env = ingress_environment(Path("/tmp/dgr-abc"), http_port=start)
-        assert {int(env[name]) for name in names} == set(range(start + 1, start + 4))
+        assert {int(env[name]) for name in SIDE_PORT_NAMES} == set(range(start + 1, start + 4))
 
 
 def test_haproxys_side_ports_are_free_and_below_the_range_outgoing_connections_take_theirs():
