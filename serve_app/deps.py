@@ -15,7 +15,9 @@ from storage.models import User
 from storage.users import get_user
 
 
-def _services(request: Request) -> Services:
+async def _services(request: Request) -> Services:
+    # Async although it awaits nothing: FastAPI runs a plain function dependency in a worker thread,
+    # a hop there and back on every request (and anyio's look through every task on the loop first).
     return request.app.state.services
 
 
