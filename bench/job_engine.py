@@ -416,7 +416,9 @@ async def burst(stack: Stack, jobs: int, subscribers: int, submitters: int) -> N
         f"app memory {memory.baseline / 2**20:.0f} MiB before, peak {memory.peak / 2**20:.0f} MiB"
     )
     print(cpu_line(spent, jobs))
+    calls = [c for c in stack.dashscope.received() if c.endpoint == "generation" and c.at >= started]
     print("   " + await burst_timeline(stack, wall + started, {job_id: wall + at for job_id, at in seen_at.items()}))
+    print("   " + upstream_timeline(started, calls))
     stack.check(elapsed <= 4.0 and lost == 0, "burst: all ended within 4.0 s, none lost")
 
 
@@ -440,6 +442,18 @@ async def burst_timeline(stack: Stack, start: float, seen_at: dict[str, float]) 
         "seen": list(seen_at.values()),
     }
     return "seconds from the first submit (median, last): " + ", ".join(
+        f"{name} {statistics.median(at) - start:.2f}, {max(at) - start:.2f}" for name, at in points.items()
+    )
+
+
+def upstream_timeline(start: float, calls: list) -> str:
+    """When the burst's calls reached the fake DashScope and when it answered them, in seconds from the
+    first submit (median and last): what the engine spent before and after the 2 s upstream."""
+    points = {
+        "reached the fake": [call.at for call in calls],
+        "answered": [call.answered_at for call in calls if call.answered_at is not None],
+    }
+    return f"upstream calls {len(calls)}, seconds from the first submit (median, last): " + ", ".join(
         f"{name} {statistics.median(at) - start:.2f}, {max(at) - start:.2f}" for name, at in points.items()
     )
 

@@ -186,7 +186,7 @@ class ManualClock:
 
 @dataclass
 class ReceivedRequest:
-    """One API call as the fake saw it; `status` is filled in once it is answered."""
+    """One API call as the fake saw it; `status` and `answered_at` are filled in once it is answered."""
 
     method: str
     path: str
@@ -195,6 +195,7 @@ class ReceivedRequest:
     json: Any = None
     status: int | None = None
     at: float = field(default_factory=time.monotonic)  # when it arrived
+    answered_at: float | None = None
 
     def __repr__(self) -> str:
         headers = {k: ("Bearer <redacted>" if k == "authorization" else v) for k, v in self.headers.items()}
@@ -531,6 +532,7 @@ class FakeDashScope:
             except DashScopeError as exc:
                 response = _error(exc, request_id)
             record.status = response.status_code
+            record.answered_at = time.monotonic()
             return response
 
         return handle
@@ -810,6 +812,7 @@ class SeenCall:
     method: str
     at: float  # time.monotonic() of that process: the same clock as this one's on Linux
     status: int | None
+    answered_at: float | None
 
 
 _SERVE_CONTROL = """
@@ -820,7 +823,7 @@ print(json.dumps([fake.start(), fake.api_key]), flush=True)
 for line in sys.stdin:
     name, args = json.loads(line)
     if name == "received":
-        answer = [[r.endpoint, r.method, r.at, r.status] for r in list(fake.received)]
+        answer = [[r.endpoint, r.method, r.at, r.status, r.answered_at] for r in list(fake.received)]
     else:
         answer = getattr(fake, name)(*args)
     print(json.dumps(answer), flush=True)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+import uvloop
 
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
@@ -93,7 +94,9 @@ class FakeServer:
 
     def _run(self) -> None:
         assert self._server is not None
-        loop = asyncio.new_event_loop()
+        # uvloop, as uvicorn picks for itself when it makes the loop: a fake standing in for a provider
+        # shares this machine's cores with the app under test, so its own CPU is kept small.
+        loop = uvloop.new_event_loop()
         self.loop = loop
         asyncio.set_event_loop(loop)
         try:
