@@ -9,7 +9,6 @@ transaction (group commit).
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from decimal import Decimal
 
@@ -19,7 +18,7 @@ from daygen.logs import configure_logging
 from daygen.runtime import freeze_startup_heap
 from daygen.settings import Settings
 from pipelines.batching import Batcher
-from pipelines.jobs import QueueAnswer, ender, one_key_each, queue_jobs
+from pipelines.jobs import QueueAnswer, ending, one_key_each, queue_jobs
 from storage import ledger
 from storage.db import make_engine, make_sessionmaker
 from storage.events import JobEvents
@@ -37,7 +36,7 @@ class UsageLedger:
         self.queuing = Batcher(self._queue_many, max_size=500)
         self.settling = Batcher(self._settle_many, max_size=500)
         self.events = JobEvents(make_redis(settings.redis_url), settings.redis_namespace)
-        self.ending = ender(self.sessions, self.events.publish)
+        self.ending = ending(self.sessions, self.events.publish)
         freeze_startup_heap()
 
     async def _queue_many(self, jobs: list[NewJob]) -> list[QueueAnswer]:
@@ -56,13 +55,13 @@ class UsageLedger:
     async def end(self, endings: list[tuple[Finish, Decimal]]) -> list[bool]:
         """End jobs (their last step's outputs, or their failure), settle each for what it charged and
         announce the ends; each answered False when its attempt had lost the job (nothing written)."""
-        return list(await asyncio.gather(*(self.ending(finish, charged) for finish, charged in endings)))
+        return await self.ending.many(endings)
 
     async def queue(self, jobs: list[NewJob]) -> list[QueueAnswer]:
         """Hold each job's price and queue it, one transaction for whatever arrives meanwhile; each judged
         in order. A refusal is a normal answer, not an exception across Ray; safe to repeat."""
-        return list(await asyncio.gather(*map(self.queuing, jobs)))
+        return await self.queuing.many(jobs)
 
     async def settle(self, charges: list[tuple[uuid.UUID, Decimal]]) -> list[ledger.Settlement | None]:
         """(job id, credits charged) each; safe to repeat."""
-        return list(await asyncio.gather(*map(self.settling, charges)))
+        return await self.settling.many(charges)

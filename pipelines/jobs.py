@@ -125,9 +125,12 @@ async def end_jobs(
     return recorded
 
 
-def ender(sessions: async_sessionmaker[AsyncSession], publish: Publish) -> End:
+def ending(
+    sessions: async_sessionmaker[AsyncSession], publish: Publish
+) -> Batcher[tuple[job_queries.Finish, Decimal], bool]:
     """`end_jobs` of whatever ended meanwhile, one transaction for them all, their events announced as
-    it commits (the ledger runs one)."""
+    it commits (the ledger runs one). Each (finish, charged) is answered False when its attempt had
+    lost the job."""
 
     async def end_many(endings: list[tuple[job_queries.Finish, Decimal]]) -> list[bool]:
         async with sessions.begin() as session:
@@ -135,12 +138,7 @@ def ender(sessions: async_sessionmaker[AsyncSession], publish: Publish) -> End:
         await publish(*(event for events in recorded if events for event in events))
         return [events is not None for events in recorded]  # the events stay here: not worth a trip back
 
-    batch = Batcher(end_many)
-
-    async def end(finish: job_queries.Finish, charged: Decimal) -> bool:
-        return await batch((finish, charged))
-
-    return end
+    return Batcher(end_many)
 
 
 CANCELED = "canceled"

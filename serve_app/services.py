@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from ray.actor import ActorHandle
@@ -47,7 +46,7 @@ class Services:
         concurrent submits share one call to it."""
         if self.queuing is None:  # on first use: services built without a ledger never queue
             self.queuing = Batcher(self.ledger.queue.remote, max_size=500)
-        return list(await asyncio.gather(*map(self.queuing, jobs)))
+        return await self.queuing.many(jobs)
 
     async def event_hub(self) -> EventHub:
         """The replica's live-event reader, made on first use (it needs the replica's event loop).

@@ -13,7 +13,7 @@ from sqlalchemy import func, select, text, update
 
 from daygen.ids import uuid7
 from pipelines.chains import PIPELINE, validate_steps
-from pipelines.jobs import LeaseKeeper, ender, execute_job, recorder, settle_unsettled
+from pipelines.jobs import End, LeaseKeeper, ending, execute_job, recorder, settle_unsettled
 from pipelines.steps import StepContext, StepOutcome, run_step
 from storage import jobs as job_queries
 from storage import ledger
@@ -22,6 +22,16 @@ from storage.models import Asset, Job, LedgerEntry, User
 from storage.objects import ObjectStore
 from storage.redis import make_redis
 from tests.integration.test_shared_limits import eventually
+
+
+def ender(sessions, publish) -> End:
+    """`execute_job`'s `end`, as the ledger runs it: one (finish, charged) at a time through `ending`."""
+    batch = ending(sessions, publish)
+
+    async def end(finish, charged):
+        return await batch((finish, charged))
+
+    return end
 
 
 async def make_user(sessions) -> uuid.UUID:

@@ -81,3 +81,34 @@ async def test_a_caller_that_gives_up_does_not_stop_the_others():
     flush.go_on.set()
     assert (await first, await patient) == (10, 30)
     assert impatient.cancelled()
+
+
+async def test_many_items_of_one_caller_are_answered_in_order_sharing_flushes_with_others():
+    flush = Recorder()
+    batcher = Batcher(flush, max_size=3)
+    first = asyncio.create_task(batcher(0))
+    await flush.started.wait()
+    several = asyncio.create_task(batcher.many([1, 2, 3, 4]))
+    single = asyncio.create_task(batcher(5))
+    await asyncio.sleep(0)
+    flush.go_on.set()
+    assert await several == [10, 20, 30, 40]
+    assert (await first, await single) == (0, 50)
+    assert flush.batches == [[0], [1, 2, 3], [4, 5]]
+
+
+async def test_many_of_nothing_is_answered_without_a_flush():
+    flush = Recorder()
+    assert await Batcher(flush).many([]) == []
+    assert flush.batches == []
+
+
+async def test_a_failed_flush_fails_a_caller_of_many():
+    flush = Recorder()
+    flush.fail_with = ValueError("the database went away")
+    flush.go_on.set()
+    batcher = Batcher(flush)
+    with pytest.raises(ValueError, match="went away"):
+        await batcher.many([1, 2])
+    flush.fail_with = None
+    assert await batcher.many([3]) == [30]
