@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -41,15 +41,27 @@ WATCH_MAX_PENDING = 1000  # events of one job a waiter may hold before it gives 
 class Listener:
     """One socket's inbox: the events of its user it subscribed to, in order, until it overflows."""
 
-    def __init__(self, owner_id: uuid.UUID, max_pending: int) -> None:
+    def __init__(
+        self, owner_id: uuid.UUID, max_pending: int, *, every_job: bool = False, job_ids: Iterable[uuid.UUID] = ()
+    ) -> None:
         self.owner_id = owner_id
         self.max_pending = max_pending
         # Events, and whatever else its socket orders with them (client messages); None: overflowed.
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.overflowed = False
         # What its socket subscribed to, so other jobs' events never wake it.
-        self.every_job = False
-        self.job_ids: set[uuid.UUID] = set()
+        self.every_job = every_job
+        self.job_ids: frozenset[uuid.UUID] = frozenset(job_ids)
+        self.group: ListenerGroup | None = None  # while it is joined to a hub
+
+    def listen_to(self, *, every_job: bool, job_ids: Iterable[uuid.UUID]) -> None:
+        """Change what it subscribed to; the hub's index of its user's listeners follows."""
+        group = self.group
+        if group is not None:
+            group.unindex(self)
+        self.every_job, self.job_ids = every_job, frozenset(job_ids)
+        if group is not None:
+            group.index(self)
 
     def wants(self, event: Event) -> bool:
         return self.every_job or event.job_id in self.job_ids
@@ -75,13 +87,55 @@ class Listener:
         self.queue.put_nowait(event)
 
 
+class ListenerGroup:
+    """One user's listeners on a hub, indexed by what they listen to: an event is offered to the
+    listeners of its job and of every job, not to all the user's listeners (a user with 50 sockets
+    open, each on its own jobs, made every event 50 offers)."""
+
+    def __init__(self) -> None:
+        self.members: set[Listener] = set()
+        self.every_job: set[Listener] = set()
+        self.by_job: dict[uuid.UUID, set[Listener]] = {}
+
+    def add(self, listener: Listener) -> None:
+        if listener not in self.members:
+            self.members.add(listener)
+            listener.group = self
+            self.index(listener)
+
+    def discard(self, listener: Listener) -> None:
+        if listener in self.members:
+            self.members.discard(listener)
+            self.unindex(listener)
+            listener.group = None
+
+    def index(self, listener: Listener) -> None:
+        if listener.every_job:
+            self.every_job.add(listener)
+            return
+        for job_id in listener.job_ids:
+            self.by_job.setdefault(job_id, set()).add(listener)
+
+    def unindex(self, listener: Listener) -> None:
+        self.every_job.discard(listener)
+        for job_id in listener.job_ids:
+            listening = self.by_job.get(job_id)
+            if listening is not None:
+                listening.discard(listener)
+                if not listening:
+                    del self.by_job[job_id]
+
+    def wanting(self, event: Event) -> list[Listener]:
+        return [*self.every_job, *self.by_job.get(event.job_id, ())]
+
+
 class EventHub:
     def __init__(self, redis: Redis, events: JobEvents, sessions: async_sessionmaker[AsyncSession]) -> None:
         """`redis` is the hub's own client: its blocking read is cancelled whenever a user joins."""
         self.redis = redis
         self.events = events
         self.sessions = sessions
-        self.listeners: dict[uuid.UUID, set[Listener]] = {}
+        self.listeners: dict[uuid.UUID, ListenerGroup] = {}
         self.cursors: dict[str, str] = {}  # Redis stream -> last entry read
         self.owners: dict[str, uuid.UUID] = {}
         self.handed_out: dict[uuid.UUID, int] = {}  # user -> last event id fanned out
@@ -104,8 +158,7 @@ class EventHub:
     async def watching(self, owner_id: uuid.UUID, job_id: uuid.UUID) -> AsyncIterator[Listener]:
         """A listener to one job's events while the block runs: joined before the caller reads the
         job, so an end that commits after that read still reaches it."""
-        listener = Listener(owner_id, max_pending=WATCH_MAX_PENDING)
-        listener.job_ids = {job_id}
+        listener = Listener(owner_id, max_pending=WATCH_MAX_PENDING, job_ids=[job_id])
         await self.join(listener)
         try:
             yield listener
@@ -130,7 +183,8 @@ class EventHub:
                 self.leave(listener)
                 raise
             # The read failed (the request of the listener that made it went away): read again.
-        group = self.listeners[owner] = {listener}
+        group = self.listeners[owner] = ListenerGroup()
+        group.add(listener)
         starting = self.starting[owner] = asyncio.get_running_loop().create_future()
         stream = self.events.user_stream(owner)
         try:
@@ -159,7 +213,7 @@ class EventHub:
         if group is None:
             return
         group.discard(listener)
-        if not group:
+        if not group.members:
             del self.listeners[owner]
             stream = self.events.user_stream(owner)
             self.cursors.pop(stream, None)
@@ -221,8 +275,10 @@ class EventHub:
 
     def _hand_out(self, owner: uuid.UUID, event: Event) -> None:
         self.handed_out[owner] = event.id
-        for listener in list(self.listeners.get(owner, ())):
-            listener.offer(event)
+        group = self.listeners.get(owner)
+        if group is not None:
+            for listener in group.wanting(event):
+                listener.offer(event)
 
     def _ring(self, owner: uuid.UUID) -> None:
         """Pull the user's new events; a ring during a pull makes it look once more afterwards."""

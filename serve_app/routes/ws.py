@@ -99,8 +99,10 @@ class Connection:
                 await self.replay(subscription)
 
     def _listen_to_subscriptions(self) -> None:
-        self.listener.every_job = any(s.job_id is None for s in self.subscriptions.values())
-        self.listener.job_ids = {s.job_id for s in self.subscriptions.values() if s.job_id is not None}
+        self.listener.listen_to(
+            every_job=any(s.job_id is None for s in self.subscriptions.values()),
+            job_ids=[s.job_id for s in self.subscriptions.values() if s.job_id is not None],
+        )
 
     async def handle(self, raw: str) -> None:
         if len(raw) > MAX_MESSAGE_CHARS:

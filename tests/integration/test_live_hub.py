@@ -50,8 +50,7 @@ async def test_events_announced_out_of_order_reach_a_listener_once_each_in_id_or
     hub, events = live.hub, live.events
     owner = await make_user(sessions)
     job_id = await queued_job(sessions, owner)
-    listener = Listener(owner, max_pending=100)
-    listener.every_job = True
+    listener = Listener(owner, max_pending=100, every_job=True)
     await hub.join(listener)
     try:
         written = []
@@ -81,8 +80,7 @@ async def test_a_listener_that_joins_later_gets_only_what_comes_after(sessions, 
     async with sessions.begin() as session:
         before = await append_event(session, job_id=job_id, owner_id=owner, type="job.started", data={})
     await events.publish(before)
-    listener = Listener(owner, max_pending=100)
-    listener.job_ids = {job_id}
+    listener = Listener(owner, max_pending=100, job_ids=[job_id])
     await hub.join(listener)
     try:
         async with sessions.begin() as session:
@@ -97,9 +95,7 @@ async def test_sockets_of_one_user_joining_at_the_same_time_all_get_live_events(
     hub, events = live.hub, live.events
     owner = await make_user(sessions)
     job_id = await queued_job(sessions, owner)
-    listeners = [Listener(owner, max_pending=100) for _ in range(5)]
-    for listener in listeners:
-        listener.job_ids = {job_id}
+    listeners = [Listener(owner, max_pending=100, job_ids=[job_id]) for _ in range(5)]
     await asyncio.gather(*map(hub.join, listeners))
     try:
         async with sessions.begin() as session:
@@ -129,8 +125,7 @@ async def test_a_waiter_that_joins_while_its_users_group_starts_still_gets_an_en
         return await read(what)
 
     monkeypatch.setattr(hub, "read", held_read)
-    first, second = Listener(owner, max_pending=100), Listener(owner, max_pending=100)
-    first.job_ids = second.job_ids = {job_id}
+    first, second = (Listener(owner, max_pending=100, job_ids=[job_id]) for _ in range(2))
 
     async def waiter(listener: Listener) -> str:
         await hub.join(listener)
@@ -265,8 +260,7 @@ async def test_events_announced_in_order_are_handed_out_without_reading_the_log(
         return await real_read_logs(session, wanted, page_size)
 
     monkeypatch.setattr(live_module, "read_logs", counted)
-    listener = Listener(owner, max_pending=100)
-    listener.job_ids = {job_id}
+    listener = Listener(owner, max_pending=100, job_ids=[job_id])
     await hub.join(listener)
     try:
         assert len(reads) == 1, "joining reads where the log stands"
@@ -291,8 +285,7 @@ async def test_an_announcement_that_does_not_directly_follow_the_last_event_hand
     hub, events = live.hub, live.events
     owner, someone_else = await make_user(sessions), await make_user(sessions)
     job_id, their_job = await queued_job(sessions, owner), await queued_job(sessions, someone_else)
-    listener = Listener(owner, max_pending=100)
-    listener.every_job = True
+    listener = Listener(owner, max_pending=100, every_job=True)
     await hub.join(listener)
 
     async def progress(owner: uuid.UUID, job_id: uuid.UUID, n: int) -> Event:
