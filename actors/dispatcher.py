@@ -20,7 +20,7 @@ from ray.actor import ActorHandle
 from actors.ledger import LEDGER_NAME
 from actors.pools import PoolSteps
 from daygen.logs import configure_logging
-from daygen.runtime import freeze_startup_heap
+from daygen.runtime import tune_garbage_collector
 from daygen.settings import Settings
 from pipelines.batching import Batcher
 from pipelines.jobs import LeaseKeeper, execute_job, recorder, settle_unsettled
@@ -74,7 +74,7 @@ class JobDispatcher:
         self.upkeep_task = asyncio.create_task(self._upkeep())
         self.leases = LeaseKeeper(self.sessions, settings.job_lease_seconds)
         self.lease_task = asyncio.create_task(self.leases.run())
-        freeze_startup_heap()
+        tune_garbage_collector()
 
     async def cancel(self, job_id: uuid.UUID) -> bool:
         """Abort a job this dispatcher runs; False if it runs elsewhere (its lease keeper will notice)."""

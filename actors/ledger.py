@@ -15,7 +15,7 @@ from decimal import Decimal
 import ray
 
 from daygen.logs import configure_logging
-from daygen.runtime import freeze_startup_heap
+from daygen.runtime import tune_garbage_collector
 from daygen.settings import Settings
 from pipelines.batching import Batcher
 from pipelines.jobs import QueueAnswer, ending, one_key_each, queue_jobs
@@ -37,7 +37,7 @@ class UsageLedger:
         self.settling = Batcher(self._settle_many, max_size=500)
         self.events = JobEvents(make_redis(settings.redis_url), settings.redis_namespace)
         self.ending = ending(self.sessions, self.events.publish)
-        freeze_startup_heap()
+        tune_garbage_collector()
 
     async def _queue_many(self, jobs: list[NewJob]) -> list[QueueAnswer]:
         answers: dict[uuid.UUID, QueueAnswer] = {}

@@ -21,7 +21,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
 from daygen.logs import configure_logging
-from daygen.runtime import freeze_startup_heap
+from daygen.runtime import tune_garbage_collector
 from daygen.settings import Settings
 from pipelines.pool_config import ProviderPools
 from pipelines.steps import RunningSteps, StepCall, StepContext, StepOutcome
@@ -40,7 +40,7 @@ class ProviderWorker:
         self.provider = provider
         self.context = StepContext.from_settings(settings, pools, provider)
         self.steps = RunningSteps()
-        freeze_startup_heap()
+        tune_garbage_collector()
 
     async def run(self, call: StepCall) -> StepOutcome | None:
         """One step; None if it was aborted."""

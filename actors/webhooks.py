@@ -13,7 +13,7 @@ import httpx
 import ray
 
 from daygen.logs import configure_logging
-from daygen.runtime import freeze_startup_heap
+from daygen.runtime import tune_garbage_collector
 from daygen.settings import Settings
 from pipelines.webhook_outbox import Outbox
 from serve_app.signing import files_secret
@@ -48,7 +48,7 @@ class WebhookSender:
         )
         self.poll_seconds = settings.webhook_poll_seconds
         self.loop = asyncio.create_task(self._loop())
-        freeze_startup_heap()
+        tune_garbage_collector()
 
     async def _loop(self) -> None:
         while True:

@@ -11,7 +11,7 @@ from actors.ledger import LEDGER_NAME, UsageLedger
 from actors.pools import ProviderWorker, pool_name
 from actors.webhooks import WEBHOOK_SENDER_NAME, WebhookSender
 from daygen.logs import configure_logging
-from daygen.runtime import freeze_startup_heap
+from daygen.runtime import tune_garbage_collector
 from daygen.settings import Settings
 from pipelines.pool_config import ProviderPools
 from serve_app.api import create_api
@@ -31,7 +31,7 @@ class Api:
         configure_logging(settings.log_level)
         self.settings = settings
         self.services = Services.build(settings, pools, ledger, dispatcher)
-        freeze_startup_heap()
+        tune_garbage_collector()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self.settings, self.services)
