@@ -15,7 +15,7 @@ from pipelines.pool_config import ProviderPools
 from serve_app import signing
 from serve_app.live import EventHub
 from serve_app.security import hash_password
-from storage.db import make_engine, make_sessionmaker
+from storage.db import make_engine, make_read_sessionmaker, make_sessionmaker
 from storage.events import JobEvents
 from storage.jobs import NewJob
 from storage.objects import ObjectStore
@@ -29,6 +29,7 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    reads: async_sessionmaker[AsyncSession]  # lone reads, one round trip each (`make_read_sessionmaker`)
     redis: Redis
     events: JobEvents
     store: ObjectStore
@@ -70,6 +71,7 @@ class Services:
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
+            reads=make_read_sessionmaker(engine),
             redis=redis,
             events=JobEvents(redis, settings.redis_namespace),
             store=ObjectStore.from_settings(settings),

@@ -51,6 +51,13 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+def make_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions on the same pool for lone reads, in autocommit: a read is one round trip, not three
+    (BEGIN, the read, ROLLBACK as the session closes). Each statement is its own transaction, so never
+    for statements that belong together, nor for writes."""
+    return async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+
+
 def unnest_rows(name: str, columns: Sequence[tuple[str, TypeEngine]], prefix: str = "") -> TableValuedAlias:
     """Rows given as one array parameter per column (named `<prefix><column>`), as the table `name`
     (`unnest`): the SQL is the same for any number of rows, so it is compiled and prepared once."""

@@ -187,7 +187,7 @@ async def _authenticate(socket: WebSocket, services: Services) -> uuid.UUID | No
         user_id = read_token(token, services.jwt_secret)
     except NotAuthenticated:
         return None
-    async with services.sessions() as session:
+    async with services.reads() as session:
         user = await get_user(session, user_id)
     return user.id if user is not None else None
 
