@@ -16,8 +16,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from sqlalchemy import Insert, Row, Select, Text, bindparam, column, func, select, true
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Insert, Row, Select, Text, and_, bindparam, case, column, func, null, select, true
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import TypeEngine
@@ -213,46 +213,65 @@ async def _settlements(session: AsyncSession, job_ids: Sequence[uuid.UUID]) -> d
     return {row.job_id: row.kind for row in found.values()}
 
 
+@functools.cache
+def _settle_statement() -> Insert:
+    """Each job's settlement entry, made from its reservation in the statement that looks it up (one
+    round trip): for (job_id, charged), a "commit" of what was held but not charged (nothing, when
+    the whole job ran), or a "release" of everything. A job without a reservation gets nothing; one
+    settled before keeps its entry (its key). Answers (job_id, kind) of the entries made."""
+    entries = LedgerEntry.__table__
+    wanted = unnest_rows("wanted", [("job_id", PgUUID(as_uuid=True)), ("charged", Credits)], prefix="wanted_")
+    reservation = (
+        select(entries.c.account_id, (-entries.c.amount).label("held"))
+        .where(entries.c.idempotency_key == func.concat("reserve:", wanted.c.job_id))
+        .limit(1)  # a key is unique; the limit keeps the lookup a lateral index probe (`_entries_by_key`)
+        .lateral("reservation")
+    )
+    kept = func.least(func.greatest(wanted.c.charged, 0), reservation.c.held)
+    plain = functools.partial(func.trim_scale, type_=Credits)  # 1.500 -> 1.5
+    reason = case(
+        (
+            and_(kept > 0, kept < reservation.c.held),
+            func.concat("charged ", plain(kept), " of ", plain(reservation.c.held)),
+        ),
+        else_=null(),
+    )
+    rows = select(
+        reservation.c.account_id,
+        case((kept > 0, "commit"), else_="release"),
+        reservation.c.held - kept,
+        wanted.c.job_id,
+        func.concat("settle:", wanted.c.job_id),
+        reason,
+    ).select_from(wanted.join(reservation, true()))
+    names = ["account_id", "kind", "amount", "job_id", "idempotency_key", "reason"]
+    return (
+        insert(entries)
+        .from_select(names, rows)
+        .on_conflict_do_nothing(index_elements=[entries.c.idempotency_key])
+        .returning(entries.c.job_id, entries.c.kind)
+    )
+
+
 async def settle_many(session: AsyncSession, charges: Sequence[tuple[uuid.UUID, Decimal]]) -> list[Settlement | None]:
     """Settle jobs' reservations exactly once: for each (job id, charged), keep `charged` of it, give the rest back.
 
-    One entry a job does it: a "commit" returning what was not charged (nothing, when the whole
-    job ran), or a "release" of everything. Answers how each job ended up settled, the first
-    time or any later time; None for a job that never reserved anything.
+    One entry a job does it (`_settle_statement`). Answers how each job ended up settled, the first
+    time or any later time; None for a job that never reserved anything. A settlement gives credits
+    back, so it reads no balance: the balance rows are locked only as its entries are added to them.
     """
+    if not charges:
+        return []
     job_ids = [job_id for job_id, _ in charges]
-    # The reservations and their settlements, in one lookup.
-    found = await _entries_by_key(session, [f"{kind}:{job_id}" for job_id in job_ids for kind in ("reserve", "settle")])
-    reservations = {row.job_id: (row.account_id, row.amount) for row in found.values() if row.kind == "reserve"}
-    settled: dict[uuid.UUID, Settlement] = {row.job_id: row.kind for row in found.values() if row.kind != "reserve"}
-    if not reservations:
-        return [None] * len(charges)
-    rows = []
+    first: dict[uuid.UUID, Decimal] = {}
     for job_id, charged in charges:
-        if job_id not in reservations or job_id in settled:
-            continue
-        account_id, reserved = reservations[job_id]
-        held = -reserved
-        kept = min(max(charged, Decimal(0)), held)
-        settled[job_id] = "commit" if kept > 0 else "release"
-        rows.append(
-            {
-                "account_id": account_id,
-                "kind": settled[job_id],
-                "amount": held - kept,
-                "idempotency_key": f"settle:{job_id}",
-                "job_id": job_id,
-                "reason": f"charged {_plain(kept)} of {_plain(held)}" if 0 < kept < held else None,
-            }
-        )
-    if rows:
-        # A settlement gives credits back, so it reads no balance; its key makes it once (the balance rows
-        # are locked only as its entries are added to them). A concurrent settlement of the same job
-        # that got in first is read back, for the answer.
-        made = await _insert_entries(session, rows)
-        lost = [row["job_id"] for row in rows if row["idempotency_key"] not in made]
-        if lost:
-            settled.update(await _settlements(session, lost))
+        first.setdefault(job_id, charged)  # a job twice in one call: the first charge counts
+    params = {"wanted_job_id": list(first), "wanted_charged": list(first.values())}
+    settled: dict[uuid.UUID, Settlement] = dict((await session.execute(_settle_statement(), params)).tuples().all())
+    # Settled before (or by a concurrent call that got in first), or never reserved: read back, for the answer.
+    others = [job_id for job_id in job_ids if job_id not in settled]
+    if others:
+        settled.update(await _settlements(session, others))
     return [settled.get(job_id) for job_id in job_ids]
 
 
@@ -260,10 +279,6 @@ async def settle(session: AsyncSession, *, job_id: uuid.UUID, charged: Decimal) 
     """One job's `settle_many`."""
     [outcome] = await settle_many(session, [(job_id, charged)])
     return outcome
-
-
-def _plain(amount: Decimal) -> str:
-    return format(amount.normalize(), "f")
 
 
 async def unsettled_finished_jobs(

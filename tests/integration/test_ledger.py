@@ -128,6 +128,41 @@ async def test_a_partial_charge_keeps_what_ran_and_gives_back_the_rest_once(sess
     assert reason == "charged 1.5 of 4"
 
 
+async def test_settling_many_jobs_in_one_call_answers_each_and_writes_one_entry_a_job(sessions):
+    account = await funded_account(sessions, Decimal(10))
+    full, partial, released, before, never = (uuid.uuid4() for _ in range(5))
+    async with sessions.begin() as session:
+        for job in (full, partial, released, before):
+            await ledger.reserve(session, account_id=account, job_id=job, amount=Decimal(2))
+        assert await ledger.settle(session, job_id=before, charged=Decimal(2)) == "commit"
+    charges = [
+        (full, Decimal(2)),
+        (partial, Decimal("0.5")),
+        (released, Decimal(0)),
+        (before, Decimal(0)),  # settled already: stays as it was
+        (never, Decimal(1)),  # never reserved anything
+        (partial, Decimal(2)),  # twice in one call: the first counts
+    ]
+    async with sessions.begin() as session:
+        answers = await ledger.settle_many(session, charges)
+    assert answers == ["commit", "commit", "release", "commit", None, "commit"]
+    # 10 granted: 2 + 0.5 + 0 + 2 kept, the rest given back
+    assert await balance(sessions, account) == Decimal("5.5") == await sum_of_entries(sessions, account)
+    async with sessions() as session:
+        settlements = dict(
+            (
+                await session.execute(
+                    select(LedgerEntry.job_id, LedgerEntry.amount).where(
+                        LedgerEntry.account_id == account, LedgerEntry.kind.in_(("commit", "release"))
+                    )
+                )
+            )
+            .tuples()
+            .all()
+        )
+    assert settlements == {full: 0, partial: Decimal("1.5"), released: 2, before: 0}
+
+
 async def test_two_settlements_of_one_job_at_once_write_one_entry_and_both_answer_with_it(sessions):
     """Settling takes no account lock (it only gives credits back): the one that gets in second finds
     the first's entry by its key, adds nothing, and answers with how the job was really settled."""
