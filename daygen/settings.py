@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     dashscope_api_key: SecretStr | None = None
     dashscope_base_url: str = "https://dashscope-intl.aliyuncs.com/api/v1"
     providers_config: Path = Path(__file__).resolve().parents[1] / "configs" / "providers.yaml"
+    billing_config: Path = Path(__file__).resolve().parents[1] / "configs" / "billing.yaml"
     dashscope_async_tasks: bool = False
     dashscope_poll_seconds: float = Field(10.0, gt=0)
     dashscope_task_timeout_seconds: float = Field(600.0, gt=0)

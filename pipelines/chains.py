@@ -11,18 +11,21 @@ the operation `pipeline`; its input assets as `{"<step index>": {name: ref}}`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from daygen.errors import DaygenError, InvalidInput
-from pipelines.operations import OPERATIONS, Inputs, validate_request
+from pipelines.operations import OPERATIONS, Inputs, Operation, validate_request
 
 PIPELINE = "pipeline"
 PREVIOUS = "previous"
 MAX_STEPS = 10
 # Stands in for the image a "previous" step will get, so its other params can be checked at submit.
 _PLACEHOLDER = str(uuid.UUID(int=0))
+
+Price = Callable[[Operation, dict[str, Any]], Decimal]  # what one request of an operation costs
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,8 @@ def prefixed(exc: DaygenError, prefix: str) -> DaygenError:
     return type(exc)(f"{prefix}: {exc.message}", details=details)
 
 
-def validate_steps(raw_steps: list[dict[str, Any]]) -> list[Step]:
-    """Check every step as it would be checked alone, plus how the steps connect."""
+def validate_steps(raw_steps: list[dict[str, Any]], price: Price) -> list[Step]:
+    """Check every step as it would be checked alone, plus how the steps connect; each priced."""
     if not 1 <= len(raw_steps) <= MAX_STEPS:
         raise _invalid(f"a job has 1 to {MAX_STEPS} steps", "steps", f"give 1 to {MAX_STEPS} steps")
     steps: list[Step] = []
@@ -74,7 +77,7 @@ def validate_steps(raw_steps: list[dict[str, Any]]) -> list[Step]:
             raise prefixed(exc, prefix) from None
         if chained:
             del values["image"]
-        steps.append(Step(operation.name, values, operation.price(values), PREVIOUS if chained else None))
+        steps.append(Step(operation.name, values, price(operation, values), PREVIOUS if chained else None))
     return steps
 
 

@@ -7,7 +7,6 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
@@ -232,13 +231,12 @@ class Operation:
     name: str
     provider: str
     params_model: type[Params]
-    cost: Decimal
     asset_params: tuple[str, ...] = ()
     check: Check | None = None
 
-    def price(self, params: dict[str, Any]) -> Decimal:
-        """The cost of one image (or one upscale, one description) times the images asked for."""
-        return self.cost * params.get("num_images", 1)
+    def units(self, params: dict[str, Any]) -> int:
+        """What a request is priced by: the images it asks for (one upscale, one description)."""
+        return params.get("num_images", 1)
 
     def images_in_flight(self, params: dict[str, Any]) -> int:
         """What one request holds of an upstream's in-flight limit: the images it makes."""
@@ -259,30 +257,27 @@ class Operation:
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in (
-        Operation("offline.generate", "offline", OfflineGenerateParams, Decimal(1)),
-        Operation("offline.edit", "offline", OfflineEditParams, Decimal(1), ("image", "mask"), _mask_matches_image),
-        Operation("offline.reframe", "offline", OfflineReframeParams, Decimal(1), ("image",)),
-        Operation("offline.replace_background", "offline", OfflineReplaceBackgroundParams, Decimal(1), ("image",)),
-        Operation("offline.remix", "offline", OfflineRemixParams, Decimal(1), ("image",)),
-        Operation("offline.upscale", "offline", OfflineUpscaleParams, Decimal(2), ("image",), _upscaled_size_allowed),
-        Operation("offline.describe", "offline", OfflineDescribeParams, Decimal("0.5"), ("image",)),
+        Operation("offline.generate", "offline", OfflineGenerateParams),
+        Operation("offline.edit", "offline", OfflineEditParams, ("image", "mask"), _mask_matches_image),
+        Operation("offline.reframe", "offline", OfflineReframeParams, ("image",)),
+        Operation("offline.replace_background", "offline", OfflineReplaceBackgroundParams, ("image",)),
+        Operation("offline.remix", "offline", OfflineRemixParams, ("image",)),
+        Operation("offline.upscale", "offline", OfflineUpscaleParams, ("image",), _upscaled_size_allowed),
+        Operation("offline.describe", "offline", OfflineDescribeParams, ("image",)),
         Operation(
             "ideogram.generate",
             "ideogram",
             IdeogramGenerateParams,
-            Decimal(1),
             ("style_reference_images", "character_reference_images"),
         ),
-        Operation("ideogram.edit", "ideogram", IdeogramEditParams, Decimal(1), ("image", "mask"), _mask_matches_image),
-        Operation("ideogram.reframe", "ideogram", IdeogramReframeParams, Decimal(1), ("image",)),
-        Operation("ideogram.replace_background", "ideogram", IdeogramReplaceBackgroundParams, Decimal(1), ("image",)),
-        Operation(
-            "ideogram.remix", "ideogram", IdeogramRemixParams, Decimal(1), ("image", "character_reference_images")
-        ),
-        Operation("ideogram.upscale", "ideogram", IdeogramUpscaleParams, Decimal(2), ("image",)),
-        Operation("ideogram.describe", "ideogram", IdeogramDescribeParams, Decimal("0.5"), ("image",)),
-        Operation("qwen.generate", "qwen", QwenGenerateParams, Decimal(1)),
-        Operation("qwen.edit", "qwen", QwenEditParams, Decimal(1), ("image",)),
+        Operation("ideogram.edit", "ideogram", IdeogramEditParams, ("image", "mask"), _mask_matches_image),
+        Operation("ideogram.reframe", "ideogram", IdeogramReframeParams, ("image",)),
+        Operation("ideogram.replace_background", "ideogram", IdeogramReplaceBackgroundParams, ("image",)),
+        Operation("ideogram.remix", "ideogram", IdeogramRemixParams, ("image", "character_reference_images")),
+        Operation("ideogram.upscale", "ideogram", IdeogramUpscaleParams, ("image",)),
+        Operation("ideogram.describe", "ideogram", IdeogramDescribeParams, ("image",)),
+        Operation("qwen.generate", "qwen", QwenGenerateParams),
+        Operation("qwen.edit", "qwen", QwenEditParams, ("image",)),
     )
 }
 

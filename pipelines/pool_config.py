@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from daygen.config_files import read_yaml
 from daygen.errors import InvalidInput
 from pipelines.operations import OPERATIONS, Operation
 
@@ -52,10 +52,7 @@ class ProviderPools(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> ProviderPools:
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"cannot read the provider pools config {path}: {exc}") from None
+        raw = read_yaml(path, "provider pools config")
         try:
             pools = cls(pools=raw or {})
         except ValidationError as exc:

@@ -265,6 +265,21 @@ class JobAccepted(Out):
     status: JobStatus
 
 
+class QuoteStep(Out):
+    operation: str
+    provider: str
+    units: int = Field(description="images it asks for (one upscale, one description)")
+    unitCredits: float
+    credits: float
+
+
+class JobQuote(Out):
+    credits: float = Field(description="what submitting the body would hold, and charge if every step runs")
+    balance: float
+    enough: bool = Field(description="whether the balance covers it now")
+    steps: list[QuoteStep]
+
+
 class AssetOut(Out):
     id: uuid.UUID
     url: str

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from daygen.settings import Settings
 from pipelines.batching import Batcher
+from pipelines.billing_config import BillingConfig
 from pipelines.jobs import QueueAnswer
 from pipelines.pool_config import ProviderPools
 from serve_app import signing
@@ -34,6 +35,7 @@ class Services:
     events: JobEvents
     store: ObjectStore
     pools: ProviderPools
+    billing: BillingConfig
     ledger: ActorHandle
     dispatcher: ActorHandle
     jwt_secret: str
@@ -76,6 +78,7 @@ class Services:
             events=JobEvents(redis, settings.redis_namespace),
             store=ObjectStore.from_settings(settings),
             pools=pools,
+            billing=BillingConfig.load(settings.billing_config),
             ledger=ledger,
             dispatcher=dispatcher,
             jwt_secret=jwt_secret,

@@ -35,11 +35,14 @@ from serve_app.schemas import (
     JobError,
     JobOut,
     JobPage,
+    JobQuote,
     JobResult,
     JobStepOut,
+    QuoteStep,
 )
 from serve_app.services import Services
 from storage import jobs as queries
+from storage import ledger
 from storage.assets import resolve_inputs
 from storage.jobs import NewJob
 from storage.models import Job, User
@@ -250,7 +253,13 @@ async def prepare_job(
         check_inputs(operation, params, inputs)
     await earlier_job(session, owner_id, idempotency)
     return Prepared(
-        operation.name, operation.provider, params, operation.price(params), inputs, idempotency, webhook_url
+        operation.name,
+        operation.provider,
+        params,
+        services.billing.price(operation, params),
+        inputs,
+        idempotency,
+        webhook_url,
     )
 
 
@@ -273,7 +282,7 @@ async def prepare_chain(
     ready: set[str] | None = None,
 ) -> Prepared:
     """The same for a chain: every step is checked, and the whole price reserved, before anything runs."""
-    steps = validate_steps(raw_steps)
+    steps = validate_steps(raw_steps, services.billing.price)
     for provider in dict.fromkeys(step.provider for step in steps):
         await check_provider_ready(services, provider, ready)
     inputs: dict[str, dict] = {}
@@ -347,6 +356,26 @@ async def submit(
         return JobAccepted(jobId=replay.job.id, status=replay.job.status)
     request.state.job_id = str(job_id)
     return JobAccepted(jobId=job_id, status="queued")
+
+
+@v1.post("/quote")
+async def quote(body: JobCreate, user: CurrentUser, services: ServicesDep, session: SessionDep) -> JobQuote:
+    """What `POST /v1/jobs` with this body would hold: checked as the submit checks it (the same
+    errors), priced from configs/billing.yaml, against the balance now. Nothing is held or queued."""
+    owner_id = user.id
+    job = await prepare_body(services, session, owner_id, body, idempotency=None)
+    balance = await ledger.balance(session, owner_id)
+    steps = [
+        QuoteStep(
+            operation=step.operation,
+            provider=step.provider,
+            units=OPERATIONS[step.operation].units(step.params),
+            unitCredits=float(services.billing.prices[step.operation]),
+            credits=float(step.cost),
+        )
+        for step in job_steps(job.operation, job.params, job.cost, None)
+    ]
+    return JobQuote(credits=float(job.cost), balance=float(balance), enough=balance >= job.cost, steps=steps)
 
 
 @v1.post("/batch")

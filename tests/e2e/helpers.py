@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import uuid
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import httpx
 
+from daygen.settings import Settings
+from pipelines.pool_config import ProviderPools
+from serve_app.api import create_api
+from serve_app.services import Services
 from storage import ledger
 
 
@@ -61,3 +67,17 @@ async def set_balance(sessions, user_id: str, target: Decimal) -> None:
             idempotency_key=f"test-adjust:{uuid.uuid4()}",
             reason="test",
         )
+
+
+@contextlib.asynccontextmanager
+async def api_without_actors(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Services]]:
+    """A client of the API built on `settings` in this process (and the API's services), on the
+    shared database, with no ledger or dispatcher: for what a request answers before it would reach them."""
+    services = Services.build(settings, ProviderPools.load(settings.providers_config), ledger=None, dispatcher=None)
+    transport = httpx.ASGITransport(app=create_api(settings, services))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://daygen.test") as client:
+            yield client, services
+    finally:
+        await services.engine.dispose()
+        await services.redis.aclose()

@@ -6,14 +6,10 @@ import hashlib
 import time
 from email.utils import parsedate_to_datetime
 
-import httpx
 import pytest
 
-from pipelines.pool_config import ProviderPools
 from serve_app import signing
-from serve_app.api import create_api
-from serve_app.services import Services
-from tests.e2e.helpers import assert_v1_error, bearer, signup, user_headers
+from tests.e2e.helpers import api_without_actors, assert_v1_error, bearer, signup, user_headers
 from tests.images import encoded
 
 
@@ -92,12 +88,8 @@ async def test_head_answers_the_headers_without_the_body(client, stored):
 async def private_app(settings):
     """The same database and store, served with private_assets on, in-process."""
     private = settings.model_copy(update={"private_assets": True, "signed_url_ttl_seconds": 120})
-    services = Services.build(private, ProviderPools.load(private.providers_config), ledger=None, dispatcher=None)
-    transport = httpx.ASGITransport(app=create_api(private, services))
-    async with httpx.AsyncClient(transport=transport, base_url="http://daygen.test") as app_client:
+    async with api_without_actors(private) as (app_client, services):
         yield app_client, services
-    await services.engine.dispose()
-    await services.redis.aclose()
 
 
 async def test_private_assets_get_expiring_signed_urls(private_app):

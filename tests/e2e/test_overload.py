@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from pipelines.pool_config import ProviderPools
-from serve_app.api import create_api
-from serve_app.services import Services
 from storage.db import make_sessionmaker
-from tests.e2e.helpers import assert_v1_error, bearer, signup
+from tests.e2e.helpers import api_without_actors, assert_v1_error, bearer, signup
 
 
 async def test_a_replica_out_of_database_connections_is_503_try_again(settings):
-    services = Services.build(settings, ProviderPools.load(settings.providers_config), ledger=None, dispatcher=None)
-    transport = httpx.ASGITransport(app=create_api(settings, services))
     tiny = create_async_engine(settings.database_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://daygen.test") as client:
+        async with api_without_actors(settings) as (client, services):
             headers = bearer((await signup(client))["accessToken"])
             services.sessions = make_sessionmaker(tiny)
             async with tiny.connect() as held:  # the replica's only connection, busy
@@ -29,5 +23,3 @@ async def test_a_replica_out_of_database_connections_is_503_try_again(settings):
             assert (await client.get("/v1/jobs", headers=headers)).status_code == 200, "fine once one is free"
     finally:
         await tiny.dispose()
-        await services.engine.dispose()
-        await services.redis.aclose()

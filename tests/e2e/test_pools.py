@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 
-from pipelines.pool_config import ProviderPools
-from serve_app.api import create_api
-from serve_app.services import Services
 from tests.conftest import IDEOGRAM_INFLIGHT_LIMIT, IDEOGRAM_RUNNING_JOBS
-from tests.e2e.helpers import assert_v1_error, bearer, signup
+from tests.e2e.helpers import api_without_actors, assert_v1_error, bearer, signup
 from tests.e2e.test_providers import credits
 
 GENERATE = {"operation": "ideogram.generate", "params": {"prompt": "a queue at dawn"}}
@@ -105,17 +101,11 @@ OFFLINE_STEP = {"operation": "offline.generate", "params": {"prompt": "fine", "w
 
 async def test_a_provider_without_a_key_on_this_server_is_503_at_submit(settings):
     keyless = settings.model_copy(update={"ideogram_api_key": None, "dashscope_api_key": None})
-    services = Services.build(keyless, ProviderPools.load(keyless.providers_config), ledger=None, dispatcher=None)
-    transport = httpx.ASGITransport(app=create_api(keyless, services))
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://daygen.test") as app_client:
-            headers = bearer((await signup(app_client))["accessToken"])
-            for body in (GENERATE, {"operation": "qwen.generate", "params": {"prompt": "x"}}):
-                error = assert_v1_error(
-                    await app_client.post("/v1/jobs", json=body, headers=headers), 503, "provider_misconfigured"
-                )
-                assert "not configured" in error["message"]
-            assert await credits(app_client, headers) == 20
-    finally:
-        await services.engine.dispose()
-        await services.redis.aclose()
+    async with api_without_actors(keyless) as (app_client, _):
+        headers = bearer((await signup(app_client))["accessToken"])
+        for body in (GENERATE, {"operation": "qwen.generate", "params": {"prompt": "x"}}):
+            error = assert_v1_error(
+                await app_client.post("/v1/jobs", json=body, headers=headers), 503, "provider_misconfigured"
+            )
+            assert "not configured" in error["message"]
+        assert await credits(app_client, headers) == 20

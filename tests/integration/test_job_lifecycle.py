@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from daygen.ids import uuid7
+from daygen.settings import Settings
+from pipelines.billing_config import BillingConfig
 from pipelines.chains import PIPELINE, validate_steps
 from pipelines.jobs import End, LeaseKeeper, ending, execute_job, recorder, settle_unsettled
 from pipelines.steps import StepContext, StepOutcome, run_step
@@ -290,7 +292,8 @@ async def queued_chain(sessions, owner: uuid.UUID) -> uuid.UUID:
             {"operation": "offline.generate", "params": {"prompt": "chain", "width": 64, "height": 64, "seed": 2}},
             {"operation": "offline.upscale", "input": "previous", "params": {"factor": 2}},
             {"operation": "offline.describe", "input": "previous"},
-        ]
+        ],
+        BillingConfig.load(Settings(_env_file=None).billing_config).price,
     )
     cost = sum((s.cost for s in steps), Decimal(0))
     job_id = uuid7()

@@ -1,0 +1,40 @@
+"""What jobs cost, from configs/billing.yaml: the one price list every submit and quote uses."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from daygen.config_files import read_yaml
+from pipelines.operations import OPERATIONS, Operation
+
+# A ledger amount has three decimals (storage.models.Credits).
+Credits = Annotated[Decimal, Field(ge=0, max_digits=11, decimal_places=3)]
+
+
+class BillingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prices: dict[str, Credits]  # credits for one unit (an image) of each operation
+
+    def price(self, operation: Operation, params: dict[str, Any]) -> Decimal:
+        """Credits for one request of the operation: its unit price times the units the params ask for."""
+        return self.prices[operation.name] * operation.units(params)
+
+    @classmethod
+    def load(cls, path: Path) -> BillingConfig:
+        raw = read_yaml(path, "billing config")
+        try:
+            config = cls.model_validate(raw or {})
+        except ValidationError as exc:
+            raise ValueError(f"invalid billing config {path}: {exc}") from None
+        missing = sorted(set(OPERATIONS) - set(config.prices))
+        unknown = sorted(set(config.prices) - set(OPERATIONS))
+        if missing:
+            raise ValueError(f"{path} has no price for {', '.join(missing)}")
+        if unknown:
+            raise ValueError(f"{path} prices operations that do not exist: {', '.join(unknown)}")
+        return config

@@ -1,0 +1,75 @@
+"""configs/billing.yaml: the shipped prices, what a request costs, and what a broken file says."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+import yaml
+
+from daygen.settings import Settings
+from pipelines.billing_config import BillingConfig
+from pipelines.operations import OPERATIONS
+
+SHIPPED = Settings(_env_file=None).billing_config
+
+
+def test_the_shipped_prices_are_the_originals_for_every_operation():
+    """daygen's own prices: an image 1 credit, an upscale 2, a description 0.5, on every engine."""
+    prices = BillingConfig.load(SHIPPED).prices
+    assert set(prices) == set(OPERATIONS)
+    for name, price in prices.items():
+        expected = {"upscale": Decimal(2), "describe": Decimal("0.5")}.get(name.split(".")[1], Decimal(1))
+        assert price == expected, name
+
+
+def test_a_request_costs_its_unit_price_times_the_images_it_asks_for(tmp_path):
+    prices = {name: 1 for name in OPERATIONS} | {"ideogram.generate": 1.25, "ideogram.upscale": 3}
+    config = BillingConfig.load(write(tmp_path, yaml.safe_dump({"prices": prices})))
+    assert config.price(OPERATIONS["ideogram.generate"], {"prompt": "x", "num_images": 4}) == Decimal(5)
+    assert config.price(OPERATIONS["ideogram.generate"], {"prompt": "x"}) == Decimal("1.25")
+    assert config.price(OPERATIONS["ideogram.upscale"], {"image": "x"}) == Decimal(3)
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "billing.yaml"
+    path.write_text(text)
+    return path
+
+
+def all_priced(**changes) -> str:
+    return yaml.safe_dump({"prices": {name: 1 for name in OPERATIONS} | changes})
+
+
+def test_an_operation_without_a_price_is_named(tmp_path):
+    prices = {name: 1 for name in OPERATIONS if name != "qwen.edit"}
+    with pytest.raises(ValueError, match="no price for qwen.edit"):
+        BillingConfig.load(write(tmp_path, yaml.safe_dump({"prices": prices})))
+
+
+def test_a_price_for_an_operation_that_does_not_exist_is_named(tmp_path):
+    with pytest.raises(ValueError, match="do not exist: qwen.paint"):
+        BillingConfig.load(write(tmp_path, all_priced(**{"qwen.paint": 1})))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        all_priced(**{"qwen.edit": -1}),  # negative
+        all_priced(**{"qwen.edit": 0.0005}),  # finer than the ledger keeps
+        all_priced(**{"qwen.edit": "cheap"}),
+        all_priced() + "plans: {}\n",  # a section this version does not know
+        "prices: [1, 2",
+        "prices: 3\n",
+    ],
+    ids=["negative", "four-decimals", "not-a-number", "unknown-section", "broken-yaml", "not-a-mapping"],
+)
+def test_a_broken_config_is_refused_with_its_path(tmp_path, text):
+    path = write(tmp_path, text)
+    with pytest.raises(ValueError, match=str(path)):
+        BillingConfig.load(path)
+
+
+def test_a_missing_file_is_refused_with_its_path(tmp_path):
+    with pytest.raises(ValueError, match="cannot read"):
+        BillingConfig.load(tmp_path / "nowhere.yaml")
