@@ -11,6 +11,7 @@ from serve_app.middleware import AccessLog, BodyLimit
 from serve_app.routes import (
     assets,
     auth,
+    billing,
     compat_images,
     compat_tools,
     files,
@@ -48,6 +49,7 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         assets.compat,
         compat_images.compat,
         compat_tools.compat,
+        billing.compat,
         files.router,
         ws.router,
     ):

@@ -265,6 +265,10 @@ class JobAccepted(Out):
     status: JobStatus
 
 
+class WalletBalance(Out):
+    balance: float = Field(description="credits")
+
+
 class QuoteStep(Out):
     operation: str
     provider: str

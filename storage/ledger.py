@@ -166,7 +166,7 @@ async def reserve_many(
     accounts = {r.account_id for r in requests}
     balances: dict[uuid.UUID, Decimal] = {a: Decimal(0) for a in accounts}
     locked = await session.execute(_locked_balances_statement(event_logs), {"accounts": sorted(accounts)})
-    balances.update(locked.tuples().all())
+    balances.update((account, balance) for account, balance in locked)
     keys = [f"reserve:{r.job_id}" for r in requests]
     # Read after the lock, so a repeat of a reservation that was being made meanwhile is seen.
     held = set(await _entries_by_key(session, keys))
@@ -267,7 +267,9 @@ async def settle_many(session: AsyncSession, charges: Sequence[tuple[uuid.UUID, 
     for job_id, charged in charges:
         first.setdefault(job_id, charged)  # a job twice in one call: the first charge counts
     params = {"wanted_job_id": list(first), "wanted_charged": list(first.values())}
-    settled: dict[uuid.UUID, Settlement] = dict((await session.execute(_settle_statement(), params)).tuples().all())
+    settled: dict[uuid.UUID, Settlement] = {
+        job: kind for job, kind in await session.execute(_settle_statement(), params)
+    }
     # Settled before (or by a concurrent call that got in first), or never reserved: read back, for the answer.
     others = [job_id for job_id in job_ids if job_id not in settled]
     if others:

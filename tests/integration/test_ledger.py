@@ -149,17 +149,12 @@ async def test_settling_many_jobs_in_one_call_answers_each_and_writes_one_entry_
     # 10 granted: 2 + 0.5 + 0 + 2 kept, the rest given back
     assert await balance(sessions, account) == Decimal("5.5") == await sum_of_entries(sessions, account)
     async with sessions() as session:
-        settlements = dict(
-            (
-                await session.execute(
-                    select(LedgerEntry.job_id, LedgerEntry.amount).where(
-                        LedgerEntry.account_id == account, LedgerEntry.kind.in_(("commit", "release"))
-                    )
-                )
+        found = await session.execute(
+            select(LedgerEntry.job_id, LedgerEntry.amount).where(
+                LedgerEntry.account_id == account, LedgerEntry.kind.in_(("commit", "release"))
             )
-            .tuples()
-            .all()
         )
+        settlements = {job_id: amount for job_id, amount in found}
     assert settlements == {full: 0, partial: Decimal("1.5"), released: 2, before: 0}
 
 
