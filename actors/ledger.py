@@ -19,7 +19,7 @@ from daygen.runtime import tune_garbage_collector
 from daygen.settings import Settings
 from pipelines.batching import Batcher
 from pipelines.jobs import QueueAnswer, ending, one_key_each, queue_jobs
-from storage import ledger
+from storage import admin, ledger
 from storage.db import make_engine, make_sessionmaker
 from storage.events import JobEvents
 from storage.jobs import Finish, NewJob
@@ -61,6 +61,12 @@ class UsageLedger:
         """Hold each job's price and queue it, one transaction for whatever arrives meanwhile; each judged
         in order. A refusal is a normal answer, not an exception across Ray; safe to repeat."""
         return await self.queuing.many(jobs)
+
+    async def adjust(self, adjustment: admin.Adjustment) -> ledger.Adjusted:
+        """An admin's grant or revoke of credits and its audit record, in one transaction; safe to repeat
+        (the adjustment's key)."""
+        async with self.sessions.begin() as session:
+            return await admin.adjust_credits(session, adjustment)
 
     async def settle(self, charges: list[tuple[uuid.UUID, Decimal]]) -> list[ledger.Settlement | None]:
         """(job id, credits charged) each; safe to repeat."""

@@ -26,6 +26,10 @@ class Forbidden(DaygenError):
     code = "forbidden"
 
 
+class AccountBanned(Forbidden):
+    code = "account_banned"
+
+
 class NotFound(DaygenError):
     code = "not_found"
 
@@ -36,6 +40,12 @@ class Conflict(DaygenError):
 
 class EmailTaken(Conflict):
     code = "email_taken"
+
+
+class BalanceTooLow(Conflict):
+    """A revoke of more credits than the account has: a balance never goes below zero."""
+
+    code = "balance_too_low"
 
 
 class InsufficientCredits(DaygenError):

@@ -9,6 +9,7 @@ from daygen.settings import Settings
 from serve_app import errors
 from serve_app.middleware import AccessLog, BodyLimit
 from serve_app.routes import (
+    admin,
     assets,
     auth,
     billing,
@@ -50,6 +51,7 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         compat_images.compat,
         compat_tools.compat,
         billing.compat,
+        admin.v1,
         files.router,
         ws.router,
     ):

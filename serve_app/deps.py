@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from daygen.errors import NotAuthenticated, UnsupportedMediaType
+from daygen.errors import AccountBanned, Forbidden, NotAuthenticated, UnsupportedMediaType
 from serve_app.security import read_token
 from serve_app.services import Services
 from storage.models import User
@@ -43,10 +43,25 @@ async def _current_user(request: Request, services: ServicesDep) -> User:
     if user is None:
         raise NotAuthenticated("invalid or expired access token")
     request.state.user_id = str(user.id)
+    check_not_banned(user)
     return user
 
 
+def check_not_banned(user: User) -> None:
+    if user.banned:
+        raise AccountBanned("this account is banned")
+
+
 CurrentUser = Annotated[User, Depends(_current_user)]
+
+
+async def _admin(user: CurrentUser) -> User:
+    if user.role != "admin":
+        raise Forbidden("admins only")
+    return user
+
+
+AdminUser = Annotated[User, Depends(_admin)]
 
 
 async def require_json(request: Request) -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import Annotated, Protocol, TypeVar
+
+from fastapi import Query
+
+# A list route's query parameters: `?limit=` (1..100) and `?cursor=` (the last id of the page before).
+Limit = Annotated[int, Query(ge=1, le=100)]
+Cursor = Annotated[uuid.UUID | None, Query()]
 
 
 class HasId(Protocol):

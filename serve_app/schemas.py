@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -469,4 +470,67 @@ class WebhookDeliveryOut(Out):
 
 class WebhookDeliveryPage(Out):
     items: list[WebhookDeliveryOut]
+    nextCursor: str | None
+
+
+# -- admin --------------------------------------------------------------------------------
+
+
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500), NoNul]
+
+
+def _credits_change(value: Decimal) -> Decimal:
+    if value == 0:
+        raise ValueError("give a non-zero amount: positive grants, negative revokes")
+    return value
+
+
+class CreditsAdjust(Strict):
+    amount: Annotated[
+        Decimal,
+        Field(ge=-(10**9), le=10**9, max_digits=13, decimal_places=3, allow_inf_nan=False),
+        AfterValidator(_credits_change),
+    ] = Field(description="credits to grant (positive) or revoke (negative)")
+    reason: Reason
+
+
+class CreditsAdjusted(Out):
+    userId: uuid.UUID
+    amount: float
+    balance: float
+    repeat: bool = Field(description="an earlier request with the same Idempotency-Key made this change")
+
+
+class AccountAction(Strict):
+    reason: Reason
+
+
+class AdminUserOut(Out):
+    id: uuid.UUID
+    email: str
+    displayName: str | None
+    role: Literal["user", "admin"]
+    status: Literal["active", "banned"]
+    credits: float
+    createdAt: datetime
+
+
+class AdminUserPage(Out):
+    items: list[AdminUserOut]
+    nextCursor: str | None
+
+
+class AdminActionOut(Out):
+    id: uuid.UUID
+    adminId: uuid.UUID
+    adminEmail: str
+    action: Literal["credits", "ban", "unban"]
+    userId: uuid.UUID
+    reason: str
+    details: dict[str, Any]
+    createdAt: datetime
+
+
+class AdminActionPage(Out):
+    items: list[AdminActionOut]
     nextCursor: str | None

@@ -146,11 +146,49 @@ async def _entries_by_key(session: AsyncSession, keys: Sequence[str]) -> dict[st
     return {row.idempotency_key: row for row in rows}
 
 
-async def lock_accounts(session: AsyncSession, accounts: Iterable[uuid.UUID], *, event_logs: bool = False) -> None:
+async def lock_accounts(
+    session: AsyncSession, accounts: Iterable[uuid.UUID], *, event_logs: bool = False
+) -> dict[uuid.UUID, Decimal]:
     """Lock the accounts' balance rows until the caller's transaction ends, as a reservation would: what
     the caller reads meanwhile about what their reservations are for can't change under it. With
-    `event_logs`, their owners' event logs first (as `reserve_many`)."""
-    await session.execute(_locked_balances_statement(event_logs), {"accounts": sorted(set(accounts))})
+    `event_logs`, their owners' event logs first (as `reserve_many`). Answers each account's balance."""
+    wanted = sorted(set(accounts))
+    locked = await session.execute(_locked_balances_statement(event_logs), {"accounts": wanted})
+    return {account: Decimal(0) for account in wanted} | {account: balance for account, balance in locked}
+
+
+@dataclass(frozen=True)
+class Adjusted:
+    """`applied` now, a `repeat` of a key applied before to the same account and amount (nothing more
+    done), `key_taken` by another change, or `refused`: a revoke that would take the balance below
+    zero. With the balance after (or as it stands)."""
+
+    outcome: Literal["applied", "repeat", "key_taken", "refused"]
+    balance: Decimal
+
+
+async def adjust(
+    session: AsyncSession, *, account_id: uuid.UUID, amount: Decimal, idempotency_key: str, reason: str
+) -> Adjusted:
+    """An admin's grant (amount > 0) or revoke (amount < 0) of credits, once per key, in the caller's
+    transaction. A balance never goes below zero: a revoke of more than is there is refused."""
+    [current] = (await lock_accounts(session, [account_id])).values()
+    # Read under the lock: a repeat made meanwhile is seen.
+    if earlier := (await _entries_by_key(session, [idempotency_key])).get(idempotency_key):
+        same = (earlier.account_id, earlier.amount) == (account_id, amount)
+        return Adjusted("repeat" if same else "key_taken", current)
+    if current + amount < 0:
+        return Adjusted("refused", current)
+    row = {
+        "account_id": account_id,
+        "kind": "adjust",
+        "amount": amount,
+        "job_id": None,
+        "idempotency_key": idempotency_key,
+        "reason": reason,
+    }
+    await _insert_entries(session, [row])
+    return Adjusted("applied", current + amount)
 
 
 async def reserve_many(

@@ -37,6 +37,8 @@ NAMING = {
 }
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+USER_STATUSES = ("active", "banned")  # a banned account is refused on every authenticated call
+ADMIN_ACTIONS = ("credits", "ban", "unban")
 LEDGER_KINDS = ("grant", "topup", "reserve", "commit", "release", "reset", "expire", "adjust")
 Credits = Numeric(14, 3)
 
@@ -55,7 +57,10 @@ def _now() -> Mapped[datetime]:
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (CheckConstraint("email = lower(btrim(email))", name="email_normalised"),)
+    __table_args__ = (
+        CheckConstraint("email = lower(btrim(email))", name="email_normalised"),
+        CheckConstraint(f"status IN {USER_STATUSES}", name="status_known"),
+    )
 
     id: Mapped[uuid.UUID] = _id()
     email: Mapped[str] = mapped_column(Text, unique=True, nullable=False)
@@ -63,6 +68,7 @@ class User(Base):
     display_name: Mapped[str | None] = mapped_column(Text)
     profile_image: Mapped[str | None] = mapped_column(Text)
     role: Mapped[str] = mapped_column(Text, nullable=False, default="user")
+    status: Mapped[str] = mapped_column(Text, nullable=False, default="active", server_default="active")
     # Standard Webhooks signing secret (`whsec_...`), made on first use; after a rotation the
     # previous one still signs deliveries alongside it until `webhook_secret_previous_until`.
     webhook_secret: Mapped[str | None] = mapped_column(Text)
@@ -70,6 +76,10 @@ class User(Base):
     webhook_secret_previous_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
+
+    @property
+    def banned(self) -> bool:
+        return self.status == "banned"
 
 
 class Template(Base):
@@ -278,3 +288,23 @@ class WebhookDelivery(Base):
     last_response: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AdminAction(Base):
+    """The audit log: who did what to whom, when and why. Append-only (a trigger refuses edits and
+    deletions); no foreign keys, so it outlives the accounts it names."""
+
+    __tablename__ = "admin_actions"
+    __table_args__ = (
+        CheckConstraint(f"action IN {ADMIN_ACTIONS}", name="action_known"),
+        Index("ix_admin_actions_user_id_id", "user_id", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = _id()
+    admin_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    admin_email: Mapped[str] = mapped_column(Text, nullable=False)
+    action: Mapped[str] = mapped_column(Text, nullable=False)
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = _now()

@@ -8,7 +8,7 @@ from decimal import Decimal
 from fastapi import APIRouter, Depends, status
 
 from daygen.errors import NotAuthenticated
-from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
+from serve_app.deps import CurrentUser, ServicesDep, SessionDep, check_not_banned, require_json
 from serve_app.schemas import (
     ApiAuthOut,
     ApiLoginIn,
@@ -48,6 +48,7 @@ async def _login(services: Services, session: SessionDep, body: LoginIn | ApiLog
     matches = await asyncio.to_thread(verify_password, body.password, stored)
     if user is None or not matches:
         raise NotAuthenticated("wrong email or password")
+    check_not_banned(user)  # after the password: who is banned is not told to whoever asks
     return user, _token(services, user)
 
 

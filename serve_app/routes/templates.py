@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Response, status
 
 from daygen.errors import NotFound
 from serve_app.deps import CurrentUser, SessionDep, require_json
-from serve_app.pagination import split_page
+from serve_app.pagination import Cursor, Limit, split_page
 from serve_app.schemas import (
     ApiTemplateCreate,
     ApiTemplatePage,
@@ -24,9 +23,6 @@ from storage.models import Template
 
 v1 = APIRouter(prefix="/v1/templates", tags=["templates"], dependencies=[Depends(require_json)])
 compat = APIRouter(prefix="/api/templates", tags=["daygen-compatible"], dependencies=[Depends(require_json)])
-
-Limit = Annotated[int, Query(ge=1, le=100)]
-Cursor = Annotated[uuid.UUID | None, Query()]
 
 
 def template_out(t: Template) -> TemplateOut:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Response, status
 
 from daygen.errors import InvalidInput, NotFound
 from pipelines.webhooks import check_target, new_secret
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
-from serve_app.pagination import split_page
+from serve_app.pagination import Cursor, Limit, split_page
 from serve_app.schemas import (
     WebhookDeliveryOut,
     WebhookDeliveryPage,
@@ -25,9 +24,6 @@ from storage import webhooks as queries
 from storage.models import User, WebhookDelivery, WebhookEndpoint
 
 v1 = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], dependencies=[Depends(require_json)])
-
-Limit = Annotated[int, Query(ge=1, le=100)]
-Cursor = Annotated[uuid.UUID | None, Query()]
 
 
 def endpoint_out(endpoint: WebhookEndpoint) -> WebhookEndpointOut:

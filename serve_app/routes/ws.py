@@ -189,7 +189,7 @@ async def _authenticate(socket: WebSocket, services: Services) -> uuid.UUID | No
         return None
     async with services.reads() as session:
         user = await get_user(session, user_id)
-    return user.id if user is not None else None
+    return user.id if user is not None and not user.banned else None
 
 
 async def _receive(socket: WebSocket, inbox: asyncio.Queue) -> None:

@@ -1,0 +1,103 @@
+"""What admins see and do: accounts with their balances, credit adjustments, bans, and the audit log.
+
+Every action that takes effect is recorded in the audit log (`admin_actions`) in the transaction
+that makes it, so the log never misses one nor shows one that did not happen.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage import ledger
+from storage.models import AdminAction, LedgerBalance, User
+
+
+@dataclass(frozen=True)
+class Admin:
+    """Who acts: kept in each audit record as they were then."""
+
+    id: uuid.UUID
+    email: str
+
+
+async def record(
+    session: AsyncSession, admin: Admin, action: str, user_id: uuid.UUID, reason: str, details: dict[str, Any]
+) -> AdminAction:
+    row = AdminAction(
+        admin_id=admin.id, admin_email=admin.email, action=action, user_id=user_id, reason=reason, details=details
+    )
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def users_with_balances(
+    session: AsyncSession, *, limit: int, before: uuid.UUID | None = None, email: str | None = None
+) -> list[tuple[User, Decimal]]:
+    """Accounts newest first, each with its balance; `email` keeps those whose address contains it."""
+    balance = func.coalesce(LedgerBalance.balance, 0)
+    stmt = select(User, balance).outerjoin(LedgerBalance, LedgerBalance.account_id == User.id)
+    if email:
+        stmt = stmt.where(User.email.contains(email.strip().lower(), autoescape=True))
+    if before is not None:
+        stmt = stmt.where(User.id < before)
+    rows = await session.execute(stmt.order_by(User.id.desc()).limit(limit))
+    return [(user, amount) for user, amount in rows]
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """An admin's grant (amount > 0) or revoke (amount < 0) of credits, once per key."""
+
+    admin: Admin
+    user_id: uuid.UUID
+    amount: Decimal
+    reason: str
+    key: str
+
+
+async def adjust_credits(session: AsyncSession, adjustment: Adjustment) -> ledger.Adjusted:
+    """The adjustment's ledger entry and, when it is made, its audit record, in the caller's
+    transaction (the ledger actor's: the one writer of balances)."""
+    adjusted = await ledger.adjust(
+        session,
+        account_id=adjustment.user_id,
+        amount=adjustment.amount,
+        idempotency_key=f"adjust:{adjustment.key}",
+        reason=adjustment.reason,
+    )
+    if adjusted.outcome == "applied":
+        details = {"amount": str(adjustment.amount), "balance": str(adjusted.balance)}
+        await record(session, adjustment.admin, "credits", adjustment.user_id, adjustment.reason, details)
+    return adjusted
+
+
+async def set_banned(session: AsyncSession, admin: Admin, user_id: uuid.UUID, banned: bool, reason: str) -> bool | None:
+    """Ban or unban an account, in the caller's transaction; whether its status changed (None: no such
+    account). A change is recorded in the audit log; a ban of a banned account changes nothing."""
+    status = "banned" if banned else "active"
+    changed = await session.execute(
+        update(User).where(User.id == user_id, User.status != status).values(status=status).returning(User.id)
+    )
+    if changed.first() is not None:
+        await record(session, admin, "ban" if banned else "unban", user_id, reason, {})
+        return True
+    return None if await session.get(User, user_id) is None else False
+
+
+async def actions(
+    session: AsyncSession, *, limit: int, before: uuid.UUID | None = None, user_id: uuid.UUID | None = None
+) -> list[AdminAction]:
+    """The audit log, newest first; `user_id` keeps the actions on one account."""
+    stmt = select(AdminAction)
+    if user_id is not None:
+        stmt = stmt.where(AdminAction.user_id == user_id)
+    if before is not None:
+        stmt = stmt.where(AdminAction.id < before)
+    return list((await session.execute(stmt.order_by(AdminAction.id.desc()).limit(limit))).scalars())
