@@ -19,6 +19,7 @@ from daygen.runtime import tune_garbage_collector
 from daygen.settings import Settings
 from pipelines.batching import Batcher
 from pipelines.jobs import QueueAnswer, ending, one_key_each, queue_jobs
+from pipelines.payments import TopUp
 from storage import admin, ledger
 from storage.db import make_engine, make_sessionmaker
 from storage.events import JobEvents
@@ -67,6 +68,18 @@ class UsageLedger:
         (the adjustment's key)."""
         async with self.sessions.begin() as session:
             return await admin.adjust_credits(session, adjustment)
+
+    async def top_up(self, top_up: TopUp) -> bool:
+        """A paid credit pack's credits; whether they were added now (False: a repeat of its session)."""
+        async with self.sessions.begin() as session:
+            return await ledger.append_entry(
+                session,
+                account_id=top_up.user_id,
+                kind="topup",
+                amount=top_up.credits,
+                idempotency_key=top_up.key,
+                reason=f"{top_up.pack} pack, Stripe {top_up.session_id} ({top_up.event_id})",
+            )
 
     async def settle(self, charges: list[tuple[uuid.UUID, Decimal]]) -> list[ledger.Settlement | None]:
         """(job id, credits charged) each; safe to repeat."""

@@ -64,6 +64,12 @@ class ServiceUnavailable(DaygenError):
     code = "service_unavailable"
 
 
+class BillingUnavailable(ServiceUnavailable):
+    """Payments are not configured here, or the payment provider did not answer."""
+
+    code = "billing_unavailable"
+
+
 class ProviderDown(ServiceUnavailable):
     """A provider that can't take work now (no key configured, our key refused, its account out of
     funds): new jobs for it are a 503 before anything is charged, `retry_after` seconds if known."""
@@ -98,6 +104,12 @@ class JobFailed(DaygenError):
 
 class MalformedBody(DaygenError):
     code = "malformed_body"
+
+
+class InvalidSignature(MalformedBody):
+    """A signed request (a Stripe event) whose signature is missing, wrong or too old."""
+
+    code = "invalid_signature"
 
 
 class ProviderError(DaygenError):

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str = "https://api.stripe.com"
+    checkout_return_url: str | None = None  # where Stripe Checkout sends the buyer back (default: /studio)
 
     signup_credits: int = Field(20, ge=0)
     max_json_body_bytes: int = Field(1_000_000, ge=1024)
@@ -111,6 +112,10 @@ class Settings(BaseSettings):
     def api_base(self) -> str:
         """Where clients reach the API, for links made outside a request (webhook payloads)."""
         return (self.api_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def checkout_return(self) -> str:
+        return (self.checkout_return_url or f"{self.api_base}/studio").rstrip("/")
 
     @property
     def cors_origin_list(self) -> list[str]:

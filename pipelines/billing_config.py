@@ -15,10 +15,22 @@ from pipelines.operations import OPERATIONS, Operation
 Credits = Annotated[Decimal, Field(ge=0, max_digits=11, decimal_places=3)]
 
 
+class Pack(BaseModel):
+    """A credit pack sold through Stripe Checkout: the credits it adds, and its price in the currency's
+    smallest unit (cents)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    credits: Annotated[Decimal, Field(gt=0, max_digits=11, decimal_places=3)]
+    price: int = Field(gt=0)
+    currency: str = Field("usd", pattern="^[a-z]{3}$")
+
+
 class BillingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prices: dict[str, Credits]  # credits for one unit (an image) of each operation
+    packs: dict[Annotated[str, Field(pattern="^[a-z][a-z0-9_-]{0,39}$")], Pack] = {}
 
     def price(self, operation: Operation, params: dict[str, Any]) -> Decimal:
         """Credits for one request of the operation: its unit price times the units the params ask for."""

@@ -50,6 +50,7 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         assets.compat,
         compat_images.compat,
         compat_tools.compat,
+        billing.v1,
         billing.compat,
         admin.v1,
         files.router,

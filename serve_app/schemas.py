@@ -266,6 +266,20 @@ class JobAccepted(Out):
     status: JobStatus
 
 
+class CheckoutCreate(Strict):
+    pack: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+
+
+class CheckoutOut(Out):
+    sessionId: str
+    url: str = Field(description="Stripe Checkout's page for the buyer")
+
+
+class StripeReceived(Out):
+    received: bool
+    credited: bool = Field(description="whether this event added credits (a repeat adds none)")
+
+
 class WalletBalance(Out):
     balance: float = Field(description="credits")
 

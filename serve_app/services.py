@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from ray.actor import ActorHandle
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from stripe import StripeClient
 
 from daygen.settings import Settings
 from pipelines.batching import Batcher
 from pipelines.billing_config import BillingConfig
 from pipelines.jobs import QueueAnswer
+from pipelines.payments import make_client
 from pipelines.pool_config import ProviderPools
 from serve_app import signing
 from serve_app.live import EventHub
@@ -40,6 +42,7 @@ class Services:
     dispatcher: ActorHandle
     jwt_secret: str
     files_secret: bytes
+    stripe: StripeClient | None  # None without DAYGEN_STRIPE_SECRET_KEY: no payments here
     decoy_password_hash: str
     hub: EventHub | None = None
     queuing: Batcher | None = None
@@ -83,6 +86,11 @@ class Services:
             dispatcher=dispatcher,
             jwt_secret=jwt_secret,
             files_secret=signing.files_secret(jwt_secret),
+            stripe=(
+                make_client(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base)
+                if settings.stripe_secret_key
+                else None
+            ),
             # Logins for unknown emails verify against this, so they take as long as real ones.
             decoy_password_hash=hash_password("decoy password, never matches"),
         )

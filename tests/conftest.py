@@ -28,6 +28,7 @@ from storage.db import make_engine, make_sessionmaker
 from storage.migrate import migrate_to
 from tests.fakes.dashscope import FakeDashScope
 from tests.fakes.ideogram import FakeIdeogram
+from tests.fakes.stripe import FakeStripe
 from tests.inline_images import refuse_inline_images
 
 
@@ -115,6 +116,15 @@ def fake_dashscope() -> Iterator[FakeDashScope]:
         yield fake
 
 
+@pytest.fixture(scope="session")
+def fake_stripe() -> Iterator[FakeStripe]:
+    with FakeStripe() as fake:
+        yield fake
+
+
+STRIPE_WEBHOOK_SECRET = "whsec_daygen_test_" + secrets.token_hex(16)
+
+
 # The app's in-flight limit for Ideogram, below the fake's own 10, so tests can see it hold;
 # two actors and more running jobs than places, so only the shared limiter keeps to it.
 IDEOGRAM_INFLIGHT_LIMIT = 3
@@ -133,6 +143,7 @@ def settings(
     services_dir: Path,
     fake_ideogram: FakeIdeogram,
     fake_dashscope: FakeDashScope,
+    fake_stripe: FakeStripe,
 ) -> Settings:
     providers_config = services_dir / "providers.yaml"
     providers_config.write_text(TEST_POOLS)
@@ -162,6 +173,9 @@ def settings(
         webhook_retry_schedule="0.3,0.3,0.3",
         webhook_poll_seconds=0.05,
         webhook_timeout_seconds=2,
+        stripe_secret_key=fake_stripe.api_key,
+        stripe_webhook_secret=STRIPE_WEBHOOK_SECRET,
+        stripe_api_base=fake_stripe.base_url,
     )
 
 

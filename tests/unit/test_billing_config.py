@@ -23,6 +23,15 @@ def test_the_shipped_prices_are_the_originals_for_every_operation():
         assert price == expected, name
 
 
+def test_the_shipped_packs_are_the_originals():
+    packs = BillingConfig.load(SHIPPED).packs
+    assert {name: (p.credits, p.price, p.currency) for name, p in packs.items()} == {
+        "starter": (100, 1900, "usd"),
+        "pro": (500, 7900, "usd"),
+        "agency": (2000, 24900, "usd"),
+    }
+
+
 def test_a_request_costs_its_unit_price_times_the_images_it_asks_for(tmp_path):
     prices = {name: 1 for name in OPERATIONS} | {"ideogram.generate": 1.25, "ideogram.upscale": 3}
     config = BillingConfig.load(write(tmp_path, yaml.safe_dump({"prices": prices})))
@@ -61,8 +70,25 @@ def test_a_price_for_an_operation_that_does_not_exist_is_named(tmp_path):
         all_priced() + "plans: {}\n",  # a section this version does not know
         "prices: [1, 2",
         "prices: 3\n",
+        all_priced() + "packs: {pro: {credits: 500, price: 0}}\n",
+        all_priced() + "packs: {pro: {credits: 0, price: 100}}\n",
+        all_priced() + "packs: {pro: {credits: 5, price: 100, currency: USD}}\n",
+        all_priced() + "packs: {Big Pack: {credits: 5, price: 100}}\n",
+        all_priced() + "packs: {pro: {credits: 5, price: 100, bonus: 1}}\n",
     ],
-    ids=["negative", "four-decimals", "not-a-number", "unknown-section", "broken-yaml", "not-a-mapping"],
+    ids=[
+        "negative",
+        "four-decimals",
+        "not-a-number",
+        "unknown-section",
+        "broken-yaml",
+        "not-a-mapping",
+        "free-pack",
+        "empty-pack",
+        "currency-case",
+        "pack-name",
+        "pack-extra",
+    ],
 )
 def test_a_broken_config_is_refused_with_its_path(tmp_path, text):
     path = write(tmp_path, text)
