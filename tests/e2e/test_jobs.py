@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from pipelines import offline
 from storage.models import Job, LedgerEntry
@@ -121,19 +121,29 @@ async def test_submit_without_credits_is_402_and_creates_no_job(client, sessions
 
 
 async def test_concurrent_submissions_never_overspend(client, sessions):
+    """Issue 7's race: 200 one-credit submissions at once against a balance of 50."""
     account = await signup(client)
     headers = bearer(account["accessToken"])
-    await set_balance(sessions, account["user"]["id"], Decimal(3))
+    await set_balance(sessions, account["user"]["id"], Decimal(50))
 
     answers = await asyncio.gather(
-        *(submit(client, headers, {"prompt": f"race {i}", "width": 64, "height": 64}) for i in range(10))
+        *(submit(client, headers, {"prompt": f"race {i}", "width": 64, "height": 64}) for i in range(200))
     )
 
     codes = sorted(a.status_code for a in answers)
-    assert codes == [202] * 3 + [402] * 7
+    assert codes == [202] * 50 + [402] * 150
     for accepted in (a for a in answers if a.status_code == 202):
         assert (await wait_for_end(client, headers, accepted.json()["jobId"]))["status"] == "succeeded"
     assert await credits(client, headers) == 0
+    async with sessions() as session:
+        lowest = await session.scalar(
+            text(
+                "SELECT min(running) FROM (SELECT sum(amount) OVER (ORDER BY id) AS running"
+                " FROM ledger_entries WHERE account_id = :account) AS history"
+            ),
+            {"account": uuid.UUID(account["user"]["id"])},
+        )
+    assert lowest == 0, "the balance never went below zero, entry by entry"
 
 
 async def test_bad_params_are_422_naming_the_field_and_cost_nothing(client):

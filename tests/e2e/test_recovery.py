@@ -1,5 +1,6 @@
 """Killing parts of the running app for real: a pool actor mid-call, the dispatcher mid-job, the
-ledger while jobs are submitted.
+ledger or the dispatcher between a step's success upstream and its commit, the ledger while jobs are
+submitted.
 
 Afterwards every job ends exactly once, is charged exactly once, and a WebSocket subscriber and
 a webhook endpoint each saw its end. (Stopping and restarting the whole app: tests/test_restart.py.)
@@ -16,7 +17,7 @@ from decimal import Decimal
 import psutil
 import pytest
 import ray
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from websockets.asyncio.client import connect
 
 from actors.dispatcher import DISPATCHER_NAME
@@ -28,6 +29,7 @@ from tests.conftest import IDEOGRAM_INFLIGHT_LIMIT
 from tests.e2e.helpers import bearer, set_balance, signup
 from tests.e2e.test_providers import credits
 from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.integration.test_shared_limits import eventually
 
 GENERATE = {"operation": "ideogram.generate", "params": {"prompt": "a survivor"}}
 TERMINAL = {"job.succeeded", "job.failed", "job.canceled"}
@@ -127,6 +129,36 @@ async def test_a_pool_actor_killed_mid_call_costs_a_retry_not_the_job(
     await asyncio.wait_for(watcher, 60)
     await assert_ended_once_and_charged_once(client, sessions, account, receiver, job_ids, frames, attempts=1)
     assert len(fake_ideogram.requests_to("generate")) == 2 * len(job_ids), "each job's call went out again"
+
+
+@pytest.mark.parametrize("victim", [LEDGER_NAME, DISPATCHER_NAME])
+async def test_a_worker_killed_between_the_providers_success_and_the_commit_charges_once(
+    client, app_url, sessions, account, fake_ideogram, receiver, victim
+):
+    """The step succeeded upstream and its end waits to be written (this test holds the job's row):
+    the ledger writing the end, or the dispatcher that asked for it, dies then. After recovery the job
+    ended once and was charged once, and the provider was not called again."""
+    [job_id] = await submit_hung(client, account["headers"], fake_ideogram, 1)
+    frames: list[dict] = []
+    watcher = asyncio.create_task(watch(app_url, account["token"], {job_id}, frames))
+    async with sessions.begin() as session:  # the job's end waits for this transaction's lock on its row
+        await session.execute(select(Job.id).where(Job.id == uuid.UUID(job_id)).with_for_update())
+        fake_ideogram.release_hung()
+        await eventually(lambda: ending_waits(sessions))
+        await kill(victim)
+    await asyncio.wait_for(watcher, 60)
+    await assert_ended_once_and_charged_once(client, sessions, account, receiver, [job_id], frames, attempts=1)
+    assert len(fake_ideogram.requests_to("generate")) == 1, "the provider was called (and paid) once"
+
+
+async def ending_waits(sessions) -> bool:
+    """Whether a statement that ends jobs (`storage.jobs.record_finishes`) waits for a row lock."""
+    query = text(
+        "select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()"
+        " and wait_event_type = 'Lock' and query like '%finished_jobs%'"
+    )
+    async with sessions() as session:
+        return await session.scalar(query) > 0
 
 
 async def test_a_dispatcher_killed_mid_job_is_restarted_and_its_jobs_taken_over_once(

@@ -64,7 +64,7 @@ async def limiters(prefix, connect) -> AsyncIterator[Callable[..., SharedInFligh
 
 
 async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """For states only visible in Redis, which nothing announces: look every 10 ms, for 5 s at most."""
+    """For states nothing announces (in Redis, in Postgres): look every 10 ms, for 5 s at most."""
     async with asyncio.timeout(5):
         while True:
             if await check():
