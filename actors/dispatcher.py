@@ -23,6 +23,7 @@ from daygen.logs import configure_logging
 from daygen.runtime import tune_garbage_collector
 from daygen.settings import Settings
 from pipelines.batching import Batcher
+from pipelines.billing_config import BillingConfig
 from pipelines.jobs import LeaseKeeper, execute_job, recorder, settle_unsettled
 from pipelines.operations import OPERATIONS
 from pipelines.pool_config import ProviderPools
@@ -51,6 +52,7 @@ class JobDispatcher:
         self.pools = pools
         self.peers: dict[str, ActorHandle] = {}
         self.steps = {provider: PoolSteps(provider, pool.actors, self._peer) for provider, pool in pools.pools.items()}
+        self.provider_costs = BillingConfig.load(settings.billing_config).provider_costs
         self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=16))
         # The claim's plan is made afresh each time: with a generic plan from a nearly empty jobs
         # table, a fresh database's first burst of 2,000 jobs was claimed in one statement of 164 s.
@@ -187,6 +189,7 @@ class JobDispatcher:
                 end=self._end,
                 publish=self._publish,
                 cancel=cancel,
+                provider_costs=self.provider_costs,
             )
         except Exception:
             log.exception(

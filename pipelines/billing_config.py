@@ -30,6 +30,8 @@ class BillingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prices: dict[str, Credits]  # credits for one unit (an image) of each operation
+    # What the provider charges us for one image of an operation, in USD (usage records); 0 if not given.
+    provider_costs: dict[str, Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=6)]] = {}
     packs: dict[Annotated[str, Field(pattern="^[a-z][a-z0-9_-]{0,39}$")], Pack] = {}
 
     def price(self, operation: Operation, params: dict[str, Any]) -> Decimal:
@@ -44,7 +46,7 @@ class BillingConfig(BaseModel):
         except ValidationError as exc:
             raise ValueError(f"invalid billing config {path}: {exc}") from None
         missing = sorted(set(OPERATIONS) - set(config.prices))
-        unknown = sorted(set(config.prices) - set(OPERATIONS))
+        unknown = sorted((set(config.prices) | set(config.provider_costs)) - set(OPERATIONS))
         if missing:
             raise ValueError(f"{path} has no price for {', '.join(missing)}")
         if unknown:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -180,6 +180,25 @@ class LeaseKeeper:
                 log.exception("could not renew job leases; trying again in a third of a lease")
 
 
+def _usage(step: Step, index: int, outcome: StepOutcome, costs: Mapping[str, Decimal]) -> job_queries.Usage | None:
+    """The usage record of a step whose engine ran: its credits if it succeeded, the provider's price
+    for the images it made."""
+    if outcome.upstream_ms is None:
+        return None
+    images = len(outcome.assets)
+    units = images or int(outcome.ok)  # a description is one unit
+    return job_queries.Usage(
+        step=index,
+        provider=step.provider,
+        operation=step.operation,
+        status="succeeded" if outcome.ok else "failed",
+        images=images,
+        upstream_ms=outcome.upstream_ms,
+        credits=step.cost if outcome.ok else Decimal(0),
+        provider_cost=costs.get(step.operation, Decimal(0)) * units,
+    )
+
+
 def _with_step(result: dict[str, Any], operation: str, asset_ids: list[str], texts: list[str]) -> dict[str, Any]:
     """The job's result after one more step: every step's outputs, all the images, all the text."""
     all_texts = [*result.get("texts", []), *texts]
@@ -250,13 +269,16 @@ async def execute_job(
     end: End,
     publish: Publish,
     cancel: asyncio.Event | None = None,
+    provider_costs: Mapping[str, Decimal] | None = None,
 ) -> str | None:
     """Run the job's steps from the first not yet done; returns the final status, or None if the lease was lost.
 
     Each step's outputs are recorded as it ends, so an attempt that takes over after a crash
     starts at the step that was running, never re-running (or re-charging) one that finished.
     `cancel` (or a cancel recorded on the job) aborts the running step and ends the job `canceled`.
+    Each step whose engine ran leaves a usage record with it (`provider_costs`: USD an image, by operation).
     """
+    costs = provider_costs or {}
     extra = {"job_id": str(claimed.id), "operation": claimed.operation, "attempt": claimed.attempt}
     steps = job_steps(claimed.operation, claimed.params, claimed.cost, claimed.inputs)
     total = len(steps)
@@ -288,7 +310,8 @@ async def execute_job(
         if done + 1 == total:
             specs.append(("job.succeeded", {"status": "succeeded", "progress": 100, "assetIds": result["assetIds"]}))
         next_provider = steps[done + 1].provider if done + 1 < total else None
-        finish = job_queries.StepFinished(claimed, done, total, assets, result, specs, next_provider)
+        usage = _usage(step, done, outcome, costs)
+        finish = job_queries.StepFinished(claimed, done, total, assets, result, specs, next_provider, usage)
         if done + 1 == total:
             recorded = await end(finish, charged_for(steps, total))  # which announces the events
         else:
@@ -310,7 +333,8 @@ async def execute_job(
         else:
             status, code, message = "failed", outcome.error_code, outcome.error_message or ""
             data = {"status": status, "step": done, "error": {"code": code, "message": message}}
-        ended = await end(job_queries.JobEnded(claimed, status, code, message, data), charged_for(steps, done))
+        usage = _usage(steps[done], done, outcome, costs) if outcome is not None else None
+        ended = await end(job_queries.JobEnded(claimed, status, code, message, data, usage), charged_for(steps, done))
         if not ended:
             log.warning("lease lost; another attempt owns the job", extra=extra)
             return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,6 +119,8 @@ class StepOutcome:
     texts: list[str] = field(default_factory=list)
     error_code: str | None = None
     error_message: str | None = None
+    # How long the step's engine took (the provider's calls, or the offline work); None if it never ran.
+    upstream_ms: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -440,9 +443,12 @@ class RunningSteps:
 
 
 async def _run_guarded(ctx: StepContext, call: StepCall) -> StepOutcome:
-    """`run_step`, with a crash turned into the job's error (logged here, where it happened)."""
+    """`run_step`, with a crash turned into the job's error (logged here, where it happened), and timed."""
+    started = time.monotonic()
     try:
-        return await run_step(ctx, call.operation, call.params, call.inputs)
+        outcome = await run_step(ctx, call.operation, call.params, call.inputs)
     except Exception:
         log.exception("step crashed", extra={"job_step": call.operation})
-        return StepOutcome(error_code="internal_error", error_message="the job failed unexpectedly")
+        outcome = StepOutcome(error_code="internal_error", error_message="the job failed unexpectedly")
+    outcome.upstream_ms = round((time.monotonic() - started) * 1000)
+    return outcome

@@ -548,3 +548,21 @@ class AdminActionOut(Out):
 class AdminActionPage(Out):
     items: list[AdminActionOut]
     nextCursor: str | None
+
+
+class UsageLineOut(Out):
+    userId: uuid.UUID
+    email: str | None
+    provider: str
+    operation: str
+    calls: int
+    failed: int
+    images: int
+    upstreamMs: int
+    credits: float
+    providerCost: float = Field(description="what the provider charged, in USD (configs/billing.yaml)")
+
+
+class UsageReport(Out):
+    items: list[UsageLineOut]
+    totals: dict[str, float]

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Boolean,
     Integer,
     Interval,
+    Numeric,
     Text,
     bindparam,
     case,
@@ -33,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import Select, TableValuedAlias, Update
 from sqlalchemy.types import TypeEngine
@@ -49,7 +51,7 @@ from storage.events import (
     event_params,
     event_rows,
 )
-from storage.models import Asset, Credits, Job
+from storage.models import Asset, Credits, Job, UsageRecord
 
 TERMINAL = ("succeeded", "failed", "canceled")
 # NOTIFY'd by every transaction that queues jobs: the dispatcher listens, so it claims as they commit.
@@ -337,6 +339,21 @@ async def renew_leases(
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What one step's provider call used and cost (a `usage_records` row): the credits it was charged
+    (none when it failed), and the provider's own price for it, in USD."""
+
+    step: int
+    provider: str
+    operation: str
+    status: str  # succeeded | failed
+    images: int
+    upstream_ms: int
+    credits: Decimal
+    provider_cost: Decimal
+
+
+@dataclass(frozen=True)
 class StepFinished:
     """A step's outputs, the job's result so far and the events to record; the last step ends the job,
     otherwise the job moves on to the provider of its next step."""
@@ -348,17 +365,19 @@ class StepFinished:
     result: dict[str, Any]
     events: list[EventSpec]
     next_provider: str | None = None
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True)
 class JobEnded:
-    """A job that did not succeed: `failed`, or `canceled` while it ran."""
+    """A job that did not succeed: `failed`, or `canceled` while it ran. `usage`: the failed step's call."""
 
     claimed: ClaimedJob
     status: str
     code: str | None
     message: str | None
     data: dict[str, Any]
+    usage: Usage | None = None
 
 
 Finish = StepFinished | JobEnded
@@ -426,6 +445,30 @@ _NEW_ASSET: tuple[tuple[str, TypeEngine], ...] = (
 )
 
 
+_NEW_USAGE: tuple[tuple[str, TypeEngine], ...] = (
+    ("job_id", PgUUID(as_uuid=True)),
+    ("step", Integer()),
+    ("user_id", PgUUID(as_uuid=True)),
+    ("provider", Text()),
+    ("operation", Text()),
+    ("status", Text()),
+    ("images", Integer()),
+    ("upstream_ms", Integer()),
+    ("credits", Credits),
+    ("provider_cost", Numeric(14, 6)),
+)
+
+
+def _usage_rows(finishes: Sequence[Finish]) -> dict[str, list]:
+    """The finishes' usage records as the finish statement's `usage_` parameters."""
+    used = [(f.claimed, f.usage) for f in finishes if f.usage is not None]
+    of_job = {"job_id": [c.id for c, _ in used], "user_id": [c.owner_id for c, _ in used]}
+    return {
+        f"usage_{name}": of_job[name] if name in of_job else [getattr(usage, name) for _, usage in used]
+        for name, _ in _NEW_USAGE
+    }
+
+
 @functools.cache
 def _finish_statement() -> Select:
     """Ended steps and jobs, their output assets and their events: one statement, fenced (each part
@@ -439,6 +482,14 @@ def _finish_statement() -> Select:
         .from_select(names, select(*(outputs.c[name] for name in names)).where(outputs.c.job_id.in_(select(kept.c.id))))
         .cte("new_assets")
     )
+    used = unnest_rows("new_usage", _NEW_USAGE, prefix="usage_")
+    usage_names = [name for name, _ in _NEW_USAGE]
+    usage = (
+        pg_insert(UsageRecord.__table__)
+        .from_select(usage_names, select(*(used.c[n] for n in usage_names)).where(used.c.job_id.in_(select(kept.c.id))))
+        .on_conflict_do_nothing(index_elements=["job_id", "step"])
+        .cte("new_usage_records")
+    )
     events = event_rows()
     drawn = select(*events.c).where(events.c.job_id.in_(select(kept.c.id)))
     appended = appending(drawn, after=[kept], owners=event_owners())
@@ -446,6 +497,7 @@ def _finish_statement() -> Select:
         select(kept.c.id.label("kept_id"), *appended_columns(appended))
         .outerjoin_from(kept, appended, appended.c.job_id == kept.c.id)
         .add_cte(assets)
+        .add_cte(usage)
     )
 
 
@@ -471,6 +523,7 @@ async def record_finishes(session: AsyncSession, finishes: Sequence[Finish]) -> 
         **_finished_steps().params(map(_step_row, steps)),
         **_ended_jobs().params((e.claimed.id, e.claimed.attempt, e.status, e.code, e.message) for e in ends),
         **{f"asset_{name}": [asset[name] for asset in assets] for name, _ in _NEW_ASSET},
+        **_usage_rows(finishes),
         **event_params(new),
     }
     rows = (await session.execute(_finish_statement(), params)).all()  # a row per kept job, or per its event

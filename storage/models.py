@@ -39,6 +39,7 @@ NAMING = {
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 USER_STATUSES = ("active", "banned")  # a banned account is refused on every authenticated call
 ADMIN_ACTIONS = ("credits", "ban", "unban")
+USAGE_STATUSES = ("succeeded", "failed")
 LEDGER_KINDS = ("grant", "topup", "reserve", "commit", "release", "reset", "expire", "adjust")
 Credits = Numeric(14, 3)
 
@@ -307,4 +308,30 @@ class AdminAction(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
     reason: Mapped[str] = mapped_column(Text, nullable=False)
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+
+class UsageRecord(Base):
+    """One provider call a job made (one step): who, what, how much it used and cost. Written in the
+    transaction that records the step's end, once per step; no foreign keys, so reports outlive jobs."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        CheckConstraint(f"status IN {USAGE_STATUSES}", name="status_known"),
+        UniqueConstraint("job_id", "step"),
+        Index("ix_usage_records_created_at", "created_at"),
+        Index("ix_usage_records_user_id_created_at", "user_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    provider: Mapped[str] = mapped_column(Text, nullable=False)
+    operation: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False)
+    images: Mapped[int] = mapped_column(Integer, nullable=False)
+    upstream_ms: Mapped[int] = mapped_column(Integer, nullable=False)
+    credits: Mapped[Decimal] = mapped_column(Credits, nullable=False)
+    provider_cost: Mapped[Decimal] = mapped_column(Numeric(14, 6), nullable=False)
     created_at: Mapped[datetime] = _now()

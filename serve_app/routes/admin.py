@@ -3,12 +3,17 @@ every action that took effect (who, what, when, why). Admins only: everyone else
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query
+from fastapi.responses import Response
 
-from daygen.errors import BalanceTooLow, Conflict, NotFound
+from daygen.errors import BalanceTooLow, Conflict, InvalidInput, NotFound
+from pipelines.operations import OPERATIONS
 from serve_app.deps import AdminUser, ServicesDep, SessionDep, require_json
 from serve_app.pagination import Cursor, Limit, split_page
 from serve_app.schemas import (
@@ -19,9 +24,12 @@ from serve_app.schemas import (
     AdminUserPage,
     CreditsAdjust,
     CreditsAdjusted,
+    UsageLineOut,
+    UsageReport,
 )
 from storage import admin, ledger
 from storage.models import User
+from storage.usage import UsageFilter, usage_report
 from storage.users import get_user
 
 v1 = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_json)])
@@ -133,3 +141,79 @@ async def audit_log(
         for a in page
     ]
     return AdminActionPage(items=items, nextCursor=next_cursor)
+
+
+USAGE_COLUMNS = (
+    "userId",
+    "email",
+    "provider",
+    "operation",
+    "calls",
+    "failed",
+    "images",
+    "upstreamMs",
+    "credits",
+    "providerCost",
+)
+
+
+def _cell(value: object) -> object:
+    """A cell a spreadsheet will not run: text starting like a formula gets a leading quote."""
+    return f"'{value}" if isinstance(value, str) and value[:1] in ("=", "+", "-", "@") else value
+
+
+@v1.get("/usage", response_model=UsageReport)
+async def usage(
+    _: AdminUser,
+    session: SessionDep,
+    userId: Annotated[uuid.UUID | None, Query()] = None,  # noqa: N803
+    provider: Annotated[str | None, Query(max_length=40)] = None,
+    operation: Annotated[str | None, Query(max_length=80)] = None,
+    since: Annotated[datetime | None, Query(alias="from", description="inclusive, ISO 8601 with a zone")] = None,
+    until: Annotated[datetime | None, Query(alias="to", description="exclusive, ISO 8601 with a zone")] = None,
+    format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",  # noqa: A002
+) -> UsageReport | Response:
+    """The provider calls jobs made, per account, provider and operation: calls (and how many failed),
+    images, upstream milliseconds, credits charged and the provider's cost. `?format=csv` for a file."""
+    if provider is not None and provider not in {op.provider for op in OPERATIONS.values()}:
+        raise InvalidInput(f"no provider {provider!r}", details=[{"field": "provider", "message": "unknown provider"}])
+    if operation is not None and operation not in OPERATIONS:
+        raise InvalidInput(f"no operation {operation!r}", details=[{"field": "operation", "message": "unknown"}])
+    for name, moment in (("from", since), ("to", until)):
+        if moment is not None and moment.tzinfo is None:
+            raise InvalidInput(f"{name} needs a time zone", details=[{"field": name, "message": "add Z or +hh:mm"}])
+    if since is not None and until is not None and since >= until:
+        raise InvalidInput("from must come before to", details=[{"field": "to", "message": "must be after from"}])
+    lines = await usage_report(session, UsageFilter(userId, provider, operation, since, until))
+    items = [
+        UsageLineOut(
+            userId=line.user_id,
+            email=line.email,
+            provider=line.provider,
+            operation=line.operation,
+            calls=line.calls,
+            failed=line.failed,
+            images=line.images,
+            upstreamMs=line.upstream_ms,
+            credits=float(line.credits),
+            providerCost=float(line.provider_cost),
+        )
+        for line in lines
+    ]
+    if format == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(USAGE_COLUMNS)
+        for item in items:
+            writer.writerow([_cell(getattr(item, column)) for column in USAGE_COLUMNS])
+        headers = {"Content-Disposition": 'attachment; filename="usage.csv"'}
+        return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
+    totals = {
+        "calls": sum(i.calls for i in items),
+        "failed": sum(i.failed for i in items),
+        "images": sum(i.images for i in items),
+        "upstreamMs": sum(i.upstreamMs for i in items),
+        "credits": float(sum(line.credits for line in lines)),
+        "providerCost": float(sum(line.provider_cost for line in lines)),
+    }
+    return UsageReport(items=items, totals=totals)

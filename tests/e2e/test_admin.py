@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import uuid
 
@@ -219,3 +221,93 @@ async def test_the_audit_log_cannot_be_edited_or_deleted(client, sessions, admin
                 await session.execute(text(statement))
     log = (await client.get("/v1/admin/audit", params={"userId": user["id"]}, headers=admin["headers"])).json()
     assert [a["reason"] for a in log["items"]] == ["kept"]
+
+
+# -- usage reports --------------------------------------------------------------------------
+
+
+async def run_job(client, headers, body: dict) -> dict:
+    accepted = await client.post("/v1/jobs", json=body, headers=headers)
+    assert accepted.status_code == 202, accepted.text
+    job = await client.get(f"/v1/jobs/{accepted.json()['jobId']}", params={"wait": 30}, headers=headers)
+    return job.json()
+
+
+async def test_the_usage_report_sums_each_accounts_provider_calls_as_json_or_csv(client, admin, user, fake_ideogram):
+    fake_ideogram.reset()
+    small = {"prompt": "used", "width": 64, "height": 64}
+    assert (await run_job(client, user["headers"], {"operation": "offline.generate", "params": small}))["status"] == (
+        "succeeded"
+    )
+    chain = {
+        "steps": [
+            {"operation": "offline.generate", "params": small},
+            {"operation": "offline.describe", "input": "previous"},
+        ]
+    }
+    assert (await run_job(client, user["headers"], chain))["status"] == "succeeded"
+    fake_ideogram.fail_next(400, endpoint="generate")
+    refused = await run_job(client, user["headers"], {"operation": "ideogram.generate", "params": {"prompt": "no"}})
+    assert refused["status"] == "failed"
+    canceled = await client.post(
+        "/v1/jobs", json={"operation": "ideogram.generate", "params": {"prompt": "never"}}, headers=user["headers"]
+    )
+    await client.post(f"/v1/jobs/{canceled.json()['jobId']}/cancel", headers=user["headers"])
+
+    report = await client.get("/v1/admin/usage", params={"userId": user["id"]}, headers=admin["headers"])
+    assert report.status_code == 200, report.text
+    lines = {(line["provider"], line["operation"]): line for line in report.json()["items"]}
+    assert set(lines) == {
+        ("offline", "offline.generate"),
+        ("offline", "offline.describe"),
+        ("ideogram", "ideogram.generate"),
+    }
+    counted = {key: (v["calls"], v["failed"], v["images"], v["credits"]) for key, v in lines.items()}
+    assert counted == {
+        ("offline", "offline.generate"): (2, 0, 2, 2.0),
+        ("offline", "offline.describe"): (1, 0, 0, 0.5),
+        ("ideogram", "ideogram.generate"): (1, 1, 0, 0.0),
+    }
+    assert all(line["upstreamMs"] > 0 and line["email"] == user["email"] for line in lines.values())
+    assert report.json()["totals"]["credits"] == 2.5 == 20 - await credits(client, user["headers"])
+
+    as_csv = await client.get(
+        "/v1/admin/usage", params={"userId": user["id"], "format": "csv"}, headers=admin["headers"]
+    )
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    assert {(r["operation"], r["calls"], r["credits"]) for r in rows} == {
+        ("offline.generate", "2", "2.0"),
+        ("offline.describe", "1", "0.5"),
+        ("ideogram.generate", "1", "0.0"),
+    }
+
+    only = await client.get(
+        "/v1/admin/usage", params={"userId": user["id"], "provider": "ideogram"}, headers=admin["headers"]
+    )
+    assert [line["operation"] for line in only.json()["items"]] == ["ideogram.generate"]
+    later = {"userId": user["id"], "from": "2999-01-01T00:00:00Z"}
+    assert (await client.get("/v1/admin/usage", params=later, headers=admin["headers"])).json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"provider": "midjourney"},
+        {"operation": "offline.paint"},
+        {"from": "2026-01-01T00:00:00"},
+        {"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
+        {"from": "yesterday"},
+        {"format": "xml"},
+        {"userId": "someone"},
+    ],
+    ids=["provider", "operation", "no-zone", "backwards", "not-a-date", "format", "user-id"],
+)
+async def test_a_bad_usage_filter_is_a_422(client, admin, params):
+    response = await client.get("/v1/admin/usage", params=params, headers=admin["headers"])
+    assert response.status_code == 422, response.text
+
+
+async def test_the_usage_report_is_for_admins_only(client, user):
+    assert_v1_error(await client.get("/v1/admin/usage", headers=user["headers"]), 403, "forbidden")
+    assert_v1_error(await client.get("/v1/admin/usage", params={"format": "csv"}), 401, "not_authenticated")
