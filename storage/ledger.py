@@ -187,7 +187,8 @@ async def adjust(
         "idempotency_key": idempotency_key,
         "reason": reason,
     }
-    await _insert_entries(session, [row])
+    if idempotency_key not in await _insert_entries(session, [row]):  # an account with no balance row to lock
+        return Adjusted("repeat", current)
     return Adjusted("applied", current + amount)
 
 

@@ -281,3 +281,37 @@ async def test_reserving_and_settling_look_up_their_own_entries_not_the_whole_le
         assert await ledger_rows_scanned(session) == 0
     assert settled == ["commit"] * 100
     assert await balance(own_sessions, account) == 10_000 - 100
+
+
+async def test_an_adjustment_applies_once_per_key_even_sent_at_once_to_an_account_without_history(sessions):
+    """A new account has no balance row to lock: the key's unique index is what keeps a repeat out."""
+    account = uuid.uuid4()
+
+    async def adjust(amount: Decimal) -> ledger.Adjusted:
+        async with sessions.begin() as session:
+            return await ledger.adjust(
+                session, account_id=account, amount=amount, idempotency_key=f"adjust:{account}", reason="grant"
+            )
+
+    outcomes = await asyncio.gather(*(adjust(Decimal(5)) for _ in range(8)))
+    assert sorted(o.outcome for o in outcomes) == ["applied"] + ["repeat"] * 7
+    assert (await adjust(Decimal(6))).outcome == "key_taken"
+    async with sessions() as session:
+        assert await ledger.balance(session, account) == 5
+
+
+async def test_a_revoke_never_takes_a_balance_below_zero(sessions):
+    account = uuid.uuid4()
+    async with sessions.begin() as session:
+        await ledger.append_entry(
+            session, account_id=account, kind="grant", amount=Decimal(3), idempotency_key=f"g:{account}"
+        )
+
+    async def revoke(key: str) -> ledger.Adjusted:
+        async with sessions.begin() as session:
+            return await ledger.adjust(session, account_id=account, amount=Decimal(-2), idempotency_key=key, reason="x")
+
+    outcomes = await asyncio.gather(*(revoke(f"revoke:{account}:{i}") for i in range(4)))
+    assert sorted(o.outcome for o in outcomes) == ["applied", "refused", "refused", "refused"]
+    async with sessions() as session:
+        assert await ledger.balance(session, account) == 1
