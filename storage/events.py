@@ -18,7 +18,22 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import BigInteger, Integer, Row, Select, Text, bindparam, cast, column, func, insert, select, true
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Row,
+    Select,
+    Text,
+    bindparam,
+    cast,
+    column,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -132,7 +147,10 @@ def appended_columns(appended: CTE) -> list:
         WebhookEndpoint.enabled,
         appended.c.type == func.any(WebhookEndpoint.event_types),
     )
-    job_url = select(Job.webhook_url).where(Job.id == appended.c.job_id, appended.c.type.in_(TERMINAL_EVENTS))
+    # The types written out, not `IN (:types)`: an IN of a bound list is an "expanding" parameter that
+    # SQLAlchemy renders into the SQL again on every execution, and this is in every job's statements.
+    ends_job = or_(*(appended.c.type == literal_column(f"'{kind}'") for kind in sorted(TERMINAL_EVENTS)))
+    job_url = select(Job.webhook_url).where(Job.id == appended.c.job_id, ends_job)
     return [
         appended.c.id.label("event_id"),
         appended.c.job_id.label("event_job_id"),
