@@ -35,7 +35,7 @@ def make_client(secret_key: str, api_base: str) -> stripe.StripeClient:
 
 async def start_checkout(
     client: stripe.StripeClient, *, user_id: uuid.UUID, pack_name: str, pack: Pack, return_url: str
-) -> Any:
+) -> stripe.checkout.Session:
     """A Checkout Session for one pack, which names its buyer (`client_reference_id`) and the pack and
     credits bought (`metadata`), as the event that pays for it will carry them back."""
     params: dict[str, Any] = {
