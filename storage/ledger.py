@@ -179,15 +179,10 @@ async def adjust(
         return Adjusted("repeat" if same else "key_taken", current)
     if current + amount < 0:
         return Adjusted("refused", current)
-    row = {
-        "account_id": account_id,
-        "kind": "adjust",
-        "amount": amount,
-        "job_id": None,
-        "idempotency_key": idempotency_key,
-        "reason": reason,
-    }
-    if idempotency_key not in await _insert_entries(session, [row]):  # an account with no balance row to lock
+    added = await append_entry(
+        session, account_id=account_id, kind="adjust", amount=amount, idempotency_key=idempotency_key, reason=reason
+    )
+    if not added:  # made meanwhile for an account that had no balance row to lock
         return Adjusted("repeat", current)
     return Adjusted("applied", current + amount)
 
