@@ -9,7 +9,10 @@ transaction (group commit).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import ray
@@ -18,27 +21,49 @@ from daygen.logs import configure_logging
 from daygen.runtime import tune_garbage_collector
 from daygen.settings import Settings
 from pipelines.batching import Batcher
+from pipelines.billing_config import BillingConfig
 from pipelines.jobs import QueueAnswer, ending, one_key_each, queue_jobs
 from pipelines.payments import TopUp
-from storage import admin, ledger
+from storage import admin, allowances, ledger
 from storage.db import make_engine, make_sessionmaker
 from storage.events import JobEvents
 from storage.jobs import Finish, NewJob
 from storage.redis import make_redis
+
+log = logging.getLogger("daygen.ledger")
 
 LEDGER_NAME = "daygen-ledger"
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class UsageLedger:
-    def __init__(self, settings: Settings) -> None:
+    async def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level)
+        self.settings = settings
+        plans = BillingConfig.load(settings.billing_config).plans
+        self.allowances = {name: plan.allowance for name, plan in plans.items()}
         self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=8))
         self.queuing = Batcher(self._queue_many, max_size=500)
         self.settling = Batcher(self._settle_many, max_size=500)
         self.events = JobEvents(make_redis(settings.redis_url), settings.redis_namespace)
         self.ending = ending(self.sessions, self.events.publish)
+        self.resets_task = asyncio.create_task(self._resets())
         tune_garbage_collector()
+
+    async def _resets(self) -> None:
+        """Monthly allowances, looked for every `allowance_check_seconds`: a new month's are granted
+        within that of its start, and an account moved to a plan with one gets it as soon."""
+        while True:
+            try:
+                await self.reset_allowances()
+            except Exception:
+                log.exception("could not reset the monthly allowances; trying again later")
+            await asyncio.sleep(self.settings.allowance_check_seconds)
+
+    async def reset_allowances(self, now: datetime | None = None) -> list[allowances.Reset]:
+        """Grant every due account its plan's allowance for the month of `now` (the clock's by default:
+        tests pass their own), expiring what it left of the last; once per account and month."""
+        return await allowances.reset_due(self.sessions, self.allowances, now or datetime.now(UTC))
 
     async def _queue_many(self, jobs: list[NewJob]) -> list[QueueAnswer]:
         answers: dict[uuid.UUID, QueueAnswer] = {}

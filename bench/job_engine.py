@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daygen.runtime import deploy, start_ray  # noqa: E402
 from daygen.settings import Settings  # noqa: E402
+from pipelines.billing_config import LIMIT_NAMES  # noqa: E402
 from serve_app.security import issue_token  # noqa: E402
 from storage import ledger  # noqa: E402
 from storage.db import make_engine, make_sessionmaker  # noqa: E402
@@ -108,7 +109,13 @@ class Stack:
         made = []
         async with make_sessionmaker(engine).begin() as session:
             for _ in range(count):
-                user = User(id=uuid.uuid4(), email=f"bench-{secrets.token_hex(6)}@example.com", password_hash="!")
+                # Limits lifted: the scenarios submit far more jobs a minute, and at once, than a plan allows.
+                user = User(
+                    id=uuid.uuid4(),
+                    email=f"bench-{secrets.token_hex(6)}@example.com",
+                    password_hash="!",
+                    limits=dict.fromkeys(LIMIT_NAMES),
+                )
                 session.add(user)
                 await session.flush()
                 await ledger.append_entry(

@@ -52,6 +52,28 @@ class InsufficientCredits(DaygenError):
     code = "insufficient_credits"
 
 
+class CreditLimitReached(InsufficientCredits):
+    """A job that would take the account past its credits a day or a month (402)."""
+
+    code = "credit_limit_reached"
+
+
+class RateLimited(DaygenError):
+    """Too many jobs a minute for the account or the provider (429): try again in `retry_after` seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, details: Any = None, *, retry_after: float) -> None:
+        super().__init__(message, details)
+        self.retry_after = retry_after
+
+
+class TooManyJobs(RateLimited):
+    """The account has as many jobs queued and running as its limit allows (429)."""
+
+    code = "too_many_concurrent_jobs"
+
+
 class PayloadTooLarge(DaygenError):
     code = "payload_too_large"
 

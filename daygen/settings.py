@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     checkout_return_url: str | None = None  # where Stripe Checkout sends the buyer back (default: /studio)
 
     signup_credits: int = Field(20, ge=0)
+    # How often the ledger looks for accounts whose monthly allowance is due (configs/billing.yaml plans).
+    allowance_check_seconds: float = Field(60.0, gt=0)
     max_json_body_bytes: int = Field(1_000_000, ge=1024)
     job_lease_seconds: float = Field(60.0, gt=0)
     api_base_url: str | None = None

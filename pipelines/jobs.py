@@ -46,11 +46,13 @@ Publish = Callable[..., Awaitable[None]]
 @dataclass(frozen=True)
 class QueueAnswer:
     """What became of a job asked to be queued: `queued` (by this call, or an earlier one with the same
-    job), `refused` for want of credits (with the balance), or `key_taken`: another job of the owner
-    already has its Idempotency-Key."""
+    job), `refused` for want of credits or by a limit (`refusal`, with what counts against it), with
+    the balance, or `key_taken`: another job of the owner already has its Idempotency-Key."""
 
     outcome: Literal["queued", "refused", "key_taken"]
     balance: Decimal = Decimal(0)
+    refusal: ledger_queries.Refusal | None = None
+    used: Decimal = Decimal(0)
 
 
 async def queue_jobs(
@@ -72,10 +74,11 @@ async def queue_jobs(
         await ledger_queries.lock_accounts(session, (owner for owner, _ in keyed), event_logs=True)
         taken = await job_queries.jobs_by_idempotency_key(session, keyed)
     free = [job for job in jobs if taken.get((job.owner_id, job.idempotency_key or ""), job.id) == job.id]
-    reservations = [ledger_queries.Reservation(job.owner_id, job.id, job.cost) for job in free]
+    reservations = [ledger_queries.Reservation(job.owner_id, job.id, job.cost, job.caps) for job in free]
     held = await ledger_queries.reserve_many(session, reservations, event_logs=True) if free else []
     answers = {
-        job.id: QueueAnswer("queued" if h.accepted else "refused", h.balance) for job, h in zip(free, held, strict=True)
+        job.id: QueueAnswer("queued", h.balance) if h.accepted else QueueAnswer("refused", h.balance, h.refusal, h.used)
+        for job, h in zip(free, held, strict=True)
     }
     new = [job for job, h in zip(free, held, strict=True) if h.accepted and not h.repeat]
     events = await job_queries.insert_jobs(session, new) if new else []

@@ -31,6 +31,7 @@ STATUS: dict[type[errors.DaygenError], int] = {
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
+    errors.RateLimited: 429,
     errors.UpstreamFailed: 502,
     errors.ServiceUnavailable: 503,
     errors.StillRunning: 504,

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from pipelines.billing_config import Limits
+
 
 def _no_nul(value: str) -> str:
     """Postgres text can't hold NUL, so refuse it here rather than fail at the insert."""
@@ -519,13 +521,88 @@ class AccountAction(Strict):
     reason: Reason
 
 
+class PlanOut(Out):
+    """The caller's plan, limits and credits."""
+
+    plan: str
+    allowance: float = Field(description="credits granted each calendar month (UTC); unused ones expire")
+    status: Literal["active", "throttled"]
+    limits: LimitsOut
+    balance: float
+    creditsToday: float
+    creditsThisMonth: float
+
+
+LimitCredits = Annotated[Decimal, Field(ge=0, le=10**9, max_digits=13, decimal_places=3, allow_inf_nan=False)]
+
+
+class LimitsIn(Strict):
+    """Overrides of a plan's limits: a field given replaces the plan's (null: no limit), one left out
+    keeps the plan's."""
+
+    requestsPerMinute: int | None = Field(None, ge=1, le=1_000_000)
+    concurrentJobs: int | None = Field(None, ge=1, le=1_000_000)
+    creditsPerDay: LimitCredits | None = None
+    creditsPerMonth: LimitCredits | None = None
+
+    def overrides(self) -> dict[str, int | str | None]:
+        """The fields given, by their names in configs (`Limits`), credits as text (JSON has no decimals)."""
+        return {
+            _LIMIT_FIELDS[name]: str(value) if isinstance(value, Decimal) else value
+            for name, value in self.model_dump(include=self.model_fields_set).items()
+        }
+
+
+_LIMIT_FIELDS = {
+    "requestsPerMinute": "requests_per_minute",
+    "concurrentJobs": "concurrent_jobs",
+    "creditsPerDay": "credits_per_day",
+    "creditsPerMonth": "credits_per_month",
+}
+
+
+def camel_limits(limits: dict[str, Any]) -> dict[str, Any]:
+    """Limits by their names in configs, by their names in the API, credits as numbers."""
+    names = {snake: camel for camel, snake in _LIMIT_FIELDS.items()}
+    return {names[k]: float(v) if isinstance(v, (str, Decimal)) else v for k, v in limits.items() if k in names}
+
+
+class LimitsOut(Out):
+    """Limits checked before a job starts (null: none): jobs a minute (429), queued and running jobs
+    at once (429), credits held a UTC day and month (402)."""
+
+    requestsPerMinute: int | None
+    concurrentJobs: int | None
+    creditsPerDay: float | None
+    creditsPerMonth: float | None
+
+    @classmethod
+    def of(cls, limits: Limits) -> LimitsOut:
+        return cls(**camel_limits(limits.model_dump()))
+
+
+class PlanChange(Strict):
+    plan: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    reason: Reason
+
+
+class LimitsChange(Strict):
+    limits: LimitsIn = Field(description="the account's overrides, replacing any it had; {} for the plan's")
+    reason: Reason
+
+
 class AdminUserOut(Out):
     id: uuid.UUID
     email: str
     displayName: str | None
     role: Literal["user", "admin"]
-    status: Literal["active", "banned"]
+    status: Literal["active", "throttled", "banned"]
+    plan: str
+    limits: LimitsOut = Field(description="what applies: the plan's, the overrides, a throttle's caps")
+    limitOverrides: dict[str, float | int | None] = Field(description="an admin's overrides of the plan's limits")
     credits: float
+    creditsToday: float = Field(description="credits spent today (UTC): held by jobs, less what was given back")
+    creditsThisMonth: float
     createdAt: datetime
 
 

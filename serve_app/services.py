@@ -15,6 +15,7 @@ from pipelines.billing_config import BillingConfig
 from pipelines.jobs import QueueAnswer
 from pipelines.payments import make_client
 from pipelines.pool_config import ProviderPools
+from pipelines.submit_rates import SubmitRates
 from serve_app import signing
 from serve_app.live import EventHub
 from serve_app.security import hash_password
@@ -38,6 +39,7 @@ class Services:
     store: ObjectStore
     pools: ProviderPools
     billing: BillingConfig
+    submit_rates: SubmitRates
     ledger: ActorHandle
     dispatcher: ActorHandle
     jwt_secret: str
@@ -82,6 +84,7 @@ class Services:
             store=ObjectStore.from_settings(settings),
             pools=pools,
             billing=BillingConfig.load(settings.billing_config),
+            submit_rates=SubmitRates(redis, settings.redis_namespace),
             ledger=ledger,
             dispatcher=dispatcher,
             jwt_secret=jwt_secret,

@@ -37,18 +37,20 @@ async def record(
     return row
 
 
-async def users_with_balances(
+async def users_with_standing(
     session: AsyncSession, *, limit: int, before: uuid.UUID | None = None, email: str | None = None
-) -> list[tuple[User, Decimal]]:
-    """Accounts newest first, each with its balance; `email` keeps those whose address contains it."""
-    balance = func.coalesce(LedgerBalance.balance, 0)
-    stmt = select(User, balance).outerjoin(LedgerBalance, LedgerBalance.account_id == User.id)
+) -> list[tuple[User, ledger.Standing]]:
+    """Accounts newest first, each with its balance and the credits it spent today and this month;
+    `email` keeps those whose address contains it."""
+    spent_today, spent_this_month = ledger.spending_columns()
+    columns = [func.coalesce(column, 0) for column in (LedgerBalance.balance, spent_today, spent_this_month)]
+    stmt = select(User, *columns).outerjoin(LedgerBalance, LedgerBalance.account_id == User.id)
     if email:
         stmt = stmt.where(User.email.contains(email.strip().lower(), autoescape=True))
     if before is not None:
         stmt = stmt.where(User.id < before)
     rows = await session.execute(stmt.order_by(User.id.desc()).limit(limit))
-    return [(user, amount) for user, amount in rows]
+    return [(user, ledger.Standing(*amounts)) for user, *amounts in rows]
 
 
 @dataclass(frozen=True)
@@ -78,17 +80,57 @@ async def adjust_credits(session: AsyncSession, adjustment: Adjustment) -> ledge
     return adjusted
 
 
-async def set_banned(session: AsyncSession, admin: Admin, user_id: uuid.UUID, banned: bool, reason: str) -> bool | None:
-    """Ban or unban an account, in the caller's transaction; whether its status changed (None: no such
-    account). A change is recorded in the audit log; a ban of a banned account changes nothing."""
-    status = "banned" if banned else "active"
+# What each status action does: the statuses it changes, and the status it leaves.
+STATUS_ACTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "ban": (("active", "throttled"), "banned"),
+    "unban": (("banned",), "active"),
+    "throttle": (("active",), "throttled"),
+    "unthrottle": (("throttled",), "active"),
+}
+
+
+async def change_status(
+    session: AsyncSession, admin: Admin, user_id: uuid.UUID, action: str, reason: str
+) -> bool | None:
+    """Ban, unban, throttle or unthrottle an account, in the caller's transaction; whether its status
+    changed (None: no such account). A change is recorded in the audit log; an action that does not
+    apply to the account's status (a ban of a banned account, a throttle of one) changes nothing."""
+    sources, target = STATUS_ACTIONS[action]
     changed = await session.execute(
-        update(User).where(User.id == user_id, User.status != status).values(status=status).returning(User.id)
+        update(User).where(User.id == user_id, User.status.in_(sources)).values(status=target).returning(User.id)
     )
     if changed.first() is not None:
-        await record(session, admin, "ban" if banned else "unban", user_id, reason, {})
+        await record(session, admin, action, user_id, reason, {})
         return True
     return None if await session.get(User, user_id) is None else False
+
+
+async def set_plan(session: AsyncSession, admin: Admin, user_id: uuid.UUID, plan: str, reason: str) -> bool | None:
+    """Move an account to a plan, recorded in the audit log; whether it changed (None: no such account)."""
+    user = await session.get(User, user_id, with_for_update=True)
+    if user is None:
+        return None
+    if user.plan == plan:
+        return False
+    await record(session, admin, "plan", user_id, reason, {"from": user.plan, "to": plan})
+    user.plan = plan
+    return True
+
+
+async def set_limits(
+    session: AsyncSession, admin: Admin, user_id: uuid.UUID, overrides: dict[str, Any] | None, reason: str
+) -> bool | None:
+    """Replace an account's overrides of its plan's limits (None or {}: the plan's again), recorded in the
+    audit log; whether they changed (None: no such account)."""
+    user = await session.get(User, user_id, with_for_update=True)
+    if user is None:
+        return None
+    overrides = overrides or None
+    if user.limits == overrides:
+        return False
+    await record(session, admin, "limits", user_id, reason, {"from": user.limits, "to": overrides})
+    user.limits = overrides
+    return True
 
 
 async def actions(

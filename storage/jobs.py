@@ -51,6 +51,7 @@ from storage.events import (
     event_params,
     event_rows,
 )
+from storage.ledger import NO_CAPS, Caps
 from storage.models import Asset, Credits, Job, UsageRecord
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -88,6 +89,7 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     webhook_url: str | None = None
+    caps: Caps = NO_CAPS  # the owner's limits its reservation is judged against (not stored)
 
 
 # New jobs' fields; the model's defaults make them queued.

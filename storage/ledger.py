@@ -16,10 +16,27 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from sqlalchemy import Insert, Row, Select, Text, and_, bindparam, case, column, func, null, select, true
+from sqlalchemy import (
+    Date,
+    Insert,
+    Row,
+    Select,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    column,
+    func,
+    literal,
+    null,
+    select,
+    true,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
 from daygen.errors import InsufficientCredits
@@ -87,19 +104,66 @@ async def _insert_entries(session: AsyncSession, rows: list[dict]) -> set[str]:
 
 
 @dataclass(frozen=True)
+class Caps:
+    """Limits a reservation is judged against beside the balance; None is no limit. The credit limits
+    count what the account's reservations held on the UTC day (month), less what settlements gave back
+    (the balance row's counters, migration 0011); `concurrent_jobs` its queued and running jobs."""
+
+    concurrent_jobs: int | None = None
+    credits_per_day: Decimal | None = None
+    credits_per_month: Decimal | None = None
+
+
+NO_CAPS = Caps()
+Refusal = Literal["credits", "credits_per_day", "credits_per_month", "concurrent_jobs"]
+
+
+@dataclass(frozen=True)
 class Reservation:
     account_id: uuid.UUID
     job_id: uuid.UUID
     amount: Decimal
+    caps: Caps = NO_CAPS
 
 
 @dataclass(frozen=True)
 class Reserved:
-    """Whether the credits are held, and the account's balance after (or, refused, as it stands)."""
+    """Whether the credits are held, and the account's balance after (or, refused, as it stands).
+    Refused: why, and for a limit, what already counts against it (credits, or open jobs)."""
 
     accepted: bool
     balance: Decimal
     repeat: bool = False  # held by an earlier call for the same job: nothing was held now
+    refusal: Refusal | None = None
+    used: Decimal = Decimal(0)
+
+
+def spending_columns() -> tuple[ColumnElement[Decimal], ColumnElement[Decimal]]:
+    """The credits a balance row's account spent today and this month (UTC, the transaction's): its
+    counters, when they are of this day (month), else nothing."""
+    today = cast(func.timezone("UTC", func.now()), Date)  # the trigger's day: the transaction's
+    month = functools.partial(func.date_trunc, "month")
+    nothing = literal(0, Credits)
+    spent_today = case((LedgerBalance.spent_on == today, func.greatest(LedgerBalance.spent_day, 0)), else_=nothing)
+    spent_this_month = case(
+        (month(LedgerBalance.spent_on) == month(today), func.greatest(LedgerBalance.spent_month, 0)), else_=nothing
+    )
+    return spent_today.label("spent_today"), spent_this_month.label("spent_this_month")
+
+
+@dataclass(frozen=True)
+class Standing:
+    """An account's balance, and the credits it spent today and this month (UTC)."""
+
+    balance: Decimal = Decimal(0)
+    spent_today: Decimal = Decimal(0)
+    spent_this_month: Decimal = Decimal(0)
+
+
+async def standing(session: AsyncSession, account_id: uuid.UUID) -> Standing:
+    stmt = select(LedgerBalance.balance, *spending_columns()).where(LedgerBalance.account_id == account_id)
+    row = (await session.execute(stmt)).first()
+    return Standing(*row) if row is not None else Standing()
 
 
 @functools.cache
@@ -109,8 +173,9 @@ def _locked_balances_statement(event_logs: bool) -> Select:
     `event_logs`, the accounts' (owners') event logs are locked first, in the same statement."""
     uuids = ARRAY(PgUUID(as_uuid=True))
     accounts = bindparam("accounts", type_=uuids)
+    spent_today, spent_this_month = spending_columns()
     stmt = (
-        select(LedgerBalance.account_id, LedgerBalance.balance)
+        select(LedgerBalance.account_id, LedgerBalance.balance, spent_today, spent_this_month)
         .where(LedgerBalance.account_id == func.any(accounts))
         .order_by(LedgerBalance.account_id)
         .with_for_update()
@@ -154,7 +219,46 @@ async def lock_accounts(
     `event_logs`, their owners' event logs first (as `reserve_many`). Answers each account's balance."""
     wanted = sorted(set(accounts))
     locked = await session.execute(_locked_balances_statement(event_logs), {"accounts": wanted})
-    return {account: Decimal(0) for account in wanted} | {account: balance for account, balance in locked}
+    return {account: Decimal(0) for account in wanted} | {row.account_id: row.balance for row in locked}
+
+
+@dataclass
+class _Account:
+    """An account as a reservation judges it: its balance and what counts against its limits."""
+
+    balance: Decimal = Decimal(0)
+    spent_today: Decimal = Decimal(0)
+    spent_this_month: Decimal = Decimal(0)
+    open_jobs: int = 0
+
+    def refusal(self, amount: Decimal, caps: Caps) -> tuple[Refusal, Decimal] | None:
+        """Why a reservation of `amount` is refused, with what counts against the limit; None: it fits."""
+        if caps.concurrent_jobs is not None and self.open_jobs >= caps.concurrent_jobs:
+            return "concurrent_jobs", Decimal(self.open_jobs)
+        if caps.credits_per_day is not None and self.spent_today + amount > caps.credits_per_day:
+            return "credits_per_day", self.spent_today
+        if caps.credits_per_month is not None and self.spent_this_month + amount > caps.credits_per_month:
+            return "credits_per_month", self.spent_this_month
+        if self.balance < amount:
+            return "credits", Decimal(0)
+        return None
+
+    def hold(self, amount: Decimal) -> None:
+        self.balance -= amount
+        self.spent_today += amount
+        self.spent_this_month += amount
+        self.open_jobs += 1
+
+
+async def _open_jobs(session: AsyncSession, owners: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Each owner's queued and running jobs (an index of open jobs by owner, `ix_jobs_owner_open`)."""
+    stmt = (
+        select(Job.owner_id, func.count())
+        .where(Job.owner_id == func.any(bindparam("owners", type_=ARRAY(PgUUID(as_uuid=True)))))
+        .where(Job.status.in_(("queued", "running")))
+        .group_by(Job.owner_id)
+    )
+    return {owner: count for owner, count in await session.execute(stmt, {"owners": list(owners)})}
 
 
 @dataclass(frozen=True)
@@ -197,24 +301,28 @@ async def reserve_many(
     transaction, so their event logs are locked first, before the balances, in the one order every
     transaction that does both keeps (`storage.events.owners_locked`).
     """
-    accounts = {r.account_id for r in requests}
-    balances: dict[uuid.UUID, Decimal] = {a: Decimal(0) for a in accounts}
+    accounts: dict[uuid.UUID, _Account] = {r.account_id: _Account() for r in requests}
     locked = await session.execute(_locked_balances_statement(event_logs), {"accounts": sorted(accounts)})
-    balances.update((account, balance) for account, balance in locked)
+    for account_id, balance, spent_today, spent_this_month in locked:
+        accounts[account_id] = _Account(balance, spent_today, spent_this_month)
+    # Counted under the lock (a statement of its own, so it sees every job queued before the lock was had).
+    if capped := sorted({r.account_id for r in requests if r.caps.concurrent_jobs is not None}):
+        for owner, count in (await _open_jobs(session, capped)).items():
+            accounts[owner].open_jobs = count
     keys = [f"reserve:{r.job_id}" for r in requests]
     # Read after the lock, so a repeat of a reservation that was being made meanwhile is seen.
     held = set(await _entries_by_key(session, keys))
     rows, answers = [], []
     for request, key in zip(requests, keys, strict=True):
-        current = balances[request.account_id]
+        account = accounts[request.account_id]
         if key in held:
-            answers.append(Reserved(True, current, repeat=True))
+            answers.append(Reserved(True, account.balance, repeat=True))
             continue
-        if current < request.amount:
-            answers.append(Reserved(False, current))
+        if refused := account.refusal(request.amount, request.caps):
+            answers.append(Reserved(False, account.balance, refusal=refused[0], used=refused[1]))
             continue
         held.add(key)
-        current = balances[request.account_id] = current - request.amount
+        account.hold(request.amount)
         rows.append(
             {
                 "account_id": request.account_id,
@@ -225,7 +333,7 @@ async def reserve_many(
                 "reason": None,
             }
         )
-        answers.append(Reserved(True, current))
+        answers.append(Reserved(True, account.balance))
     await _insert_entries(session, rows)
     return answers
 

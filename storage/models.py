@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
@@ -37,8 +38,9 @@ NAMING = {
 }
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-USER_STATUSES = ("active", "banned")  # a banned account is refused on every authenticated call
-ADMIN_ACTIONS = ("credits", "ban", "unban")
+# A banned account is refused on every authenticated call; a throttled one has lowered limits.
+USER_STATUSES = ("active", "throttled", "banned")
+ADMIN_ACTIONS = ("credits", "ban", "unban", "throttle", "unthrottle", "plan", "limits")
 USAGE_STATUSES = ("succeeded", "failed")
 LEDGER_KINDS = ("grant", "topup", "reserve", "commit", "release", "reset", "expire", "adjust")
 Credits = Numeric(14, 3)
@@ -70,6 +72,10 @@ class User(Base):
     profile_image: Mapped[str | None] = mapped_column(Text)
     role: Mapped[str] = mapped_column(Text, nullable=False, default="user")
     status: Mapped[str] = mapped_column(Text, nullable=False, default="active", server_default="active")
+    # A plan of configs/billing.yaml: its monthly allowance and its default limits.
+    plan: Mapped[str] = mapped_column(Text, nullable=False, default="free", server_default="free")
+    # An admin's overrides of the plan's limits (pipelines.limits.Limits fields), None for none.
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # Standard Webhooks signing secret (`whsec_...`), made on first use; after a rotation the
     # previous one still signs deliveries alongside it until `webhook_secret_previous_until`.
     webhook_secret: Mapped[str | None] = mapped_column(Text)
@@ -116,6 +122,8 @@ class Job(Base):
             "id",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
+        # An owner's open jobs: counted by a submit under a concurrency limit.
+        Index("ix_jobs_owner_open", "owner_id", postgresql_where=text("status IN ('queued', 'running')")),
         # What ended since a time: the dispatcher's reconciliation passes.
         Index("ix_jobs_completed_at", "completed_at", postgresql_where=text("completed_at IS NOT NULL")),
     )
@@ -180,6 +188,8 @@ class LedgerEntry(Base):
         CheckConstraint(f"kind IN {LEDGER_KINDS}", name="kind_known"),
         Index("ix_ledger_entries_account_id", "account_id"),
         Index("ix_ledger_entries_job_id", "job_id"),
+        # Each account's allowance resets, latest first (storage/allowances.py).
+        Index("ix_ledger_entries_resets", "account_id", "id", postgresql_where=text("kind = 'reset'")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -200,6 +210,13 @@ class LedgerBalance(Base):
 
     account_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     balance: Mapped[Decimal] = mapped_column(Credits, nullable=False)
+    # Credits spent (reserved, less what settlements gave back) on the UTC day `spent_on` and in its
+    # month; the trigger starts them again when the day or month changes (migration 0011).
+    spent_on: Mapped[date] = mapped_column(
+        Date, nullable=False, server_default=text("(now() AT TIME ZONE 'UTC')::date")
+    )
+    spent_day: Mapped[Decimal] = mapped_column(Credits, nullable=False, server_default="0")
+    spent_month: Mapped[Decimal] = mapped_column(Credits, nullable=False, server_default="0")
     updated_at: Mapped[datetime] = _now()
 
 

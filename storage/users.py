@@ -28,6 +28,7 @@ async def create_user(
     display_name: str | None,
     role: str = "user",
     signup_credits: Decimal,
+    plan: str = "free",
 ) -> User:
     """Insert and rely on the unique index: a pre-check would race with concurrent signups."""
     user = User(
@@ -36,6 +37,7 @@ async def create_user(
         password_hash=password_hash,
         display_name=display_name,
         role=role,
+        plan=plan,
     )
     session.add(user)
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import yaml
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from daygen import embedded
@@ -148,6 +149,7 @@ def settings(
     providers_config = services_dir / "providers.yaml"
     providers_config.write_text(TEST_POOLS)
     return Settings(
+        billing_config=without_limits(services_dir / "billing.yaml"),
         _env_file=None,
         home=services_dir,
         port=free_port(),
@@ -172,11 +174,22 @@ def settings(
         webhook_allowed_hosts="127.0.0.1",
         webhook_retry_schedule="0.3,0.3,0.3",
         webhook_poll_seconds=0.05,
+        allowance_check_seconds=0.5,
         webhook_timeout_seconds=2,
         stripe_secret_key=fake_stripe.api_key,
         stripe_webhook_secret=STRIPE_WEBHOOK_SECRET,
         stripe_api_base=fake_stripe.base_url,
     )
+
+
+def without_limits(path: Path) -> Path:
+    """The shipped billing config, its plans' limits lifted (tests of the limits set their own): most
+    tests submit more jobs a minute, and more at once, than a free account may."""
+    config = yaml.safe_load(Settings(_env_file=None).billing_config.read_text())
+    for plan in config["plans"].values():
+        plan.pop("limits", None)
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from storage.db import make_engine, make_sessionmaker
 from storage.models import JobEvent, LedgerEntry
-from tests.conftest import free_port, private_database
+from tests.conftest import free_port, private_database, without_limits
 from tests.e2e.helpers import bearer, set_balance
 from tests.fakes.ideogram import FakeIdeogram
 from tests.fakes.webhook_receiver import WebhookReceiver
@@ -97,6 +97,7 @@ def world(server_urls, tmp_path):
                 DAYGEN_IDEOGRAM_BASE_URL=ideogram.base_url,
                 DAYGEN_IDEOGRAM_API_KEY=ideogram.api_key,
                 DAYGEN_PROVIDERS_CONFIG=str(pools),
+                DAYGEN_BILLING_CONFIG=str(without_limits(tmp_path / "billing.yaml")),
                 DAYGEN_JOB_LEASE_SECONDS="5",
                 DAYGEN_API_REPLICAS="2",  # the reconnecting WebSocket may land on the other one
                 DAYGEN_WEBHOOK_ALLOWED_HOSTS="127.0.0.1",

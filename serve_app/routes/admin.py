@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import Response
 
 from daygen.errors import BalanceTooLow, Conflict, InvalidInput, NotFound
+from pipelines.billing_config import BillingConfig
 from pipelines.operations import OPERATIONS
 from serve_app.deps import AdminUser, ServicesDep, SessionDep, require_json
 from serve_app.pagination import Cursor, Limit, split_page
@@ -24,8 +25,12 @@ from serve_app.schemas import (
     AdminUserPage,
     CreditsAdjust,
     CreditsAdjusted,
+    LimitsChange,
+    LimitsOut,
+    PlanChange,
     UsageLineOut,
     UsageReport,
+    camel_limits,
 )
 from storage import admin, ledger
 from storage.models import User
@@ -39,31 +44,45 @@ def _acting(user: User) -> admin.Admin:
     return admin.Admin(user.id, user.email)
 
 
-def _user_out(user: User, credits) -> AdminUserOut:
+def _user_out(billing: BillingConfig, user: User, standing: ledger.Standing) -> AdminUserOut:
     return AdminUserOut(
         id=user.id,
         email=user.email,
         displayName=user.display_name,
         role=user.role,
         status=user.status,
-        credits=float(credits),
+        plan=user.plan,
+        limits=LimitsOut.of(billing.limits(user.plan, user.limits, throttled=user.status == "throttled")),
+        limitOverrides=camel_limits(user.limits or {}),
+        credits=float(standing.balance),
+        creditsToday=float(standing.spent_today),
+        creditsThisMonth=float(standing.spent_this_month),
         createdAt=user.created_at,
     )
+
+
+async def _account_out(services: ServicesDep, session: SessionDep, user_id: uuid.UUID) -> AdminUserOut:
+    target = await get_user(session, user_id)
+    if target is None:
+        raise NotFound("no such user")
+    return _user_out(services.billing, target, await ledger.standing(session, user_id))
 
 
 @v1.get("/users")
 async def list_users(
     _: AdminUser,
+    services: ServicesDep,
     session: SessionDep,
     limit: Limit = 50,
     cursor: Cursor = None,
     email: Annotated[str | None, Query(max_length=254, description="keep addresses that contain this")] = None,
 ) -> AdminUserPage:
-    """Accounts, newest first, with their balances."""
-    rows = await admin.users_with_balances(session, limit=limit + 1, before=cursor, email=email)
+    """Accounts, newest first, with their plans, limits, balances and credits spent today and this month."""
+    rows = await admin.users_with_standing(session, limit=limit + 1, before=cursor, email=email)
     page, next_cursor = split_page([user for user, _ in rows], limit)
-    balances = {user.id: balance for user, balance in rows}
-    return AdminUserPage(items=[_user_out(user, balances[user.id]) for user in page], nextCursor=next_cursor)
+    standings = {user.id: standing for user, standing in rows}
+    items = [_user_out(services.billing, user, standings[user.id]) for user in page]
+    return AdminUserPage(items=items, nextCursor=next_cursor)
 
 
 @v1.post("/users/{user_id}/credits")
@@ -92,28 +111,77 @@ async def adjust_credits(
     return CreditsAdjusted(userId=user_id, amount=float(body.amount), balance=float(adjusted.balance), repeat=repeat)
 
 
-async def _set_banned(session: SessionDep, acting: User, user_id: uuid.UUID, banned: bool, reason: str) -> AdminUserOut:
-    if banned and user_id == acting.id:
-        raise Conflict("an admin can't ban their own account")
-    changed = await admin.set_banned(session, _acting(acting), user_id, banned, reason)
-    if changed is None:
+async def _change_status(
+    services: ServicesDep, session: SessionDep, acting: User, user_id: uuid.UUID, action: str, reason: str
+) -> AdminUserOut:
+    if action in ("ban", "throttle") and user_id == acting.id:
+        raise Conflict(f"an admin can't {action} their own account")
+    if await admin.change_status(session, _acting(acting), user_id, action, reason) is None:
         raise NotFound("no such user")
     await session.commit()
-    target = await get_user(session, user_id)
-    assert target is not None
-    return _user_out(target, await ledger.balance(session, user_id))
+    return await _account_out(services, session, user_id)
 
 
 @v1.post("/users/{user_id}/ban")
-async def ban(user_id: uuid.UUID, body: AccountAction, acting: AdminUser, session: SessionDep) -> AdminUserOut:
+async def ban(
+    user_id: uuid.UUID, body: AccountAction, acting: AdminUser, services: ServicesDep, session: SessionDep
+) -> AdminUserOut:
     """Every authenticated call of the account is a 403 from now on (its logins too); a ban of a
     banned account changes nothing."""
-    return await _set_banned(session, acting, user_id, True, body.reason)
+    return await _change_status(services, session, acting, user_id, "ban", body.reason)
 
 
 @v1.post("/users/{user_id}/unban")
-async def unban(user_id: uuid.UUID, body: AccountAction, acting: AdminUser, session: SessionDep) -> AdminUserOut:
-    return await _set_banned(session, acting, user_id, False, body.reason)
+async def unban(
+    user_id: uuid.UUID, body: AccountAction, acting: AdminUser, services: ServicesDep, session: SessionDep
+) -> AdminUserOut:
+    """A banned account is active again (with its plan's limits, not a throttle it had)."""
+    return await _change_status(services, session, acting, user_id, "unban", body.reason)
+
+
+@v1.post("/users/{user_id}/throttle")
+async def throttle(
+    user_id: uuid.UUID, body: AccountAction, acting: AdminUser, services: ServicesDep, session: SessionDep
+) -> AdminUserOut:
+    """The account's limits are lowered to the `throttled` caps of configs/billing.yaml (where its own
+    are higher) until it is unthrottled; a banned account stays banned."""
+    return await _change_status(services, session, acting, user_id, "throttle", body.reason)
+
+
+@v1.post("/users/{user_id}/unthrottle")
+async def unthrottle(
+    user_id: uuid.UUID, body: AccountAction, acting: AdminUser, services: ServicesDep, session: SessionDep
+) -> AdminUserOut:
+    return await _change_status(services, session, acting, user_id, "unthrottle", body.reason)
+
+
+@v1.put("/users/{user_id}/plan")
+async def set_plan(
+    user_id: uuid.UUID, body: PlanChange, acting: AdminUser, services: ServicesDep, session: SessionDep
+) -> AdminUserOut:
+    """Move the account to a plan of configs/billing.yaml: its limits apply at once, and its monthly
+    allowance, if it has one, is granted for this month unless one was already (then from the next)."""
+    plans = services.billing.plans
+    if body.plan not in plans:
+        known = ", ".join(sorted(plans))
+        raise InvalidInput(f"no plan {body.plan!r}", details=[{"field": "plan", "message": f"one of: {known}"}])
+    if await admin.set_plan(session, _acting(acting), user_id, body.plan, body.reason) is None:
+        raise NotFound("no such user")
+    await session.commit()
+    await services.ledger.reset_allowances.remote()
+    return await _account_out(services, session, user_id)
+
+
+@v1.put("/users/{user_id}/limits")
+async def set_limits(
+    user_id: uuid.UUID, body: LimitsChange, acting: AdminUser, services: ServicesDep, session: SessionDep
+) -> AdminUserOut:
+    """Replace the account's overrides of its plan's limits: a limit given replaces the plan's (null
+    lifts it), one left out is the plan's; `{}` drops every override."""
+    if await admin.set_limits(session, _acting(acting), user_id, body.limits.overrides(), body.reason) is None:
+        raise NotFound("no such user")
+    await session.commit()
+    return await _account_out(services, session, user_id)
 
 
 @v1.get("/audit")

@@ -37,6 +37,7 @@ async def _signup(services: Services, session: SessionDep, body: SignupIn | ApiS
         password_hash=password_hash,
         display_name=body.displayName,
         signup_credits=Decimal(services.settings.signup_credits),
+        plan=services.billing.default_plan,
     )
     return user, _token(services, user)
 

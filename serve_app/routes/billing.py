@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from daygen.errors import BillingUnavailable, InvalidInput
 from pipelines.payments import read_event, start_checkout, top_up_of
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
-from serve_app.schemas import CheckoutCreate, CheckoutOut, StripeReceived, WalletBalance
+from serve_app.schemas import CheckoutCreate, CheckoutOut, LimitsOut, PlanOut, StripeReceived, WalletBalance
 from storage import ledger
 from storage.users import get_user
 
@@ -63,6 +63,24 @@ async def stripe_webhook(request: Request, services: ServicesDep, session: Sessi
         return StripeReceived(received=True, credited=False)
     credited = await services.ledger.top_up.remote(top_up)
     return StripeReceived(received=True, credited=credited)
+
+
+@v1.get("/plan")
+async def my_plan(user: CurrentUser, services: ServicesDep, session: SessionDep) -> PlanOut:
+    """The caller's plan and its monthly allowance, the limits that apply to them now, their balance and
+    the credits they spent today and this month (UTC), which the daily and monthly limits count."""
+    plan = services.billing.plans.get(user.plan, services.billing.plans[services.billing.default_plan])
+    throttled = user.status == "throttled"
+    standing = await ledger.standing(session, user.id)
+    return PlanOut(
+        plan=user.plan,
+        allowance=float(plan.allowance),
+        status="throttled" if throttled else "active",
+        limits=LimitsOut.of(services.billing.limits(user.plan, user.limits, throttled=throttled)),
+        balance=float(standing.balance),
+        creditsToday=float(standing.spent_today),
+        creditsThisMonth=float(standing.spent_this_month),
+    )
 
 
 @compat.get("/wallet/balance")

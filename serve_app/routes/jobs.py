@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -14,9 +15,21 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from pydantic import BaseModel, ValidationError
 from ray.exceptions import RayError
 
-from daygen.errors import Conflict, DaygenError, InsufficientCredits, InvalidInput, NotFound, ProviderDown
+from daygen.errors import (
+    Conflict,
+    CreditLimitReached,
+    DaygenError,
+    InsufficientCredits,
+    InvalidInput,
+    NotFound,
+    ProviderDown,
+    RateLimited,
+    TooManyJobs,
+)
 from daygen.ids import uuid7
+from pipelines.billing_config import Limits
 from pipelines.chains import PIPELINE, charged_for, job_steps, prefixed, validate_steps
+from pipelines.jobs import QueueAnswer
 from pipelines.operations import OPERATIONS, check_inputs, validate_request
 from pipelines.pool_config import pool_key
 from pipelines.shared_limits import ProviderOutage
@@ -181,13 +194,72 @@ class Prepared:
 
 Queued = uuid.UUID | Replayed | DaygenError
 
+CONCURRENT_RETRY_SECONDS = 2  # a client at its limit of open jobs: a hint, as no one knows when one ends
+
+
+@dataclass(frozen=True)
+class Submitter:
+    """Who submits, with the limits their plan, an admin's overrides and a throttle leave them."""
+
+    id: uuid.UUID
+    limits: Limits
+
+    @classmethod
+    def of(cls, services: Services, user: User) -> Submitter:
+        throttled = user.status == "throttled"
+        return cls(user.id, services.billing.limits(user.plan, user.limits, throttled=throttled))
+
+    @property
+    def caps(self) -> ledger.Caps:
+        limits = self.limits
+        return ledger.Caps(limits.concurrent_jobs, limits.credits_per_day, limits.credits_per_month)
+
+
+def refusal_error(answer: QueueAnswer, cost: Decimal, limits: Limits) -> DaygenError:
+    """The error a job the ledger refused is answered with."""
+    if answer.refusal in ("credits_per_day", "credits_per_month"):
+        period = "day" if answer.refusal == "credits_per_day" else "month"
+        return CreditLimitReached(
+            f"this job would take the account past its credits a {period} (UTC)",
+            details={
+                "limit": answer.refusal,
+                "max": float(getattr(limits, answer.refusal)),
+                "used": float(answer.used),
+                "required": float(cost),
+            },
+        )
+    if answer.refusal == "concurrent_jobs":
+        return TooManyJobs(
+            "the account has as many jobs queued and running as its limit allows",
+            details={"limit": "concurrent_jobs", "open": int(answer.used), "retryAfter": CONCURRENT_RETRY_SECONDS},
+            retry_after=CONCURRENT_RETRY_SECONDS,
+        )
+    return InsufficientCredits(
+        "not enough credits for this job", details={"required": float(cost), "balance": float(answer.balance)}
+    )
+
 
 async def queue_jobs(
-    services: Services, session: SessionDep, owner_id: uuid.UUID, jobs: list[Prepared]
+    services: Services, session: SessionDep, submitter: Submitter, jobs: list[Prepared]
 ) -> list[Queued]:
     """Hold the prices and queue the jobs: one ledger call (and transaction, which the dispatcher hears
-    of as it commits) however many jobs. Each job is answered with its id, or what stopped it (too few
-    credits, an Idempotency-Key another request took meanwhile)."""
+    of as it commits) however many jobs. Each job is answered with its id, or what stopped it (a limit
+    a minute, too few credits, a limit on credits or open jobs, an Idempotency-Key another request
+    took meanwhile). Jobs past the limits a minute are not sent on: they are neither held nor queued."""
+    owner_id = submitter.id
+    provider_rates = services.billing.provider_rates
+    admitted = await services.submit_rates.admit(
+        str(owner_id), submitter.limits.requests_per_minute, [job.provider for job in jobs], provider_rates
+    )
+    late = [
+        RateLimited(
+            "too many jobs a minute; try again later",
+            details={"admitted": admitted.jobs, "requested": len(jobs), "retryAfter": math.ceil(admitted.retry_after)},
+            retry_after=admitted.retry_after,
+        )
+        for _ in jobs[admitted.jobs :]
+    ]
+    caps = submitter.caps
     new = [
         NewJob(
             id=uuid7(),
@@ -200,20 +272,16 @@ async def queue_jobs(
             idempotency_key=job.idempotency.key if job.idempotency else None,
             request_hash=job.idempotency.request_hash if job.idempotency else None,
             webhook_url=job.webhook_url,
+            caps=caps,
         )
-        for job in jobs
+        for job in jobs[: admitted.jobs]
     ]
     answers: list[Queued] = []
-    for job, queued in zip(new, await services.queue(new), strict=True):
+    for job, queued in zip(new, await services.queue(new) if new else [], strict=True):
         if queued.outcome == "queued":
             answers.append(job.id)
         elif queued.outcome == "refused":
-            answers.append(
-                InsufficientCredits(
-                    "not enough credits for this job",
-                    details={"required": float(job.cost), "balance": float(queued.balance)},
-                )
-            )
+            answers.append(refusal_error(queued, job.cost, submitter.limits))
         else:  # a concurrent request with the same key got in first: answered as a repeat of it, or 409
             assert job.idempotency_key is not None and job.request_hash is not None
             try:
@@ -222,12 +290,12 @@ async def queue_jobs(
                 answers.append(exc)
             else:
                 raise RuntimeError("the ledger found the Idempotency-Key taken, but no job has it")
-    return answers
+    return answers + late
 
 
-async def queue_one(services: Services, session: SessionDep, owner_id: uuid.UUID, job: Prepared) -> uuid.UUID:
+async def queue_one(services: Services, session: SessionDep, submitter: Submitter, job: Prepared) -> uuid.UUID:
     """`queue_jobs` of one, its refusal raised."""
-    [answer] = await queue_jobs(services, session, owner_id, [job])
+    [answer] = await queue_jobs(services, session, submitter, [job])
     if isinstance(answer, BaseException):
         raise answer
     return answer
@@ -267,9 +335,9 @@ async def submit_job(
     services: Services, session: SessionDep, user: User, operation_name: str, raw_params: dict
 ) -> uuid.UUID:
     """One operation, checked, reserved and queued (the daygen-compatible routes)."""
-    owner_id = user.id  # read once: a rollback expires the loaded user
-    job = await prepare_job(services, session, owner_id, operation_name, raw_params)
-    return await queue_one(services, session, owner_id, job)
+    submitter = Submitter.of(services, user)  # read once: a rollback expires the loaded user
+    job = await prepare_job(services, session, submitter.id, operation_name, raw_params)
+    return await queue_one(services, session, submitter, job)
 
 
 async def prepare_chain(
@@ -346,10 +414,10 @@ async def submit(
     With an `Idempotency-Key`, a repeat of the same request answers 200 with the job it made
     (nothing is charged again); the same key with a different request is a 409.
     """
-    owner_id = user.id
+    submitter = Submitter.of(services, user)
     try:
-        job = await prepare_body(services, session, owner_id, body, Idempotency.of(idempotency_key, body))
-        job_id = await queue_one(services, session, owner_id, job)
+        job = await prepare_body(services, session, submitter.id, body, Idempotency.of(idempotency_key, body))
+        job_id = await queue_one(services, session, submitter, job)
     except Replayed as replay:
         request.state.job_id = str(replay.job.id)
         response.status_code = status.HTTP_200_OK
@@ -384,7 +452,8 @@ async def submit_batch(
 ) -> JobBatchResult:
     """Up to 100 jobs in one request, each answered on its own, in order: 202 with its jobId, 200 for a
     repeat of an earlier idempotency key, or the item's own error (402, 404, 409, 422) with its body."""
-    owner_id = user.id
+    submitter = Submitter.of(services, user)
+    owner_id = submitter.id
     answers: list[Queued | None] = []
     prepared: list[Prepared] = []
     ready: set[str] = set()  # providers found ready: asked once a batch
@@ -399,7 +468,7 @@ async def submit_batch(
             answers.append(InvalidInput("invalid job", details))
         except (Replayed, DaygenError) as exc:
             answers.append(exc)
-    queued = iter(await queue_jobs(services, session, owner_id, prepared) if prepared else [])
+    queued = iter(await queue_jobs(services, session, submitter, prepared) if prepared else [])
     results = [_item_result(answer if answer is not None else next(queued)) for answer in answers]
     request.state.user_id = str(owner_id)
     return JobBatchResult(results=results)

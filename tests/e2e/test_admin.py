@@ -49,6 +49,10 @@ def routes(user_id: str) -> list[tuple[str, str, dict | None]]:
         ("POST", f"/v1/admin/users/{user_id}/credits", {"amount": 5, "reason": "goodwill"}),
         ("POST", f"/v1/admin/users/{user_id}/ban", {"reason": "spam"}),
         ("POST", f"/v1/admin/users/{user_id}/unban", {"reason": "appeal"}),
+        ("POST", f"/v1/admin/users/{user_id}/throttle", {"reason": "abuse"}),
+        ("POST", f"/v1/admin/users/{user_id}/unthrottle", {"reason": "appeal"}),
+        ("PUT", f"/v1/admin/users/{user_id}/plan", {"plan": "studio", "reason": "free upgrade"}),
+        ("PUT", f"/v1/admin/users/{user_id}/limits", {"limits": {"requestsPerMinute": 1}, "reason": "x"}),
         ("GET", "/v1/admin/audit", None),
     ]
 

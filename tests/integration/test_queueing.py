@@ -66,7 +66,7 @@ async def test_a_job_the_balance_cannot_cover_is_refused_and_leaves_no_row(sessi
     answers = await queue(sessions, [new_job(owner, "4"), new_job(owner, "2"), new_job(owner, "1")])
     assert answers == [
         QueueAnswer("queued", Decimal(1)),
-        QueueAnswer("refused", Decimal(1)),
+        QueueAnswer("refused", Decimal(1), refusal="credits"),
         QueueAnswer("queued", Decimal(0)),
     ]
     assert await written(sessions, owner) == (2, 2, 2, Decimal(0))

@@ -1,0 +1,133 @@
+"""Limits the ledger judges a job by, beside the balance, on the real Postgres: open jobs at once,
+credits a day and a month (the balance row's counters, migration 0011)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import text, update
+
+from daygen.ids import uuid7
+from pipelines.jobs import QueueAnswer, queue_jobs
+from storage import ledger
+from storage.jobs import NewJob
+from storage.models import Job, LedgerBalance
+from storage.users import create_user
+
+
+async def account(sessions, credits: int) -> uuid.UUID:
+    async with sessions() as session:
+        user = await create_user(
+            session,
+            email=f"limits-{uuid.uuid4().hex[:10]}@example.com",
+            password_hash="!",
+            display_name=None,
+            signup_credits=Decimal(credits),
+        )
+        return user.id
+
+
+def job(owner: uuid.UUID, caps: ledger.Caps, cost: str = "1") -> NewJob:
+    return NewJob(
+        id=uuid7(),
+        owner_id=owner,
+        operation="offline.generate",
+        provider="offline",
+        params={"prompt": "a lighthouse"},
+        cost=Decimal(cost),
+        caps=caps,
+    )
+
+
+async def queue(sessions, *jobs: NewJob) -> list[QueueAnswer]:
+    async with sessions.begin() as session:
+        answers, _ = await queue_jobs(session, list(jobs))
+    return answers
+
+
+async def standing(sessions, owner: uuid.UUID) -> ledger.Standing:
+    async with sessions() as session:
+        return await ledger.standing(session, owner)
+
+
+async def test_a_job_past_the_open_jobs_limit_is_refused_and_one_more_fits_once_one_ends(sessions):
+    owner = await account(sessions, 10)
+    caps = ledger.Caps(concurrent_jobs=2)
+    jobs = [job(owner, caps) for _ in range(3)]
+    first = await queue(sessions, *jobs)
+    assert [a.refusal for a in first] == [None, None, "concurrent_jobs"]
+    assert [a.outcome for a in first] == ["queued", "queued", "refused"]
+    assert first[2].used == 2 and first[2].balance == 8  # nothing held for the refused one
+    [refused] = await queue(sessions, job(owner, caps))
+    assert refused.refusal == "concurrent_jobs"
+    async with sessions.begin() as session:  # one ends
+        await session.execute(update(Job).where(Job.id == jobs[0].id).values(status="succeeded"))
+    [fits] = await queue(sessions, job(owner, caps))
+    assert fits.outcome == "queued"
+    # Without a cap the same account queues freely.
+    assert [a.outcome for a in await queue(sessions, job(owner, ledger.NO_CAPS))] == ["queued"]
+
+
+async def test_submits_at_once_never_take_an_account_past_its_open_jobs_limit(sessions):
+    owner = await account(sessions, 100)
+    caps = ledger.Caps(concurrent_jobs=3)
+    answers = await asyncio.gather(*(queue(sessions, job(owner, caps)) for _ in range(12)))
+    assert sorted(a.outcome for [a] in answers) == ["queued"] * 3 + ["refused"] * 9
+    assert (await standing(sessions, owner)).balance == 97
+
+
+async def test_credits_a_day_count_what_was_held_less_what_was_given_back(sessions):
+    owner = await account(sessions, 20)
+    caps = ledger.Caps(credits_per_day=Decimal(3))
+    jobs = [job(owner, caps, "1.5"), job(owner, caps, "1.5"), job(owner, caps, "0.5")]
+    answers = await queue(sessions, *jobs)
+    assert [a.refusal for a in answers] == [None, None, "credits_per_day"]
+    assert [a.outcome for a in answers] == ["queued", "queued", "refused"]
+    assert answers[2].used == 3
+    assert (await standing(sessions, owner)) == ledger.Standing(Decimal(17), Decimal(3), Decimal(3))
+    async with sessions.begin() as session:  # the first job failed: all of it given back
+        assert await ledger.settle(session, job_id=jobs[0].id, charged=Decimal(0)) == "release"
+    assert (await standing(sessions, owner)) == ledger.Standing(Decimal("18.5"), Decimal("1.5"), Decimal("1.5"))
+    [fits] = await queue(sessions, job(owner, caps, "1.5"))
+    assert fits.outcome == "queued"
+
+
+async def test_the_day_counter_starts_again_on_a_new_day_and_the_month_counter_on_a_new_month(sessions):
+    owner = await account(sessions, 50)
+    day = ledger.Caps(credits_per_day=Decimal(2))
+    month = ledger.Caps(credits_per_month=Decimal(3))
+    assert [a.outcome for a in await queue(sessions, job(owner, day), job(owner, day))] == ["queued", "queued"]
+    assert (await queue(sessions, job(owner, day)))[0].refusal == "credits_per_day"
+    assert (await queue(sessions, job(owner, month), job(owner, month)))[1].refusal == "credits_per_month"
+
+    async def counted_since(days_ago: int) -> None:
+        async with sessions.begin() as session:
+            await session.execute(
+                update(LedgerBalance)
+                .where(LedgerBalance.account_id == owner)
+                .values(spent_on=text(f"(now() AT TIME ZONE 'UTC')::date - {days_ago}"))
+            )
+
+    await counted_since(1)  # the counters were of yesterday
+    standing_now = await standing(sessions, owner)
+    assert standing_now.spent_today == 0
+    yesterday_was_last_month = datetime.now(UTC).day == 1
+    assert standing_now.spent_this_month == (0 if yesterday_was_last_month else 3)
+    assert (await queue(sessions, job(owner, day)))[0].outcome == "queued"
+    assert (await standing(sessions, owner)).spent_today == 1
+    await counted_since(40)  # of another month
+    assert (await standing(sessions, owner)).spent_this_month == 0
+    assert [a.outcome for a in await queue(sessions, job(owner, month), job(owner, month))] == ["queued", "queued"]
+    assert (await standing(sessions, owner)) == ledger.Standing(Decimal(44), Decimal(2), Decimal(2))
+
+
+async def test_a_repeat_of_a_queued_job_is_answered_queued_even_past_its_limits(sessions):
+    owner = await account(sessions, 5)
+    caps = ledger.Caps(concurrent_jobs=1, credits_per_day=Decimal(1))
+    first = job(owner, caps)
+    assert [a.outcome for a in await queue(sessions, first)] == ["queued"]
+    assert [a.outcome for a in await queue(sessions, first)] == ["queued"]
+    assert (await standing(sessions, owner)).balance == 4
