@@ -24,7 +24,7 @@ from daygen.runtime import tune_garbage_collector
 from daygen.settings import Settings
 from pipelines.batching import Batcher
 from pipelines.billing_config import BillingConfig
-from pipelines.jobs import LeaseKeeper, execute_job, recorder, settle_unsettled
+from pipelines.jobs import LeaseKeeper, execute_job, expire_vanished, recorder, settle_unsettled
 from pipelines.operations import OPERATIONS
 from pipelines.pool_config import ProviderPools
 from pipelines.steps import StepOutcome
@@ -136,14 +136,19 @@ class JobDispatcher:
                 self._due(*self.pools.pools)  # leases that ran out tell no one
 
     async def _upkeep(self) -> None:
-        """Off the claim path: settle what a crash left unsettled, delete expired uploads."""
+        """Off the claim path: settle what a crash left unsettled, give back what vanished jobs held (a
+        page of the ledger a round), delete expired uploads."""
         rounds = 0
         ended_since: datetime | None = None  # the first pass looks at every job
+        reservations_after = 0
         while True:
             try:
                 if rounds % PRUNE_EVERY == 0:
                     await prune_expired(self.sessions, self.store, datetime.now(UTC))
                 ended_since = await settle_unsettled(self.sessions, self._settle, ended_since)
+                reservations_after = await expire_vanished(
+                    self.sessions, self._settle, reservations_after, datetime.now(UTC)
+                )
             except Exception:
                 log.exception("upkeep round failed")
             rounds += 1

@@ -348,6 +348,8 @@ async def execute_job(
 # Longer than any transaction that ends a job: one that began before a pass began (so its end is
 # stamped earlier) and committed after the pass looked is still inside the next pass's window.
 RECONCILE_OVERLAP = timedelta(minutes=10)
+VANISHED_GRACE = timedelta(minutes=10)  # a reservation younger than this is never taken for vanished
+VANISHED_PAGE = 1000
 UNSETTLED_PAGE = 100
 
 
@@ -371,3 +373,17 @@ async def settle_unsettled(
         if len(page) < UNSETTLED_PAGE:
             return began - RECONCILE_OVERLAP
         after = page[-1].id
+
+
+async def expire_vanished(sessions: async_sessionmaker[AsyncSession], settle: Settle, after: int, now: datetime) -> int:
+    """Give back the credits of reservations whose job vanished, among the next page of reservations
+    after entry `after`: each is settled as a job that charged nothing (once, by its key). Answers
+    where the next page starts (0 again after the last: the sweep goes round the ledger for ever)."""
+    async with sessions() as session:
+        page = await ledger_queries.vanished_reservations(
+            session, after=after, held_before=now - VANISHED_GRACE, limit=VANISHED_PAGE
+        )
+    for job_id in page.vanished:
+        log.warning("a reservation's job vanished: its credits are given back", extra={"job_id": str(job_id)})
+        await settle(job_id, Decimal(0))
+    return page.last_id if page.looked_at == VANISHED_PAGE else 0

@@ -443,3 +443,37 @@ async def unsettled_finished_jobs(
     if after is not None:
         stmt = stmt.where(Job.id > after)
     return list((await session.execute(stmt.order_by(Job.id).limit(limit))).scalars())
+
+
+@dataclass(frozen=True)
+class ReservationPage:
+    """A page of reservations looked at in id order: how many, the last one's id (0: none), and the
+    jobs among them whose reservation nothing will ever settle."""
+
+    looked_at: int
+    last_id: int
+    vanished: list[uuid.UUID]
+
+
+async def vanished_reservations(
+    session: AsyncSession, *, after: int, held_before: datetime, limit: int = 1000
+) -> ReservationPage:
+    """Among the `limit` reservations after entry `after`, those held before `held_before`, never
+    settled, whose job no longer exists (deleted with its account, say): nothing else would ever give
+    their credits back. A page is index lookups a reservation, so the whole ledger can be swept a
+    page at a time."""
+    entry = LedgerEntry.__table__.alias("reservation")
+    settlement = LedgerEntry.__table__.alias("settlement")
+    settled = (
+        select(settlement.c.id).where(settlement.c.idempotency_key == func.concat("settle:", entry.c.job_id)).exists()
+    )
+    job_exists = select(Job.id).where(Job.id == entry.c.job_id).exists()
+    gone = and_(entry.c.created_at < held_before, ~job_exists, ~settled)
+    stmt = (
+        select(entry.c.id, entry.c.job_id, gone.label("gone"))
+        .where(entry.c.kind == "reserve", entry.c.id > after)
+        .order_by(entry.c.id)
+        .limit(limit)
+    )
+    rows = (await session.execute(stmt)).all()
+    return ReservationPage(len(rows), rows[-1].id if rows else 0, [row.job_id for row in rows if row.gone])

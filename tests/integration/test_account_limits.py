@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import text, update
+from sqlalchemy import delete, select, text, update
 
 from daygen.ids import uuid7
-from pipelines.jobs import QueueAnswer, queue_jobs
+from pipelines.jobs import QueueAnswer, expire_vanished, queue_jobs
 from storage import ledger
 from storage.jobs import NewJob
-from storage.models import Job, LedgerBalance
+from storage.models import Job, LedgerBalance, LedgerEntry
 from storage.users import create_user
 
 
@@ -131,3 +131,74 @@ async def test_a_repeat_of_a_queued_job_is_answered_queued_even_past_its_limits(
     assert [a.outcome for a in await queue(sessions, first)] == ["queued"]
     assert [a.outcome for a in await queue(sessions, first)] == ["queued"]
     assert (await standing(sessions, owner)).balance == 4
+
+
+async def test_a_reservation_whose_job_vanished_is_given_back_once_and_others_are_left_alone(sessions):
+    owner = await account(sessions, 10)
+    kept, deleted = job(owner, ledger.NO_CAPS), job(owner, ledger.NO_CAPS, "2")
+    await queue(sessions, kept, deleted)
+    orphan = uuid7()  # held for a job that was never queued
+    async with sessions.begin() as session:
+        await ledger.reserve(session, account_id=owner, job_id=orphan, amount=Decimal(3))
+        await session.execute(delete(Job).where(Job.id == deleted.id))  # as its account's deletion would
+    assert (await standing(sessions, owner)).balance == 4
+
+    async def settle(job_id: uuid.UUID, charged: Decimal) -> None:
+        async with sessions.begin() as session:
+            await ledger.settle(session, job_id=job_id, charged=charged)
+
+    # Too young to be taken for vanished: nothing happens.
+    await sweep(sessions, settle, datetime.now(UTC))
+    assert (await standing(sessions, owner)).balance == 4
+    later = datetime.now(UTC) + timedelta(hours=1)
+    await sweep(sessions, settle, later)
+    assert (await standing(sessions, owner)).balance == 9  # the deleted job's 2 and the orphan's 3
+    await sweep(sessions, settle, later)
+    assert (await standing(sessions, owner)).balance == 9
+    async with sessions() as session:
+        kinds = await session.execute(
+            select(LedgerEntry.job_id, LedgerEntry.kind).where(
+                LedgerEntry.account_id == owner, LedgerEntry.kind != "grant"
+            )
+        )
+        assert sorted((str(j), k) for j, k in kinds) == sorted(
+            [
+                (str(kept.id), "reserve"),
+                (str(deleted.id), "reserve"),
+                (str(orphan), "reserve"),
+                (str(deleted.id), "release"),
+                (str(orphan), "release"),
+            ]
+        )
+
+
+async def sweep(sessions, settle, now: datetime) -> None:
+    """Round the whole ledger once, a page at a time, as the dispatcher's upkeep does."""
+    after = 0
+    while True:
+        after = await expire_vanished(sessions, settle, after, now)
+        if after == 0:
+            return
+
+
+async def test_the_reservation_sweep_pages_through_the_ledger_in_id_order(sessions):
+    owner = await account(sessions, 10)
+    jobs = [job(owner, ledger.NO_CAPS) for _ in range(3)]
+    await queue(sessions, *jobs)
+    async with sessions() as session:
+        ids = list(
+            (
+                await session.execute(
+                    select(LedgerEntry.id).where(LedgerEntry.account_id == owner, LedgerEntry.kind == "reserve")
+                )
+            ).scalars()
+        )
+        first = await ledger.vanished_reservations(
+            session, after=min(ids) - 1, held_before=datetime.now(UTC) + timedelta(hours=1), limit=2
+        )
+        assert (first.looked_at, first.vanished) == (2, [])
+        rest = await ledger.vanished_reservations(
+            session, after=first.last_id, held_before=datetime.now(UTC) + timedelta(hours=1), limit=2
+        )
+        assert first.last_id == sorted(ids)[1]
+        assert rest.looked_at >= 1 and rest.last_id >= max(ids)
