@@ -13,13 +13,14 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import stripe
 
 from daygen.errors import InvalidSignature, MalformedBody
-from pipelines.billing_config import Pack
+from pipelines.billing_config import Pack, Plan
 
 log = logging.getLogger("daygen.payments")
 
@@ -52,6 +53,34 @@ async def start_checkout(
         ],
         "client_reference_id": str(user_id),
         "metadata": {"pack": pack_name, "credits": str(pack.credits), "user_id": str(user_id)},
+        "success_url": f"{return_url}?checkout=success&session_id={{CHECKOUT_SESSION_ID}}",
+        "cancel_url": f"{return_url}?checkout=canceled",
+    }
+    return await client.v1.checkout.sessions.create_async(params=params)
+
+
+async def start_subscription(
+    client: stripe.StripeClient, *, user_id: uuid.UUID, plan_name: str, plan: Plan, return_url: str
+) -> stripe.checkout.Session:
+    """A Checkout Session for a monthly plan; the subscription it makes names the subscriber and the
+    plan (`subscription_data.metadata`), as its events will carry them back."""
+    metadata = {"plan": plan_name, "user_id": str(user_id)}
+    params: dict[str, Any] = {
+        "mode": "subscription",
+        "line_items": [
+            {
+                "quantity": 1,
+                "price_data": {
+                    "currency": plan.currency,
+                    "unit_amount": plan.price,
+                    "recurring": {"interval": "month"},
+                    "product_data": {"name": f"daygen {plan_name}: {plan.allowance} credits a month"},
+                },
+            }
+        ],
+        "client_reference_id": str(user_id),
+        "metadata": metadata,
+        "subscription_data": {"metadata": metadata},
         "success_url": f"{return_url}?checkout=success&session_id={{CHECKOUT_SESSION_ID}}",
         "cancel_url": f"{return_url}?checkout=canceled",
     }
@@ -114,3 +143,66 @@ def top_up_of(event: dict[str, Any]) -> TopUp | None:
         log.error("a paid Checkout Session names no buyer or pack", extra={"stripe_event": event["id"]})
         return None
     return top_up
+
+
+# A subscription in these states is paid for (or in its trial); in these, it is over. Others
+# (`past_due`, `incomplete`) leave the plan as it is while Stripe retries the payment.
+LIVE_SUBSCRIPTION = {"active", "trialing"}
+ENDED_SUBSCRIPTION = {"canceled", "unpaid", "incomplete_expired"}
+SUBSCRIPTION_EVENTS = {
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+}
+
+
+@dataclass(frozen=True)
+class PlanSet:
+    """A subscriber's plan as a Stripe event says it is now (None: the subscription is over), and when
+    the event was made, so an older event delivered later changes nothing."""
+
+    user_id: uuid.UUID
+    plan: str | None
+    event_id: str
+    made_at: datetime
+
+
+def _subscription_metadata(event: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+    """The metadata `start_subscription` gave the subscription: on the subscription itself, or on an
+    invoice's subscription details (where Stripe's API versions put them)."""
+    if event["type"] in SUBSCRIPTION_EVENTS:
+        metadata = obj.get("metadata")
+    else:
+        details = obj.get("subscription_details") or (obj.get("parent") or {}).get("subscription_details") or {}
+        metadata = details.get("metadata") if isinstance(details, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def plan_set_of(event: dict[str, Any]) -> PlanSet | None:
+    """The plan a subscription event sets: a live subscription its plan, an ended one none, and a paid
+    invoice of a subscription its plan (a renewal); None for other events and states."""
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        return None
+    if event["type"] in SUBSCRIPTION_EVENTS:
+        status = "canceled" if event["type"] == "customer.subscription.deleted" else obj.get("status")
+        if status not in LIVE_SUBSCRIPTION | ENDED_SUBSCRIPTION:
+            return None
+        live = status in LIVE_SUBSCRIPTION
+    elif event["type"] == "invoice.paid" and obj.get("billing_reason") in ("subscription_create", "subscription_cycle"):
+        live = True
+    else:
+        return None
+    metadata = _subscription_metadata(event, obj)
+    try:
+        plan_set = PlanSet(
+            user_id=uuid.UUID(str(metadata["user_id"])),
+            plan=str(metadata["plan"]) if live else None,
+            event_id=event["id"],
+            made_at=datetime.fromtimestamp(int(event["created"]), UTC),
+        )
+    except (KeyError, ValueError, TypeError, OverflowError):
+        log.error("a subscription event names no subscriber or plan", extra={"stripe_event": event["id"]})
+        return None
+    return plan_set

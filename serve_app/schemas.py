@@ -272,6 +272,10 @@ class CheckoutCreate(Strict):
     pack: Annotated[str, StringConstraints(min_length=1, max_length=40)]
 
 
+class SubscribeCreate(Strict):
+    plan: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+
+
 class CheckoutOut(Out):
     sessionId: str
     url: str = Field(description="Stripe Checkout's page for the buyer")
@@ -280,6 +284,7 @@ class CheckoutOut(Out):
 class StripeReceived(Out):
     received: bool
     credited: bool = Field(description="whether this event added credits (a repeat adds none)")
+    plan: str | None = Field(None, description="the plan this event set, when it set one")
 
 
 class WalletBalance(Out):

@@ -74,6 +74,8 @@ class User(Base):
     status: Mapped[str] = mapped_column(Text, nullable=False, default="active", server_default="active")
     # A plan of configs/billing.yaml: its monthly allowance and its default limits.
     plan: Mapped[str] = mapped_column(Text, nullable=False, default="free", server_default="free")
+    # When the Stripe event that last set `plan` was made: an older one delivered later changes nothing.
+    plan_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # An admin's overrides of the plan's limits (pipelines.limits.Limits fields), None for none.
     limits: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # Standard Webhooks signing secret (`whsec_...`), made on first use; after a rotation the

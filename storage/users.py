@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -67,3 +68,15 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
     result = await session.execute(select(User).where(User.email == normalise_email(email)))
     return result.scalar_one_or_none()
+
+
+async def set_plan_from_event(session: AsyncSession, user_id: uuid.UUID, plan: str, made_at: datetime) -> bool:
+    """Set the account's plan as an event made at `made_at` says, unless a later event already set it
+    (events arrive in any order); whether it was applied. The caller commits."""
+    changed = await session.execute(
+        update(User)
+        .where(User.id == user_id, or_(User.plan_event_at.is_(None), User.plan_event_at <= made_at))
+        .values(plan=plan, plan_event_at=made_at)
+        .returning(User.id)
+    )
+    return changed.first() is not None

@@ -9,11 +9,19 @@ import stripe
 from fastapi import APIRouter, Depends, Request
 
 from daygen.errors import BillingUnavailable, InvalidInput
-from pipelines.payments import read_event, start_checkout, top_up_of
+from pipelines.payments import PlanSet, plan_set_of, read_event, start_checkout, start_subscription, top_up_of
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
-from serve_app.schemas import CheckoutCreate, CheckoutOut, LimitsOut, PlanOut, StripeReceived, WalletBalance
+from serve_app.schemas import (
+    CheckoutCreate,
+    CheckoutOut,
+    LimitsOut,
+    PlanOut,
+    StripeReceived,
+    SubscribeCreate,
+    WalletBalance,
+)
 from storage import ledger
-from storage.users import get_user
+from storage.users import get_user, set_plan_from_event
 
 log = logging.getLogger("daygen.billing")
 
@@ -46,15 +54,47 @@ async def checkout(body: CheckoutCreate, user: CurrentUser, services: ServicesDe
     return CheckoutOut(sessionId=session.id, url=session.url)
 
 
+@v1.post("/subscribe")
+async def subscribe(body: SubscribeCreate, user: CurrentUser, services: ServicesDep) -> CheckoutOut:
+    """A Stripe Checkout Session for a monthly plan (configs/billing.yaml, those with a price); the plan
+    is the account's when Stripe says the subscription is live (`customer.subscription.*`,
+    `invoice.paid`), not before."""
+    plans = {name: plan for name, plan in services.billing.plans.items() if plan.price}
+    plan = plans.get(body.plan)
+    if plan is None:
+        known = ", ".join(sorted(plans)) or "none"
+        raise InvalidInput(
+            f"no plan {body.plan!r} to subscribe to", details=[{"field": "plan", "message": f"one of: {known}"}]
+        )
+    if services.stripe is None:
+        raise BillingUnavailable("payments are not configured on this server")
+    try:
+        session = await start_subscription(
+            services.stripe,
+            user_id=user.id,
+            plan_name=body.plan,
+            plan=plan,
+            return_url=services.settings.checkout_return,
+        )
+    except stripe.StripeError as exc:
+        log.error("Stripe refused a Checkout Session", extra={"stripe_error": type(exc).__name__})
+        raise BillingUnavailable("the payment provider did not answer; try again") from None
+    return CheckoutOut(sessionId=session.id, url=session.url)
+
+
 @v1.post("/stripe/webhook")
 async def stripe_webhook(request: Request, services: ServicesDep, session: SessionDep) -> StripeReceived:
     """Stripe's events, checked against their signature over the raw body (400 when it is missing,
     wrong or more than five minutes old). A paid Checkout Session credits its pack once, whichever of
-    its events arrives first and however often; other events are acknowledged."""
+    its events arrives first and however often. A subscription's events set its subscriber's plan
+    (a live one its plan, an ended one the default plan), an older event delivered later changing
+    nothing; other events are acknowledged."""
     secret = services.settings.stripe_webhook_secret
     if secret is None:
         raise BillingUnavailable("payments are not configured on this server")
     event = read_event(await request.body(), request.headers.get("stripe-signature"), secret.get_secret_value())
+    if (plan_set := plan_set_of(event)) is not None:
+        return await _set_plan(services, session, plan_set)
     top_up = top_up_of(event)
     if top_up is None:
         return StripeReceived(received=True, credited=False)
@@ -81,6 +121,22 @@ async def my_plan(user: CurrentUser, services: ServicesDep, session: SessionDep)
         creditsToday=float(standing.spent_today),
         creditsThisMonth=float(standing.spent_this_month),
     )
+
+
+async def _set_plan(services: ServicesDep, session: SessionDep, plan_set: PlanSet) -> StripeReceived:
+    billing = services.billing
+    plan = plan_set.plan or billing.default_plan
+    if plan not in billing.plans:
+        log.error("a subscription names a plan not in configs", extra={"stripe_event": plan_set.event_id})
+        return StripeReceived(received=True, credited=False)
+    if await get_user(session, plan_set.user_id) is None:
+        log.error("a subscription event names no account here", extra={"stripe_event": plan_set.event_id})
+        return StripeReceived(received=True, credited=False)
+    applied = await set_plan_from_event(session, plan_set.user_id, plan, plan_set.made_at)
+    await session.commit()
+    if applied:
+        await services.ledger.reset_allowances.remote()  # a plan with an allowance: this month's, now
+    return StripeReceived(received=True, credited=False, plan=plan if applied else None)
 
 
 @compat.get("/wallet/balance")

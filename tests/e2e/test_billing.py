@@ -106,7 +106,9 @@ async def test_a_paid_session_credits_its_pack_once_however_often_its_event_come
     assert [a.status_code for a in answers] == [200] * 5
     assert sorted(a.json()["credited"] for a in answers) == [False] * 4 + [True]
     assert (await client.get(BALANCE, headers=headers)).json() == {"balance": 120.0}
-    assert (await deliver(client, event)).json() == {"received": True, "credited": False}, "a replay days later"
+    assert (await deliver(client, event)).json() == {"received": True, "credited": False, "plan": None}, (
+        "a replay days later"
+    )
     assert (await client.get(BALANCE, headers=headers)).json() == {"balance": 120.0}
 
 
@@ -164,7 +166,7 @@ async def test_other_events_and_sessions_not_ours_are_acknowledged_and_credit_no
     nameless = {**event, "data": {"object": {**event["data"]["object"], "metadata": {}}}}
     for other in (renewal, stranger, nameless):
         response = await deliver(client, other)
-        assert response.json() == {"received": True, "credited": False}, response.text
+        assert response.json() == {"received": True, "credited": False, "plan": None}, response.text
     assert (await client.get(BALANCE, headers=headers)).json() == {"balance": 20.0}
 
 

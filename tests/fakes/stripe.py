@@ -1,4 +1,5 @@
-"""A local fake of the Stripe endpoint daygen calls: `POST /v1/checkout/sessions`.
+"""A local fake of the Stripe endpoint daygen calls: `POST /v1/checkout/sessions` (a pack's payment, or
+a plan's subscription).
 
 Real HTTP on loopback (the app's `stripe` client reaches it through DAYGEN_STRIPE_API_BASE). It
 checks the secret key, reads Stripe's form encoding (`line_items[0][price_data][currency]=usd`),
@@ -74,6 +75,10 @@ class FakeStripe:
         params = {key: str(value) for key, value in (await request.form()).items()}
         if missing := [name for name in REQUIRED if name not in params]:
             return self._error(400, "invalid_request_error", f"Missing required param: {missing[0]}.")
+        if params["mode"] not in ("payment", "subscription"):
+            return self._error(400, "invalid_request_error", f"Invalid mode: {params['mode']}.")
+        if params["mode"] == "subscription" and "line_items[0][price_data][recurring][interval]" not in params:
+            return self._error(400, "invalid_request_error", "A subscription needs a recurring price.")
         session_id = f"cs_test_{secrets.token_hex(12)}"
         quantity = int(params["line_items[0][quantity]"])
         metadata = {key[len("metadata[") : -1]: value for key, value in params.items() if key.startswith("metadata[")}
