@@ -20,6 +20,8 @@ import ray
 from daygen.logs import configure_logging
 from daygen.runtime import tune_garbage_collector
 from daygen.settings import Settings
+from pipelines import payments
+from pipelines.auto_top_up import buy_auto_top_ups
 from pipelines.batching import Batcher
 from pipelines.billing_config import BillingConfig
 from pipelines.jobs import QueueAnswer, ending, one_key_each, queue_jobs
@@ -40,8 +42,11 @@ class UsageLedger:
     async def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level)
         self.settings = settings
-        plans = BillingConfig.load(settings.billing_config).plans
-        self.allowances = {name: plan.allowance for name, plan in plans.items()}
+        billing = BillingConfig.load(settings.billing_config)
+        self.allowances = {name: plan.allowance for name, plan in billing.plans.items()}
+        self.packs = billing.packs
+        key = settings.stripe_secret_key
+        self.stripe = payments.make_client(key.get_secret_value(), settings.stripe_api_base) if key else None
         self.sessions = make_sessionmaker(make_engine(settings.database_url, pool_size=8))
         self.queuing = Batcher(self._queue_many, max_size=500)
         self.settling = Batcher(self._settle_many, max_size=500)
@@ -51,13 +56,16 @@ class UsageLedger:
         tune_garbage_collector()
 
     async def _resets(self) -> None:
-        """Monthly allowances, looked for every `allowance_check_seconds`: a new month's are granted
-        within that of its start, and an account moved to a plan with one gets it as soon."""
+        """Monthly allowances and auto top-ups, looked for every `allowance_check_seconds`: a new month's
+        allowances are granted within that of its start, an account moved to a plan with one gets it as
+        soon, and a balance that fell under its auto top-up threshold otherwise than by a submit (a
+        revoke), or a charge Stripe could not answer, is seen to as soon."""
         while True:
             try:
                 await self.reset_allowances()
+                await self.auto_top_up()
             except Exception:
-                log.exception("could not reset the monthly allowances; trying again later")
+                log.exception("could not reset allowances or top up; trying again later")
             await asyncio.sleep(self.settings.allowance_check_seconds)
 
     async def reset_allowances(self, now: datetime | None = None) -> list[allowances.Reset]:
@@ -94,6 +102,13 @@ class UsageLedger:
         async with self.sessions.begin() as session:
             return await admin.adjust_credits(session, adjustment)
 
+    async def auto_top_up(self, user_id: uuid.UUID | None = None) -> int:
+        """Buy each account's auto top-up pack once for each time its balance fell under its threshold
+        (one account's, or every one's); answers how many were bought now."""
+        if self.stripe is None:
+            return 0
+        return await buy_auto_top_ups(self.sessions, self.stripe, self.packs, user_id)
+
     async def top_up(self, top_up: TopUp) -> bool:
         """A paid credit pack's credits; whether they were added now (False: a repeat of its session)."""
         async with self.sessions.begin() as session:
@@ -103,7 +118,7 @@ class UsageLedger:
                 kind="topup",
                 amount=top_up.credits,
                 idempotency_key=top_up.key,
-                reason=f"{top_up.pack} pack, Stripe {top_up.session_id} ({top_up.event_id})",
+                reason=top_up.reason,
             )
 
     async def settle(self, charges: list[tuple[uuid.UUID, Decimal]]) -> list[ledger.Settlement | None]:

@@ -48,6 +48,12 @@ class BalanceTooLow(Conflict):
     code = "balance_too_low"
 
 
+class NoSavedCard(Conflict):
+    """Auto top-up needs a card saved at a checkout first."""
+
+    code = "no_saved_card"
+
+
 class InsufficientCredits(DaygenError):
     code = "insufficient_credits"
 

@@ -35,10 +35,17 @@ def make_client(secret_key: str, api_base: str) -> stripe.StripeClient:
 
 
 async def start_checkout(
-    client: stripe.StripeClient, *, user_id: uuid.UUID, pack_name: str, pack: Pack, return_url: str
+    client: stripe.StripeClient,
+    *,
+    user_id: uuid.UUID,
+    pack_name: str,
+    pack: Pack,
+    return_url: str,
+    save_card: bool = False,
 ) -> stripe.checkout.Session:
     """A Checkout Session for one pack, which names its buyer (`client_reference_id`) and the pack and
-    credits bought (`metadata`), as the event that pays for it will carry them back."""
+    credits bought (`metadata`), as the event that pays for it will carry them back. With `save_card`,
+    Stripe keeps the card for charges made while the buyer is away (auto top-up) on a new customer."""
     params: dict[str, Any] = {
         "mode": "payment",
         "line_items": [
@@ -56,6 +63,9 @@ async def start_checkout(
         "success_url": f"{return_url}?checkout=success&session_id={{CHECKOUT_SESSION_ID}}",
         "cancel_url": f"{return_url}?checkout=canceled",
     }
+    if save_card:
+        params["customer_creation"] = "always"
+        params["payment_intent_data"] = {"setup_future_usage": "off_session"}
     return await client.v1.checkout.sessions.create_async(params=params)
 
 
@@ -106,43 +116,82 @@ def read_event(payload: bytes, signature: str | None, secret: str) -> dict[str, 
 
 @dataclass(frozen=True)
 class TopUp:
-    """A pack paid for: the credits to add to the buyer's account, once per Checkout Session."""
+    """A pack paid for: the credits to add to the buyer's account, once per payment (its `key`: the
+    Checkout Session, or the off-session payment intent of an auto top-up)."""
 
     user_id: uuid.UUID
     pack: str
     credits: Decimal
-    session_id: str
-    event_id: str
+    key: str
+    reason: str
 
-    @property
-    def key(self) -> str:
-        return f"stripe:checkout:{self.session_id}"
+
+def _event_object(event: dict[str, Any]) -> dict[str, Any] | None:
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    return obj if isinstance(obj, dict) else None
 
 
 def top_up_of(event: dict[str, Any]) -> TopUp | None:
-    """What a paid Checkout Session credits; None for any other event, an unpaid session, or a session
-    that did not come from `start_checkout` (logged: nothing can be credited for it)."""
-    if event["type"] not in CREDITING_EVENTS:
+    """What a paid Checkout Session or a succeeded auto top-up credits; None for any other event, an
+    unpaid session, or a payment that did not come from here (logged: nothing can be credited for it)."""
+    obj = _event_object(event)
+    if obj is None:
         return None
-    data = event.get("data")
-    session = data.get("object") if isinstance(data, dict) else None
-    if not isinstance(session, dict) or session.get("payment_status") != "paid":
+    if event["type"] in CREDITING_EVENTS and obj.get("payment_status") == "paid":
+        buyer, key = obj.get("client_reference_id"), f"stripe:checkout:{obj.get('id')}"
+    elif event["type"] == "payment_intent.succeeded":
+        buyer, key = (obj.get("metadata") or {}).get("user_id"), f"stripe:payment_intent:{obj.get('id')}"
+    else:
         return None
-    metadata = session.get("metadata") if isinstance(session.get("metadata"), dict) else {}
+    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     try:
         top_up = TopUp(
-            user_id=uuid.UUID(str(session.get("client_reference_id"))),
+            user_id=uuid.UUID(str(buyer)),
             pack=str(metadata["pack"]),
             credits=Decimal(str(metadata["credits"])),
-            session_id=str(session["id"]),
-            event_id=event["id"],
+            key=key,
+            reason=f"{metadata['pack']} pack, Stripe {obj['id']} ({event['id']})",
         )
     except (KeyError, ValueError, TypeError, ArithmeticError):
         top_up = None
     if top_up is None or not (top_up.credits.is_finite() and top_up.credits > 0):
-        log.error("a paid Checkout Session names no buyer or pack", extra={"stripe_event": event["id"]})
+        log.error("a Stripe payment names no buyer or pack", extra={"stripe_event": event["id"]})
         return None
     return top_up
+
+
+def customer_of(event: dict[str, Any]) -> tuple[uuid.UUID, str] | None:
+    """(buyer, Stripe customer) of a paid Checkout Session that saved the buyer's card."""
+    obj = _event_object(event)
+    if obj is None or event["type"] not in CREDITING_EVENTS or not isinstance(obj.get("customer"), str):
+        return None
+    try:
+        return uuid.UUID(str(obj.get("client_reference_id"))), obj["customer"]
+    except ValueError:
+        return None
+
+
+async def charge_off_session(
+    client: stripe.StripeClient, *, user_id: uuid.UUID, customer: str, pack_name: str, pack: Pack, key: str
+) -> stripe.PaymentIntent | None:
+    """Buy a pack with the customer's saved card, the buyer away (an auto top-up); once per `key`,
+    however often it is asked (Stripe's idempotency). None when no card is saved. Raises
+    stripe.CardError when the card is declined, another stripe.StripeError when Stripe can't answer."""
+    methods = await client.v1.payment_methods.list_async(params={"customer": customer, "type": "card"})
+    if not methods.data:
+        return None
+    params: dict[str, Any] = {
+        "amount": pack.price,
+        "currency": pack.currency,
+        "customer": customer,
+        "payment_method": methods.data[0].id,
+        "off_session": True,
+        "confirm": True,
+        "description": f"daygen auto top-up: {pack_name}, {pack.credits} credits",
+        "metadata": {"pack": pack_name, "credits": str(pack.credits), "user_id": str(user_id), "auto_top_up": key},
+    }
+    return await client.v1.payment_intents.create_async(params=params, options={"idempotency_key": key})
 
 
 # A subscription in these states is paid for (or in its trial); in these, it is over. Others
@@ -181,9 +230,8 @@ def _subscription_metadata(event: dict[str, Any], obj: dict[str, Any]) -> dict[s
 def plan_set_of(event: dict[str, Any]) -> PlanSet | None:
     """The plan a subscription event sets: a live subscription its plan, an ended one none, and a paid
     invoice of a subscription its plan (a renewal); None for other events and states."""
-    data = event.get("data")
-    obj = data.get("object") if isinstance(data, dict) else None
-    if not isinstance(obj, dict):
+    obj = _event_object(event)
+    if obj is None:
         return None
     if event["type"] in SUBSCRIPTION_EVENTS:
         status = "canceled" if event["type"] == "customer.subscription.deleted" else obj.get("status")

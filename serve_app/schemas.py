@@ -270,6 +270,21 @@ class JobAccepted(Out):
 
 class CheckoutCreate(Strict):
     pack: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    saveCard: bool = Field(False, description="keep the card for auto top-up (charged while you are away)")
+
+
+class AutoTopUpSet(Strict):
+    pack: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    threshold: Annotated[Decimal, Field(ge=0, le=10**6, max_digits=10, decimal_places=3, allow_inf_nan=False)] = Field(
+        description="buy the pack when the balance falls under this many credits"
+    )
+
+
+class AutoTopUpOut(Out):
+    enabled: bool
+    pack: str | None
+    threshold: float | None
+    cardSaved: bool = Field(description="a card was saved at a checkout with saveCard")
 
 
 class SubscribeCreate(Strict):

@@ -63,6 +63,7 @@ class User(Base):
     __table_args__ = (
         CheckConstraint("email = lower(btrim(email))", name="email_normalised"),
         CheckConstraint(f"status IN {USER_STATUSES}", name="status_known"),
+        Index("ix_users_auto_top_up", "id", postgresql_where=text("auto_top_up_pack IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = _id()
@@ -76,6 +77,16 @@ class User(Base):
     plan: Mapped[str] = mapped_column(Text, nullable=False, default="free", server_default="free")
     # When the Stripe event that last set `plan` was made: an older one delivered later changes nothing.
     plan_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Stripe's customer for the account, made when it saved a card at checkout (auto top-up charges it).
+    stripe_customer_id: Mapped[str | None] = mapped_column(Text)
+    # Auto top-up: `pack` is bought off-session when the balance falls under `threshold` (no pack: off).
+    # Armed while the balance is at or over the threshold; each fall under it is one crossing, charged
+    # once (`pending` holds the crossing being charged, its number the charge's idempotency key).
+    auto_top_up_pack: Mapped[str | None] = mapped_column(Text)
+    auto_top_up_threshold: Mapped[Decimal | None] = mapped_column(Credits)
+    auto_top_up_armed: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True, server_default="true")
+    auto_top_up_crossings: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    auto_top_up_pending: Mapped[int | None] = mapped_column(Integer)
     # An admin's overrides of the plan's limits (pipelines.limits.Limits fields), None for none.
     limits: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # Standard Webhooks signing secret (`whsec_...`), made on first use; after a rotation the

@@ -4,14 +4,25 @@ frontend's wallet balance."""
 from __future__ import annotations
 
 import logging
+import uuid
 
 import stripe
 from fastapi import APIRouter, Depends, Request
 
-from daygen.errors import BillingUnavailable, InvalidInput
-from pipelines.payments import PlanSet, plan_set_of, read_event, start_checkout, start_subscription, top_up_of
+from daygen.errors import BillingUnavailable, InvalidInput, NoSavedCard
+from pipelines.payments import (
+    PlanSet,
+    customer_of,
+    plan_set_of,
+    read_event,
+    start_checkout,
+    start_subscription,
+    top_up_of,
+)
 from serve_app.deps import CurrentUser, ServicesDep, SessionDep, require_json
 from serve_app.schemas import (
+    AutoTopUpOut,
+    AutoTopUpSet,
     CheckoutCreate,
     CheckoutOut,
     LimitsOut,
@@ -20,7 +31,8 @@ from serve_app.schemas import (
     SubscribeCreate,
     WalletBalance,
 )
-from storage import ledger
+from storage import auto_top_ups, ledger
+from storage.models import User
 from storage.users import get_user, set_plan_from_event
 
 log = logging.getLogger("daygen.billing")
@@ -47,11 +59,62 @@ async def checkout(body: CheckoutCreate, user: CurrentUser, services: ServicesDe
             pack_name=body.pack,
             pack=pack,
             return_url=services.settings.checkout_return,
+            save_card=body.saveCard,
         )
     except stripe.StripeError as exc:
         log.error("Stripe refused a Checkout Session", extra={"stripe_error": type(exc).__name__})
         raise BillingUnavailable("the payment provider did not answer; try again") from None
     return CheckoutOut(sessionId=session.id, url=session.url)
+
+
+def _auto_top_up_out(user: User) -> AutoTopUpOut:
+    on = user.auto_top_up_pack is not None
+    return AutoTopUpOut(
+        enabled=on,
+        pack=user.auto_top_up_pack,
+        threshold=float(user.auto_top_up_threshold) if on and user.auto_top_up_threshold is not None else None,
+        cardSaved=user.stripe_customer_id is not None,
+    )
+
+
+@v1.get("/auto-top-up")
+async def auto_top_up(user: CurrentUser) -> AutoTopUpOut:
+    return _auto_top_up_out(user)
+
+
+@v1.put("/auto-top-up")
+async def set_auto_top_up(
+    body: AutoTopUpSet, user: CurrentUser, services: ServicesDep, session: SessionDep
+) -> AutoTopUpOut:
+    """Buy `pack` with the card saved at checkout whenever the balance falls under `threshold`: once
+    each time it falls (never twice for one fall), charged while you are away. 409 `no_saved_card`
+    before a checkout with `saveCard`."""
+    packs = services.billing.packs
+    if body.pack not in packs:
+        known = ", ".join(sorted(packs)) or "none"
+        raise InvalidInput(f"no pack {body.pack!r}", details=[{"field": "pack", "message": f"one of: {known}"}])
+    if user.stripe_customer_id is None:
+        raise NoSavedCard("save a card first: buy a pack with saveCard")
+    user_id = user.id
+    await auto_top_ups.set_auto_top_up(session, user_id, body.pack, body.threshold)
+    await session.commit()
+    await services.ledger.auto_top_up.remote(user_id)  # already under the threshold: bought now
+    return _auto_top_up_out(await _reread(session, user_id))
+
+
+@v1.delete("/auto-top-up")
+async def stop_auto_top_up(user: CurrentUser, session: SessionDep) -> AutoTopUpOut:
+    user_id = user.id
+    await auto_top_ups.set_auto_top_up(session, user_id, None, None)
+    await session.commit()
+    return _auto_top_up_out(await _reread(session, user_id))
+
+
+async def _reread(session: SessionDep, user_id: uuid.UUID) -> User:
+    """The account as it is now (the request's user was read elsewhere, before the change)."""
+    fresh = await session.get(User, user_id, populate_existing=True)
+    assert fresh is not None  # the request's own account
+    return fresh
 
 
 @v1.post("/subscribe")
@@ -98,10 +161,15 @@ async def stripe_webhook(request: Request, services: ServicesDep, session: Sessi
     top_up = top_up_of(event)
     if top_up is None:
         return StripeReceived(received=True, credited=False)
+    if (saved := customer_of(event)) is not None and saved[0] == top_up.user_id:
+        await auto_top_ups.save_customer(session, *saved)
+        await session.commit()
     if await get_user(session, top_up.user_id) is None:
         log.error("a paid Checkout Session names no account here", extra={"stripe_event": event["id"]})
         return StripeReceived(received=True, credited=False)
     credited = await services.ledger.top_up.remote(top_up)
+    if credited:
+        await services.ledger.auto_top_up.remote(top_up.user_id)  # back over its threshold: armed again
     return StripeReceived(received=True, credited=credited)
 
 

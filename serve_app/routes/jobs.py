@@ -203,11 +203,13 @@ class Submitter:
 
     id: uuid.UUID
     limits: Limits
+    auto_top_up_under: Decimal | None = None  # the balance under which an auto top-up buys credits
 
     @classmethod
     def of(cls, services: Services, user: User) -> Submitter:
         throttled = user.status == "throttled"
-        return cls(user.id, services.billing.limits(user.plan, user.limits, throttled=throttled))
+        under = user.auto_top_up_threshold if user.auto_top_up_pack is not None else None
+        return cls(user.id, services.billing.limits(user.plan, user.limits, throttled=throttled), under)
 
     @property
     def caps(self) -> ledger.Caps:
@@ -277,7 +279,11 @@ async def queue_jobs(
         for job in jobs[: admitted.jobs]
     ]
     answers: list[Queued] = []
-    for job, queued in zip(new, await services.queue(new) if new else [], strict=True):
+    queued_answers = await services.queue(new) if new else []
+    under = submitter.auto_top_up_under
+    if under is not None and any(q.outcome != "key_taken" and q.balance < under for q in queued_answers):
+        services.ledger.auto_top_up.remote(owner_id)  # not waited for: Stripe is not on the submit's path
+    for job, queued in zip(new, queued_answers, strict=True):
         if queued.outcome == "queued":
             answers.append(job.id)
         elif queued.outcome == "refused":

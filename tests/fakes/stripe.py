@@ -1,10 +1,13 @@
-"""A local fake of the Stripe endpoint daygen calls: `POST /v1/checkout/sessions` (a pack's payment, or
-a plan's subscription).
+"""A local fake of the Stripe endpoints daygen calls: `POST /v1/checkout/sessions` (a pack's payment,
+a plan's subscription), and for auto top-up `GET /v1/payment_methods` and `POST /v1/payment_intents`.
 
 Real HTTP on loopback (the app's `stripe` client reaches it through DAYGEN_STRIPE_API_BASE). It
 checks the secret key, reads Stripe's form encoding (`line_items[0][price_data][currency]=usd`),
-refuses what Stripe would, and answers with a Checkout Session as Stripe does; every session made
-is kept for the tests to look at, and `fail_next` makes it answer 5xx.
+refuses what Stripe would, and answers as Stripe does. A session that saves the card
+(`payment_intent_data[setup_future_usage]`) makes a customer with a card on file; a payment intent
+charges it off-session once per Idempotency-Key (a repeat answers the first answer, as Stripe does),
+or is declined after `decline_next`. Every session and charge made is kept for the tests to look at,
+and `fail_next` makes the next request answer 5xx.
 """
 
 from __future__ import annotations
@@ -30,14 +33,29 @@ class MadeSession:
     session: dict[str, Any]  # the answer
 
 
+@dataclass
+class Charge:
+    params: dict[str, str]  # the form as sent
+    intent: dict[str, Any]  # the answer (a declined charge's payment intent too)
+
+
 class FakeStripe:
     api_key = "sk_test_daygen_fake"
 
     def __init__(self) -> None:
         self.made: list[MadeSession] = []
+        self.charges: list[Charge] = []
+        self.cards: dict[str, list[str]] = {}  # customer -> its saved payment methods
+        self._answers: dict[str, tuple[int, dict[str, Any]]] = {}  # Idempotency-Key -> the first answer
         self._failures = 0
+        self._declines = 0
         self._lock = threading.Lock()
-        self._server = FakeServer(Starlette(routes=[Route("/v1/checkout/sessions", self._create, methods=["POST"])]))
+        routes = [
+            Route("/v1/checkout/sessions", self._create, methods=["POST"]),
+            Route("/v1/payment_methods", self._payment_methods, methods=["GET"]),
+            Route("/v1/payment_intents", self._payment_intent, methods=["POST"]),
+        ]
+        self._server = FakeServer(Starlette(routes=routes))
 
     def __enter__(self) -> FakeStripe:
         self._server.start()
@@ -55,23 +73,85 @@ class FakeStripe:
         with self._lock:
             self._failures += times
 
+    def decline_next(self, times: int = 1) -> None:
+        """The next `times` off-session charges are declined (`card_declined`)."""
+        with self._lock:
+            self._declines += times
+
     def reset(self) -> None:
         with self._lock:
             self._failures = 0
+            self._declines = 0
             self.made.clear()
+            self.charges.clear()
+            self._answers.clear()
+
+    def _refusal(self, request: Request) -> JSONResponse | None:
+        """The answer to a request with a wrong key, or during an incident; None for the rest."""
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return self._error(401, "invalid_request_error", "Invalid API Key provided")
+        with self._lock:
+            failing = self._failures > 0
+            self._failures -= failing
+        return self._error(500, "api_error", "An unknown error occurred") if failing else None
+
+    async def _payment_methods(self, request: Request) -> JSONResponse:
+        if refused := self._refusal(request):
+            return refused
+        customer = request.query_params.get("customer", "")
+        if customer not in self.cards:
+            return self._error(404, "invalid_request_error", f"No such customer: '{customer}'")
+        methods = [
+            {"id": pm, "object": "payment_method", "type": "card", "customer": customer} for pm in self.cards[customer]
+        ]
+        return JSONResponse({"object": "list", "data": methods, "has_more": False, "url": "/v1/payment_methods"})
+
+    async def _payment_intent(self, request: Request) -> JSONResponse:
+        if refused := self._refusal(request):
+            return refused
+        key = request.headers.get("idempotency-key")
+        with self._lock:
+            if key is not None and key in self._answers:
+                status, body = self._answers[key]
+                return JSONResponse(body, status)
+        params = {k: str(v) for k, v in (await request.form()).items()}
+        customer, method = params.get("customer", ""), params.get("payment_method", "")
+        if method not in self.cards.get(customer, []):
+            return self._error(400, "invalid_request_error", "The payment method does not belong to the customer.")
+        if params.get("off_session") != "true" or params.get("confirm") != "true":
+            return self._error(400, "invalid_request_error", "This fake only charges off-session, confirmed.")
+        metadata = {k[len("metadata[") : -1]: v for k, v in params.items() if k.startswith("metadata[")}
+        with self._lock:
+            declined = self._declines > 0
+            self._declines -= declined
+        intent = {
+            "id": f"pi_{secrets.token_hex(12)}",
+            "object": "payment_intent",
+            "amount": int(params["amount"]),
+            "currency": params["currency"],
+            "customer": customer,
+            "payment_method": method,
+            "metadata": metadata,
+            "status": "requires_payment_method" if declined else "succeeded",
+        }
+        status, body = 200, intent
+        if declined:
+            status = 402
+            error = {"type": "card_error", "code": "card_declined", "decline_code": "insufficient_funds"}
+            body = {"error": {**error, "message": "Your card has insufficient funds.", "payment_intent": intent}}
+        with self._lock:
+            self.charges.append(Charge(params, intent))
+            if key is not None:
+                self._answers[key] = (status, body)
+        return JSONResponse(body, status)
 
     @staticmethod
     def _error(status: int, kind: str, message: str) -> JSONResponse:
         return JSONResponse({"error": {"type": kind, "message": message}}, status)
 
     async def _create(self, request: Request) -> JSONResponse:
-        if request.headers.get("authorization") != f"Bearer {self.api_key}":
-            return self._error(401, "invalid_request_error", "Invalid API Key provided")
-        with self._lock:
-            failing = self._failures > 0
-            self._failures -= failing
-        if failing:
-            return self._error(500, "api_error", "An unknown error occurred")
+        if refused := self._refusal(request):
+            return refused
         params = {key: str(value) for key, value in (await request.form()).items()}
         if missing := [name for name in REQUIRED if name not in params]:
             return self._error(400, "invalid_request_error", f"Missing required param: {missing[0]}.")
@@ -95,6 +175,12 @@ class FakeStripe:
             "status": "open",
             "success_url": params["success_url"],
             "cancel_url": params.get("cancel_url"),
+            "customer": None,
         }
+        if params.get("payment_intent_data[setup_future_usage]") == "off_session":
+            customer = f"cus_{secrets.token_hex(8)}"
+            session["customer"] = customer
+            with self._lock:
+                self.cards[customer] = [f"pm_{secrets.token_hex(8)}"]  # as once the buyer has paid
         self.made.append(MadeSession(params, session))
         return JSONResponse(session)
