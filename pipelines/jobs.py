@@ -74,7 +74,9 @@ async def queue_jobs(
         await ledger_queries.lock_accounts(session, (owner for owner, _ in keyed), event_logs=True)
         taken = await job_queries.jobs_by_idempotency_key(session, keyed)
     free = [job for job in jobs if taken.get((job.owner_id, job.idempotency_key or ""), job.id) == job.id]
-    reservations = [ledger_queries.Reservation(job.owner_id, job.id, job.cost, job.caps) for job in free]
+    reservations = [
+        ledger_queries.Reservation(job.account_id, job.id, job.cost, job.caps, owner_id=job.owner_id) for job in free
+    ]
     held = await ledger_queries.reserve_many(session, reservations, event_logs=True) if free else []
     answers = {
         job.id: QueueAnswer("queued", h.balance) if h.accepted else QueueAnswer("refused", h.balance, h.refusal, h.used)

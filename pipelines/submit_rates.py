@@ -67,20 +67,19 @@ class SubmitRates:
         self._admit = redis.register_script(_ADMIT)
 
     async def admit(
-        self, account: str, account_limit: int | None, providers: Sequence[str], provider_limits: dict[str, int]
+        self, accounts: Sequence[tuple[str, int | None]], providers: Sequence[str], provider_limits: dict[str, int]
     ) -> Admitted:
-        """Admit jobs (one per entry of `providers`, in order) against the account's limit a minute and
-        their providers'; none of them is a limit: all go on, with no trip to Redis."""
+        """Admit jobs (one per entry of `providers`, in order) against the limits a minute of `accounts`
+        ((key, limit): each job counts against every one, a user's and a team's) and of their providers;
+        none of them a limit: all go on, with no trip to Redis."""
         limited = sorted({p for p in providers if p in provider_limits})
-        if account_limit is None and not limited:
+        shared = [(account, limit) for account, limit in accounts if limit is not None]
+        if not shared and not limited:
             return Admitted(len(providers))
-        keys, limits = [], []
-        if account_limit is not None:
-            keys.append(f"{self.namespace}:submit-rate:account:{account}")
-            limits.append(account_limit)
+        keys = [f"{self.namespace}:submit-rate:{account}" for account, _ in shared]
         keys += [f"{self.namespace}:submit-rate:provider:{p}" for p in limited]
-        limits += [provider_limits[p] for p in limited]
+        limits = [limit for _, limit in shared] + [provider_limits[p] for p in limited]
         index = {p: i + 1 for i, p in enumerate(limited)}
-        args = [len(keys) - len(limited), *limits, *(index.get(p, 0) for p in providers)]
+        args = [len(shared), *limits, *(index.get(p, 0) for p in providers)]
         admitted, wait_ms = await self._admit(keys=keys, args=args)
         return Admitted(int(admitted), 0.0 if admitted == len(providers) else wait_ms / 1000)

@@ -224,6 +224,7 @@ class JobCreate(Strict):
     webhookUrl: str | None = Field(
         None, max_length=2048, description="http(s) URL that receives the job's terminal event, signed"
     )
+    orgId: uuid.UUID | None = Field(None, description="charge the job to this organisation (you are a member)")
 
     def shape_problem(self) -> tuple[str, str] | None:
         """(field, message) when the body is neither one operation nor a chain; the route answers 422."""
@@ -240,14 +241,17 @@ MAX_BATCH = 100
 
 
 class BatchItem(JobCreate):
-    """One job of a batch: the body of `POST /v1/jobs`, plus its own idempotency key."""
+    """One job of a batch: the body of `POST /v1/jobs`, plus its own idempotency key (the batch names
+    the organisation, if any, for all its jobs)."""
 
     idempotencyKey: str | None = Field(None, max_length=1000)
+    orgId: None = Field(None, description="set on the batch, not on its jobs")
 
 
 class JobBatchCreate(Strict):
     # Items are checked one by one, so one bad item is that item's 422, not the batch's.
     jobs: list[Any] = Field(min_length=1, max_length=MAX_BATCH)
+    orgId: uuid.UUID | None = Field(None, description="charge every job to this organisation")
 
 
 class BatchItemResult(Out):
@@ -271,6 +275,7 @@ class JobAccepted(Out):
 class CheckoutCreate(Strict):
     pack: Annotated[str, StringConstraints(min_length=1, max_length=40)]
     saveCard: bool = Field(False, description="keep the card for auto top-up (charged while you are away)")
+    orgId: uuid.UUID | None = Field(None, description="buy for this organisation (you are an owner)")
 
 
 class AutoTopUpSet(Strict):
@@ -650,6 +655,7 @@ class AdminActionPage(Out):
 class UsageLineOut(Out):
     userId: uuid.UUID
     email: str | None
+    orgId: uuid.UUID | None = Field(description="the organisation charged; null for the account's own")
     provider: str
     operation: str
     calls: int
@@ -663,3 +669,68 @@ class UsageLineOut(Out):
 class UsageReport(Out):
     items: list[UsageLineOut]
     totals: dict[str, float]
+
+
+# -- organisations ----------------------------------------------------------------------------
+
+OrgName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul]
+OrgRole = Literal["owner", "member"]
+MemberCap = Annotated[Decimal, Field(ge=0, le=10**9, max_digits=13, decimal_places=3, allow_inf_nan=False)]
+
+
+class OrgCreate(Strict):
+    name: OrgName
+
+
+class OrgOut(Out):
+    id: uuid.UUID
+    name: str
+    plan: str
+    role: OrgRole = Field(description="yours")
+    credits: float = Field(description="the organisation's balance, which its members' jobs spend")
+    createdAt: datetime
+
+
+class OrgList(Out):
+    items: list[OrgOut]
+
+
+class MemberAdd(Strict):
+    email: Email
+    role: OrgRole = "member"
+    creditsPerMonth: MemberCap | None = Field(None, description="what they may spend a UTC month; null: no cap")
+
+
+class MemberChange(Strict):
+    """A field given replaces the member's (creditsPerMonth null: no cap); one left out stays."""
+
+    role: OrgRole | None = None
+    creditsPerMonth: MemberCap | None = None
+
+
+class MemberOut(Out):
+    userId: uuid.UUID
+    email: str
+    role: OrgRole
+    creditsPerMonth: float | None
+    createdAt: datetime
+
+
+class OrgDetail(OrgOut):
+    members: list[MemberOut]
+
+
+class AdminOrgOut(Out):
+    id: uuid.UUID
+    name: str
+    plan: str
+    limits: LimitsOut
+    limitOverrides: dict[str, float | int | None]
+    credits: float
+    members: int
+    createdAt: datetime
+
+
+class AdminOrgPage(Out):
+    items: list[AdminOrgOut]
+    nextCursor: str | None

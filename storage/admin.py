@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import ledger
-from storage.models import AdminAction, LedgerBalance, User
+from storage.models import AdminAction, LedgerBalance, Organisation, User
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,21 @@ async def set_limits(
         return False
     await record(session, admin, "limits", user_id, reason, {"from": user.limits, "to": overrides})
     user.limits = overrides
+    return True
+
+
+async def set_org_limits(
+    session: AsyncSession, admin: Admin, org_id: uuid.UUID, overrides: dict[str, Any] | None, reason: str
+) -> bool | None:
+    """`set_limits` of an organisation (its id is the audit record's account)."""
+    org = await session.get(Organisation, org_id, with_for_update=True)
+    if org is None:
+        return None
+    overrides = overrides or None
+    if org.limits == overrides:
+        return False
+    await record(session, admin, "limits", org_id, reason, {"from": org.limits, "to": overrides})
+    org.limits = overrides
     return True
 
 

@@ -89,7 +89,13 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     webhook_url: str | None = None
-    caps: Caps = NO_CAPS  # the owner's limits its reservation is judged against (not stored)
+    caps: Caps = NO_CAPS  # the limits its reservation is judged against (not stored)
+    org_id: uuid.UUID | None = None  # the team whose balance pays, its owner a member
+
+    @property
+    def account_id(self) -> uuid.UUID:
+        """The ledger account that pays: the team's, or the owner's own."""
+        return self.org_id or self.owner_id
 
 
 # New jobs' fields; the model's defaults make them queued.
@@ -104,6 +110,7 @@ _NEW_JOB: tuple[tuple[str, TypeEngine], ...] = (
     ("idempotency_key", Text()),
     ("request_hash", Text()),
     ("webhook_url", Text()),
+    ("org_id", PgUUID(as_uuid=True)),
 )
 
 
@@ -486,9 +493,13 @@ def _finish_statement() -> Select:
     )
     used = unnest_rows("new_usage", _NEW_USAGE, prefix="usage_")
     usage_names = [name for name, _ in _NEW_USAGE]
+    org = select(Job.org_id).where(Job.id == used.c.job_id).scalar_subquery()  # the team charged, if any
     usage = (
         pg_insert(UsageRecord.__table__)
-        .from_select(usage_names, select(*(used.c[n] for n in usage_names)).where(used.c.job_id.in_(select(kept.c.id))))
+        .from_select(
+            [*usage_names, "org_id"],
+            select(*(used.c[n] for n in usage_names), org).where(used.c.job_id.in_(select(kept.c.id))),
+        )
         .on_conflict_do_nothing(index_elements=["job_id", "step"])
         .cte("new_usage_records")
     )

@@ -30,6 +30,7 @@ from sqlalchemy import (
     func,
     literal,
     null,
+    or_,
     select,
     true,
 )
@@ -112,18 +113,27 @@ class Caps:
     concurrent_jobs: int | None = None
     credits_per_day: Decimal | None = None
     credits_per_month: Decimal | None = None
+    # What the job's owner may spend of a team's balance a UTC month (their member cap).
+    member_credits_per_month: Decimal | None = None
 
 
 NO_CAPS = Caps()
-Refusal = Literal["credits", "credits_per_day", "credits_per_month", "concurrent_jobs"]
+Refusal = Literal["credits", "credits_per_day", "credits_per_month", "concurrent_jobs", "member_credits_per_month"]
 
 
 @dataclass(frozen=True)
 class Reservation:
+    """Credits to hold on `account_id` for a job of `owner_id` (the account's own, or a team member's)."""
+
     account_id: uuid.UUID
     job_id: uuid.UUID
     amount: Decimal
     caps: Caps = NO_CAPS
+    owner_id: uuid.UUID | None = None  # None: the account's own job
+
+    @property
+    def owner(self) -> uuid.UUID:
+        return self.owner_id or self.account_id
 
 
 @dataclass(frozen=True)
@@ -170,7 +180,8 @@ async def standing(session: AsyncSession, account_id: uuid.UUID) -> Standing:
 def _locked_balances_statement(event_logs: bool) -> Select:
     """The accounts' balances, each row locked until commit, in one order (sorted) so two writers can't
     deadlock. A row another transaction changed meanwhile is read as that one committed it. With
-    `event_logs`, the accounts' (owners') event logs are locked first, in the same statement."""
+    `event_logs`, the event logs of `owners` (the accounts' jobs' owners) are locked first, in the same
+    statement."""
     uuids = ARRAY(PgUUID(as_uuid=True))
     accounts = bindparam("accounts", type_=uuids)
     spent_today, spent_this_month = spending_columns()
@@ -181,7 +192,7 @@ def _locked_balances_statement(event_logs: bool) -> Select:
         .with_for_update()
     )
     if event_logs:
-        owners = func.unnest(bindparam("accounts", type_=uuids)).table_valued(column("owner_id", PgUUID(as_uuid=True)))
+        owners = func.unnest(bindparam("owners", type_=uuids)).table_valued(column("owner_id", PgUUID(as_uuid=True)))
         stmt = stmt.where(owners_locked(select(owners.render_derived())) >= 0)
     return stmt
 
@@ -218,7 +229,7 @@ async def lock_accounts(
     the caller reads meanwhile about what their reservations are for can't change under it. With
     `event_logs`, their owners' event logs first (as `reserve_many`). Answers each account's balance."""
     wanted = sorted(set(accounts))
-    locked = await session.execute(_locked_balances_statement(event_logs), {"accounts": wanted})
+    locked = await session.execute(_locked_balances_statement(event_logs), {"accounts": wanted, "owners": wanted})
     return {account: Decimal(0) for account in wanted} | {row.account_id: row.balance for row in locked}
 
 
@@ -231,8 +242,12 @@ class _Account:
     spent_this_month: Decimal = Decimal(0)
     open_jobs: int = 0
 
-    def refusal(self, amount: Decimal, caps: Caps) -> tuple[Refusal, Decimal] | None:
-        """Why a reservation of `amount` is refused, with what counts against the limit; None: it fits."""
+    def refusal(self, amount: Decimal, caps: Caps, member_spent: Decimal) -> tuple[Refusal, Decimal] | None:
+        """Why a reservation of `amount` is refused, with what counts against the limit; None: it fits.
+        `member_spent`: what the job's owner spent of this (a team's) account this month."""
+        member_cap = caps.member_credits_per_month
+        if member_cap is not None and member_spent + amount > member_cap:
+            return "member_credits_per_month", member_spent
         if caps.concurrent_jobs is not None and self.open_jobs >= caps.concurrent_jobs:
             return "concurrent_jobs", Decimal(self.open_jobs)
         if caps.credits_per_day is not None and self.spent_today + amount > caps.credits_per_day:
@@ -250,15 +265,36 @@ class _Account:
         self.open_jobs += 1
 
 
-async def _open_jobs(session: AsyncSession, owners: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
-    """Each owner's queued and running jobs (an index of open jobs by owner, `ix_jobs_owner_open`)."""
+async def _open_jobs(session: AsyncSession, accounts: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Each account's queued and running jobs: a team's, or a user's own (not those charged to a team);
+    through the indexes of open jobs by owner and by team."""
+    wanted = func.any(bindparam("accounts", type_=ARRAY(PgUUID(as_uuid=True))))
+    account = func.coalesce(Job.org_id, Job.owner_id)
     stmt = (
-        select(Job.owner_id, func.count())
-        .where(Job.owner_id == func.any(bindparam("owners", type_=ARRAY(PgUUID(as_uuid=True)))))
+        select(account, func.count())
+        .where(or_(Job.org_id == wanted, and_(Job.org_id.is_(None), Job.owner_id == wanted)))
         .where(Job.status.in_(("queued", "running")))
-        .group_by(Job.owner_id)
+        .group_by(account)
     )
-    return {owner: count for owner, count in await session.execute(stmt, {"owners": list(owners)})}
+    return {owner: count for owner, count in await session.execute(stmt, {"accounts": list(accounts)})}
+
+
+async def _member_spending(
+    session: AsyncSession, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]]
+) -> dict[tuple[uuid.UUID, uuid.UUID], Decimal]:
+    """For each (team, member), what the member's jobs spent of the team's balance this UTC month
+    (held, less what was given back)."""
+    month_start = func.timezone("UTC", func.date_trunc("month", func.timezone("UTC", func.now())))
+    spent: dict[tuple[uuid.UUID, uuid.UUID], Decimal] = {}
+    for org, member in pairs:  # a handful a call: teams are few among a call's jobs
+        stmt = (
+            select(func.coalesce(-func.sum(LedgerEntry.amount), 0))
+            .join(Job, Job.id == LedgerEntry.job_id)
+            .where(LedgerEntry.account_id == org, LedgerEntry.created_at >= month_start)
+            .where(LedgerEntry.kind.in_(("reserve", "commit", "release")), Job.owner_id == member)
+        )
+        spent[(org, member)] = (await session.execute(stmt)).scalar_one()
+    return spent
 
 
 @dataclass(frozen=True)
@@ -302,13 +338,18 @@ async def reserve_many(
     transaction that does both keeps (`storage.events.owners_locked`).
     """
     accounts: dict[uuid.UUID, _Account] = {r.account_id: _Account() for r in requests}
-    locked = await session.execute(_locked_balances_statement(event_logs), {"accounts": sorted(accounts)})
+    owners = sorted({r.owner for r in requests})
+    locked = await session.execute(
+        _locked_balances_statement(event_logs), {"accounts": sorted(accounts), "owners": owners}
+    )
     for account_id, balance, spent_today, spent_this_month in locked:
         accounts[account_id] = _Account(balance, spent_today, spent_this_month)
     # Counted under the lock (a statement of its own, so it sees every job queued before the lock was had).
     if capped := sorted({r.account_id for r in requests if r.caps.concurrent_jobs is not None}):
         for owner, count in (await _open_jobs(session, capped)).items():
             accounts[owner].open_jobs = count
+    capped_members = {(r.account_id, r.owner) for r in requests if r.caps.member_credits_per_month is not None}
+    member_spent = await _member_spending(session, sorted(capped_members)) if capped_members else {}
     keys = [f"reserve:{r.job_id}" for r in requests]
     # Read after the lock, so a repeat of a reservation that was being made meanwhile is seen.
     held = set(await _entries_by_key(session, keys))
@@ -318,11 +359,14 @@ async def reserve_many(
         if key in held:
             answers.append(Reserved(True, account.balance, repeat=True))
             continue
-        if refused := account.refusal(request.amount, request.caps):
+        member = (request.account_id, request.owner)
+        if refused := account.refusal(request.amount, request.caps, member_spent.get(member, Decimal(0))):
             answers.append(Reserved(False, account.balance, refusal=refused[0], used=refused[1]))
             continue
         held.add(key)
         account.hold(request.amount)
+        if member in member_spent:
+            member_spent[member] += request.amount
         rows.append(
             {
                 "account_id": request.account_id,

@@ -135,8 +135,9 @@ class Job(Base):
             "id",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
-        # An owner's open jobs: counted by a submit under a concurrency limit.
+        # An owner's (a team's) open jobs: counted by a submit under a concurrency limit.
         Index("ix_jobs_owner_open", "owner_id", postgresql_where=text("status IN ('queued', 'running')")),
+        Index("ix_jobs_org_open", "org_id", postgresql_where=text("status IN ('queued', 'running')")),
         # What ended since a time: the dispatcher's reconciliation passes.
         Index("ix_jobs_completed_at", "completed_at", postgresql_where=text("completed_at IS NOT NULL")),
     )
@@ -146,6 +147,8 @@ class Job(Base):
         UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), nullable=False
     )
     operation: Mapped[str] = mapped_column(Text, nullable=False)
+    # The team whose balance pays for the job (its owner a member), None for the owner's own.
+    org_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     # The provider of the next step to run: whose pool claims the job and counts it as queued.
     provider: Mapped[str] = mapped_column(Text, nullable=False)
     params: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
@@ -201,6 +204,8 @@ class LedgerEntry(Base):
         CheckConstraint(f"kind IN {LEDGER_KINDS}", name="kind_known"),
         Index("ix_ledger_entries_account_id", "account_id"),
         Index("ix_ledger_entries_job_id", "job_id"),
+        # An account's entries by time: what a team's member spent of it this month.
+        Index("ix_ledger_entries_account_id_created_at", "account_id", "created_at"),
         # Each account's allowance resets, latest first (storage/allowances.py).
         Index("ix_ledger_entries_resets", "account_id", "id", postgresql_where=text("kind = 'reset'")),
     )
@@ -351,12 +356,14 @@ class UsageRecord(Base):
         UniqueConstraint("job_id", "step"),
         Index("ix_usage_records_created_at", "created_at"),
         Index("ix_usage_records_user_id_created_at", "user_id", "created_at"),
+        Index("ix_usage_records_org_id_created_at", "org_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     job_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
     step: Mapped[int] = mapped_column(Integer, nullable=False)
     user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    org_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))  # the team the job was charged to
     provider: Mapped[str] = mapped_column(Text, nullable=False)
     operation: Mapped[str] = mapped_column(Text, nullable=False)
     status: Mapped[str] = mapped_column(Text, nullable=False)
@@ -364,4 +371,41 @@ class UsageRecord(Base):
     upstream_ms: Mapped[int] = mapped_column(Integer, nullable=False)
     credits: Mapped[Decimal] = mapped_column(Credits, nullable=False)
     provider_cost: Mapped[Decimal] = mapped_column(Numeric(14, 6), nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+
+ORG_ROLES = ("owner", "member")
+
+
+class Organisation(Base):
+    """A team: its own balance (a ledger account with the team's id), plan and limits, paid for by its
+    members' jobs."""
+
+    __tablename__ = "organisations"
+
+    id: Mapped[uuid.UUID] = _id()
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    plan: Mapped[str] = mapped_column(Text, nullable=False, default="free", server_default="free")
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _now()
+
+
+class OrgMember(Base):
+    """A user in a team: owners manage it; `credits_per_month` caps what a member's jobs may spend of the
+    team's balance in a UTC month (None: no cap)."""
+
+    __tablename__ = "org_members"
+    __table_args__ = (
+        CheckConstraint(f"role IN {ORG_ROLES}", name="role_known"),
+        Index("ix_org_members_user_id", "user_id"),
+    )
+
+    org_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("organisations.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(Text, nullable=False)
+    credits_per_month: Mapped[Decimal | None] = mapped_column(Credits)
     created_at: Mapped[datetime] = _now()

@@ -22,12 +22,14 @@ class UsageFilter:
     operation: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    org_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
 class UsageLine:
     user_id: uuid.UUID
     email: str | None  # None once the account is gone
+    org_id: uuid.UUID | None  # the organisation charged; None for the account's own calls
     provider: str
     operation: str
     calls: int
@@ -39,12 +41,14 @@ class UsageLine:
 
 
 async def usage_report(session: AsyncSession, wanted: UsageFilter) -> list[UsageLine]:
-    """One line per (account, provider, operation) with calls in the filter, in that order."""
+    """One line per (account, organisation charged, provider, operation) with calls in the filter, in
+    that order."""
     record = UsageRecord
     stmt = (
         select(
             record.user_id,
             User.email,
+            record.org_id,
             record.provider,
             record.operation,
             func.count(),
@@ -55,11 +59,12 @@ async def usage_report(session: AsyncSession, wanted: UsageFilter) -> list[Usage
             func.sum(record.provider_cost),
         )
         .outerjoin(User, User.id == record.user_id)
-        .group_by(record.user_id, User.email, record.provider, record.operation)
-        .order_by(User.email, record.user_id, record.provider, record.operation)
+        .group_by(record.user_id, User.email, record.org_id, record.provider, record.operation)
+        .order_by(User.email, record.user_id, record.org_id.nulls_first(), record.provider, record.operation)
     )
     for column, value in (
         (record.user_id, wanted.user_id),
+        (record.org_id, wanted.org_id),
         (record.provider, wanted.provider),
         (record.operation, wanted.operation),
     ):

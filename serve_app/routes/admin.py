@@ -21,6 +21,8 @@ from serve_app.schemas import (
     AccountAction,
     AdminActionOut,
     AdminActionPage,
+    AdminOrgOut,
+    AdminOrgPage,
     AdminUserOut,
     AdminUserPage,
     CreditsAdjust,
@@ -32,8 +34,8 @@ from serve_app.schemas import (
     UsageReport,
     camel_limits,
 )
-from storage import admin, ledger
-from storage.models import User
+from storage import admin, ledger, orgs
+from storage.models import Organisation, User
 from storage.usage import UsageFilter, usage_report
 from storage.users import get_user
 
@@ -99,8 +101,29 @@ async def adjust_credits(
     A revoke of more than the balance is a 409: a balance never goes below zero."""
     if await get_user(session, user_id) is None:
         raise NotFound("no such user")
+    return await _adjust(services, acting, user_id, body, idempotency_key)
+
+
+@v1.post("/orgs/{org_id}/credits")
+async def adjust_org_credits(
+    org_id: uuid.UUID,
+    body: CreditsAdjust,
+    acting: AdminUser,
+    services: ServicesDep,
+    session: SessionDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
+) -> CreditsAdjusted:
+    """The same for an organisation's balance."""
+    if await session.get(Organisation, org_id) is None:
+        raise NotFound("no such organisation")
+    return await _adjust(services, acting, org_id, body, idempotency_key)
+
+
+async def _adjust(
+    services: ServicesDep, acting: User, account_id: uuid.UUID, body: CreditsAdjust, idempotency_key: str | None
+) -> CreditsAdjusted:
     key = f"{acting.id}:{idempotency_key}" if idempotency_key is not None else f"{acting.id}:{uuid.uuid4()}"
-    adjustment = admin.Adjustment(_acting(acting), user_id, body.amount, body.reason, key)
+    adjustment = admin.Adjustment(_acting(acting), account_id, body.amount, body.reason, key)
     adjusted: ledger.Adjusted = await services.ledger.adjust.remote(adjustment)
     if adjusted.outcome == "refused":
         details = {"balance": float(adjusted.balance), "amount": float(body.amount)}
@@ -108,7 +131,45 @@ async def adjust_credits(
     if adjusted.outcome == "key_taken":
         raise Conflict("this Idempotency-Key was used for another change")
     repeat = adjusted.outcome == "repeat"
-    return CreditsAdjusted(userId=user_id, amount=float(body.amount), balance=float(adjusted.balance), repeat=repeat)
+    return CreditsAdjusted(userId=account_id, amount=float(body.amount), balance=float(adjusted.balance), repeat=repeat)
+
+
+@v1.put("/orgs/{org_id}/limits")
+async def set_org_limits(
+    org_id: uuid.UUID, body: LimitsChange, acting: AdminUser, services: ServicesDep, session: SessionDep
+) -> AdminOrgOut:
+    """Replace an organisation's overrides of its plan's limits, as for an account: they apply to every
+    job charged to it (its members' own limits a minute still count too)."""
+    if await admin.set_org_limits(session, _acting(acting), org_id, body.limits.overrides(), body.reason) is None:
+        raise NotFound("no such organisation")
+    await session.commit()
+    [row] = [r for r in await orgs.orgs_with_balances(session, limit=1, before=None, org_id=org_id)]
+    return _org_out(services.billing, *row)
+
+
+def _org_out(billing: BillingConfig, org: Organisation, credits, members: int) -> AdminOrgOut:
+    return AdminOrgOut(
+        id=org.id,
+        name=org.name,
+        plan=org.plan,
+        limits=LimitsOut.of(billing.limits(org.plan, org.limits, throttled=False)),
+        limitOverrides=camel_limits(org.limits or {}),
+        credits=float(credits),
+        members=members,
+        createdAt=org.created_at,
+    )
+
+
+@v1.get("/orgs")
+async def list_orgs(
+    _: AdminUser, services: ServicesDep, session: SessionDep, limit: Limit = 50, cursor: Cursor = None
+) -> AdminOrgPage:
+    """Organisations, newest first, with their plans, limits, balances and member counts."""
+    rows = await orgs.orgs_with_balances(session, limit=limit + 1, before=cursor)
+    page, next_cursor = split_page([org for org, _, _ in rows], limit)
+    found = {org.id: (balance, count) for org, balance, count in rows}
+    items = [_org_out(services.billing, org, *found[org.id]) for org in page]
+    return AdminOrgPage(items=items, nextCursor=next_cursor)
 
 
 async def _change_status(
@@ -214,6 +275,7 @@ async def audit_log(
 USAGE_COLUMNS = (
     "userId",
     "email",
+    "orgId",
     "provider",
     "operation",
     "calls",
@@ -235,6 +297,7 @@ async def usage(
     _: AdminUser,
     session: SessionDep,
     userId: Annotated[uuid.UUID | None, Query()] = None,  # noqa: N803
+    orgId: Annotated[uuid.UUID | None, Query(description="calls charged to this organisation")] = None,  # noqa: N803
     provider: Annotated[str | None, Query(max_length=40)] = None,
     operation: Annotated[str | None, Query(max_length=80)] = None,
     since: Annotated[datetime | None, Query(alias="from", description="inclusive, ISO 8601 with a zone")] = None,
@@ -252,11 +315,12 @@ async def usage(
             raise InvalidInput(f"{name} needs a time zone", details=[{"field": name, "message": "add Z or +hh:mm"}])
     if since is not None and until is not None and since >= until:
         raise InvalidInput("from must come before to", details=[{"field": "to", "message": "must be after from"}])
-    lines = await usage_report(session, UsageFilter(userId, provider, operation, since, until))
+    lines = await usage_report(session, UsageFilter(userId, provider, operation, since, until, orgId))
     items = [
         UsageLineOut(
             userId=line.user_id,
             email=line.email,
+            orgId=line.org_id,
             provider=line.provider,
             operation=line.operation,
             calls=line.calls,

@@ -9,7 +9,7 @@ import uuid
 import stripe
 from fastapi import APIRouter, Depends, Request
 
-from daygen.errors import BillingUnavailable, InvalidInput, NoSavedCard
+from daygen.errors import BillingUnavailable, Forbidden, InvalidInput, NoSavedCard, NotFound
 from pipelines.payments import (
     PlanSet,
     customer_of,
@@ -31,8 +31,8 @@ from serve_app.schemas import (
     SubscribeCreate,
     WalletBalance,
 )
-from storage import auto_top_ups, ledger
-from storage.models import User
+from storage import auto_top_ups, ledger, orgs
+from storage.models import Organisation, User
 from storage.users import get_user, set_plan_from_event
 
 log = logging.getLogger("daygen.billing")
@@ -42,29 +42,38 @@ compat = APIRouter(prefix="/api/payments", tags=["daygen-compatible"])
 
 
 @v1.post("/checkout")
-async def checkout(body: CheckoutCreate, user: CurrentUser, services: ServicesDep) -> CheckoutOut:
+async def checkout(body: CheckoutCreate, user: CurrentUser, services: ServicesDep, session: SessionDep) -> CheckoutOut:
     """A Stripe Checkout Session for a credit pack (configs/billing.yaml); the credits are added when
-    Stripe says it is paid (`/v1/billing/stripe/webhook`), not before."""
+    Stripe says it is paid (`/v1/billing/stripe/webhook`), not before. With `orgId`, to an
+    organisation's balance (its owners only)."""
     packs = services.billing.packs
     pack = packs.get(body.pack)
     if pack is None:
         known = ", ".join(sorted(packs)) or "none"
         raise InvalidInput(f"no pack {body.pack!r}", details=[{"field": "pack", "message": f"one of: {known}"}])
+    buyer = user.id
+    if body.orgId is not None:
+        found = await orgs.membership(session, body.orgId, user.id)
+        if found is None:
+            raise NotFound("no such organisation", details=[{"field": "orgId", "message": "not one of yours"}])
+        if not found.owner:
+            raise Forbidden("only the organisation's owners may buy its credits")
+        buyer = body.orgId
     if services.stripe is None:
         raise BillingUnavailable("payments are not configured on this server")
     try:
-        session = await start_checkout(
+        checkout_session = await start_checkout(
             services.stripe,
-            user_id=user.id,
+            user_id=buyer,
             pack_name=body.pack,
             pack=pack,
             return_url=services.settings.checkout_return,
-            save_card=body.saveCard,
+            save_card=body.saveCard and body.orgId is None,
         )
     except stripe.StripeError as exc:
         log.error("Stripe refused a Checkout Session", extra={"stripe_error": type(exc).__name__})
         raise BillingUnavailable("the payment provider did not answer; try again") from None
-    return CheckoutOut(sessionId=session.id, url=session.url)
+    return CheckoutOut(sessionId=checkout_session.id, url=checkout_session.url)
 
 
 def _auto_top_up_out(user: User) -> AutoTopUpOut:
@@ -164,7 +173,7 @@ async def stripe_webhook(request: Request, services: ServicesDep, session: Sessi
     if (saved := customer_of(event)) is not None and saved[0] == top_up.user_id:
         await auto_top_ups.save_customer(session, *saved)
         await session.commit()
-    if await get_user(session, top_up.user_id) is None:
+    if await get_user(session, top_up.user_id) is None and await session.get(Organisation, top_up.user_id) is None:
         log.error("a paid Checkout Session names no account here", extra={"stripe_event": event["id"]})
         return StripeReceived(received=True, credited=False)
     credited = await services.ledger.top_up.remote(top_up)

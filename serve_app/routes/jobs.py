@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Annotated
 
@@ -55,7 +55,7 @@ from serve_app.schemas import (
 )
 from serve_app.services import Services
 from storage import jobs as queries
-from storage import ledger
+from storage import ledger, orgs
 from storage.assets import resolve_inputs
 from storage.jobs import NewJob
 from storage.models import Job, User
@@ -204,6 +204,11 @@ class Submitter:
     id: uuid.UUID
     limits: Limits
     auto_top_up_under: Decimal | None = None  # the balance under which an auto top-up buys credits
+    # For a team's jobs: the team, its limits (which the jobs count against, not the member's own,
+    # but for the member's jobs a minute), and what the member may spend of its balance a month.
+    org_id: uuid.UUID | None = None
+    org_limits: Limits | None = None
+    member_cap: Decimal | None = None
 
     @classmethod
     def of(cls, services: Services, user: User) -> Submitter:
@@ -211,14 +216,58 @@ class Submitter:
         under = user.auto_top_up_threshold if user.auto_top_up_pack is not None else None
         return cls(user.id, services.billing.limits(user.plan, user.limits, throttled=throttled), under)
 
+    async def for_org(self, services: Services, session: SessionDep, org_id: uuid.UUID | None) -> Submitter:
+        """The same submitter, charging `org_id` (None: their own balance); a team they are not in is a 404."""
+        if org_id is None:
+            return self
+        found = await orgs.membership(session, org_id, self.id)
+        if found is None:
+            raise NotFound("no such organisation", details=[{"field": "orgId", "message": "not one of yours"}])
+        org = found.org
+        org_limits = services.billing.limits(org.plan, org.limits, throttled=False)
+        return replace(
+            self,
+            auto_top_up_under=None,
+            org_id=org.id,
+            org_limits=org_limits,
+            member_cap=found.member.credits_per_month,
+        )
+
+    @property
+    def account_id(self) -> uuid.UUID:
+        return self.org_id or self.id
+
+    @property
+    def charged_limits(self) -> Limits:
+        """The limits of the balance the jobs are charged to."""
+        return self.org_limits if self.org_limits is not None else self.limits
+
+    @property
+    def rate_accounts(self) -> list[tuple[str, int | None]]:
+        accounts = [(f"account:{self.id}", self.limits.requests_per_minute)]
+        if self.org_limits is not None:
+            accounts.append((f"org:{self.org_id}", self.org_limits.requests_per_minute))
+        return accounts
+
     @property
     def caps(self) -> ledger.Caps:
-        limits = self.limits
-        return ledger.Caps(limits.concurrent_jobs, limits.credits_per_day, limits.credits_per_month)
+        limits = self.charged_limits
+        return ledger.Caps(limits.concurrent_jobs, limits.credits_per_day, limits.credits_per_month, self.member_cap)
 
 
-def refusal_error(answer: QueueAnswer, cost: Decimal, limits: Limits) -> DaygenError:
+def refusal_error(answer: QueueAnswer, cost: Decimal, submitter: Submitter) -> DaygenError:
     """The error a job the ledger refused is answered with."""
+    limits = submitter.charged_limits
+    if answer.refusal == "member_credits_per_month":
+        return CreditLimitReached(
+            "this job would take you past what you may spend of the organisation's credits a month (UTC)",
+            details={
+                "limit": answer.refusal,
+                "max": float(submitter.member_cap or 0),
+                "used": float(answer.used),
+                "required": float(cost),
+            },
+        )
     if answer.refusal in ("credits_per_day", "credits_per_month"):
         period = "day" if answer.refusal == "credits_per_day" else "month"
         return CreditLimitReached(
@@ -251,7 +300,7 @@ async def queue_jobs(
     owner_id = submitter.id
     provider_rates = services.billing.provider_rates
     admitted = await services.submit_rates.admit(
-        str(owner_id), submitter.limits.requests_per_minute, [job.provider for job in jobs], provider_rates
+        submitter.rate_accounts, [job.provider for job in jobs], provider_rates
     )
     late = [
         RateLimited(
@@ -275,6 +324,7 @@ async def queue_jobs(
             request_hash=job.idempotency.request_hash if job.idempotency else None,
             webhook_url=job.webhook_url,
             caps=caps,
+            org_id=submitter.org_id,
         )
         for job in jobs[: admitted.jobs]
     ]
@@ -287,7 +337,7 @@ async def queue_jobs(
         if queued.outcome == "queued":
             answers.append(job.id)
         elif queued.outcome == "refused":
-            answers.append(refusal_error(queued, job.cost, submitter.limits))
+            answers.append(refusal_error(queued, job.cost, submitter))
         else:  # a concurrent request with the same key got in first: answered as a repeat of it, or 409
             assert job.idempotency_key is not None and job.request_hash is not None
             try:
@@ -420,7 +470,7 @@ async def submit(
     With an `Idempotency-Key`, a repeat of the same request answers 200 with the job it made
     (nothing is charged again); the same key with a different request is a 409.
     """
-    submitter = Submitter.of(services, user)
+    submitter = await Submitter.of(services, user).for_org(services, session, body.orgId)
     try:
         job = await prepare_body(services, session, submitter.id, body, Idempotency.of(idempotency_key, body))
         job_id = await queue_one(services, session, submitter, job)
@@ -436,9 +486,9 @@ async def submit(
 async def quote(body: JobCreate, user: CurrentUser, services: ServicesDep, session: SessionDep) -> JobQuote:
     """What `POST /v1/jobs` with this body would hold: checked as the submit checks it (the same
     errors), priced from configs/billing.yaml, against the balance now. Nothing is held or queued."""
-    owner_id = user.id
-    job = await prepare_body(services, session, owner_id, body, idempotency=None)
-    balance = await ledger.balance(session, owner_id)
+    submitter = await Submitter.of(services, user).for_org(services, session, body.orgId)
+    job = await prepare_body(services, session, submitter.id, body, idempotency=None)
+    balance = await ledger.balance(session, submitter.account_id)
     steps = [
         QuoteStep(
             operation=step.operation,
@@ -458,7 +508,7 @@ async def submit_batch(
 ) -> JobBatchResult:
     """Up to 100 jobs in one request, each answered on its own, in order: 202 with its jobId, 200 for a
     repeat of an earlier idempotency key, or the item's own error (402, 404, 409, 422) with its body."""
-    submitter = Submitter.of(services, user)
+    submitter = await Submitter.of(services, user).for_org(services, session, body.orgId)
     owner_id = submitter.id
     answers: list[Queued | None] = []
     prepared: list[Prepared] = []

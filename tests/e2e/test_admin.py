@@ -54,6 +54,9 @@ def routes(user_id: str) -> list[tuple[str, str, dict | None]]:
         ("PUT", f"/v1/admin/users/{user_id}/plan", {"plan": "studio", "reason": "free upgrade"}),
         ("PUT", f"/v1/admin/users/{user_id}/limits", {"limits": {"requestsPerMinute": 1}, "reason": "x"}),
         ("GET", "/v1/admin/audit", None),
+        ("GET", "/v1/admin/orgs", None),
+        ("POST", f"/v1/admin/orgs/{user_id}/credits", {"amount": 5, "reason": "goodwill"}),
+        ("PUT", f"/v1/admin/orgs/{user_id}/limits", {"limits": {}, "reason": "x"}),
     ]
 
 
@@ -253,10 +256,17 @@ async def test_the_usage_report_sums_each_accounts_provider_calls_as_json_or_csv
     fake_ideogram.fail_next(400, endpoint="generate")
     refused = await run_job(client, user["headers"], {"operation": "ideogram.generate", "params": {"prompt": "no"}})
     assert refused["status"] == "failed"
-    canceled = await client.post(
-        "/v1/jobs", json={"operation": "ideogram.generate", "params": {"prompt": "never"}}, headers=user["headers"]
-    )
-    await client.post(f"/v1/jobs/{canceled.json()['jobId']}/cancel", headers=user["headers"])
+    fake_ideogram.hang_next(endpoint="generate")  # canceled mid-call: no usage is recorded for it
+    try:
+        canceled = await client.post(
+            "/v1/jobs", json={"operation": "ideogram.generate", "params": {"prompt": "never"}}, headers=user["headers"]
+        )
+        await asyncio.to_thread(fake_ideogram.wait_until_hung)
+        await client.post(f"/v1/jobs/{canceled.json()['jobId']}/cancel", headers=user["headers"])
+        ended = await client.get(f"/v1/jobs/{canceled.json()['jobId']}", params={"wait": 30}, headers=user["headers"])
+        assert ended.json()["status"] == "canceled"
+    finally:
+        fake_ideogram.release_hung()
 
     report = await client.get("/v1/admin/usage", params={"userId": user["id"]}, headers=admin["headers"])
     assert report.status_code == 200, report.text
