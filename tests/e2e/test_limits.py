@@ -8,10 +8,11 @@ import asyncio
 import uuid
 
 import pytest
+import yaml
 from sqlalchemy import select, update
 
 from storage.models import AdminAction, User
-from tests.e2e.helpers import assert_v1_error
+from tests.e2e.helpers import api_without_actors, assert_v1_error, bearer, signup
 from tests.e2e.test_admin import make_admin, make_user
 from tests.e2e.test_providers import credits
 from tests.integration.test_shared_limits import eventually
@@ -235,3 +236,23 @@ async def test_the_ledger_grants_a_new_plans_allowance_on_its_own_schedule(clien
         return await credits(client, user["headers"]) == 1020
 
     await eventually(granted)
+
+
+async def test_a_providers_limit_a_minute_refuses_its_jobs_from_any_account_before_anything_is_held(settings, tmp_path):
+    """A provider's jobs a minute across every account (`provider_limits`): once they are spent, a
+    submit for it is a 429 with Retry-After, before the ledger is asked (this app has none)."""
+    config = yaml.safe_load(settings.billing_config.read_text())
+    config["provider_limits"] = {"ideogram": {"requests_per_minute": 2}}
+    path = tmp_path / "billing.yaml"
+    path.write_text(yaml.safe_dump(config))
+    namespace = f"{settings.redis_namespace}:{uuid.uuid4().hex}"  # a minute of its own
+    app_settings = settings.model_copy(update={"billing_config": path, "redis_namespace": namespace})
+    async with api_without_actors(app_settings) as (app_client, services):
+        assert (await services.submit_rates.admit([], ["ideogram", "ideogram"], {"ideogram": 2})).jobs == 2
+        for _ in range(2):  # two accounts: the provider's minute is everyone's
+            headers = bearer((await signup(app_client))["accessToken"])
+            slow = {"operation": "ideogram.generate", "params": {"prompt": "one more"}}
+            refused = await app_client.post("/v1/jobs", json=slow, headers=headers)
+            error = assert_v1_error(refused, 429, "rate_limited")
+            assert 1 <= int(refused.headers["Retry-After"]) <= 30 and error["details"]["admitted"] == 0
+            assert (await app_client.get("/v1/auth/me", headers=headers)).json()["credits"] == 20
