@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from daygen.config_files import read_yaml
 from pipelines.operations import OPERATIONS, Operation
+from storage.ledger import ProviderCaps
 
 # A ledger amount has three decimals (storage.models.Credits).
 Credits = Annotated[Decimal, Field(ge=0, max_digits=11, decimal_places=3)]
@@ -70,11 +71,20 @@ class Plan(BaseModel):
 
 
 class ProviderLimits(BaseModel):
-    """Limits on one provider's work across every account."""
+    """Limits on one provider's work across every account: its jobs a minute, its queued and running
+    jobs, and the credits its jobs may take a UTC day and month (charged, and held by its open jobs)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     requests_per_minute: int | None = Field(None, ge=1, le=1_000_000)
+    concurrent_jobs: int | None = Field(None, ge=1, le=10_000_000)
+    credits_per_day: Annotated[Decimal, Field(ge=0, max_digits=13, decimal_places=3)] | None = None
+    credits_per_month: Annotated[Decimal, Field(ge=0, max_digits=13, decimal_places=3)] | None = None
+
+    def caps(self, provider: str) -> ProviderCaps | None:
+        """What the ledger judges a job of the provider by; None when there is nothing to judge."""
+        caps = ProviderCaps(provider, self.concurrent_jobs, self.credits_per_day, self.credits_per_month)
+        return caps if caps.any else None
 
 
 class BillingConfig(BaseModel):
@@ -97,6 +107,10 @@ class BillingConfig(BaseModel):
             for provider, limits in self.provider_limits.items()
             if limits.requests_per_minute is not None
         }
+
+    def provider_caps(self, provider: str) -> ProviderCaps | None:
+        limits = self.provider_limits.get(provider)
+        return limits.caps(provider) if limits is not None else None
 
     def limits(self, plan: str, overrides: dict[str, Any] | None, *, throttled: bool) -> Limits:
         """An account's limits: its plan's (the default plan's for a plan no longer in configs), an

@@ -75,7 +75,10 @@ async def queue_jobs(
         taken = await job_queries.jobs_by_idempotency_key(session, keyed)
     free = [job for job in jobs if taken.get((job.owner_id, job.idempotency_key or ""), job.id) == job.id]
     reservations = [
-        ledger_queries.Reservation(job.account_id, job.id, job.cost, job.caps, owner_id=job.owner_id) for job in free
+        ledger_queries.Reservation(
+            job.account_id, job.id, job.cost, job.caps, owner_id=job.owner_id, provider_caps=job.provider_caps
+        )
+        for job in free
     ]
     held = await ledger_queries.reserve_many(session, reservations, event_logs=True) if free else []
     answers = {

@@ -43,7 +43,7 @@ from sqlalchemy.types import TypeEngine
 from daygen.errors import InsufficientCredits
 from storage.db import insert_unnested, unnest_rows
 from storage.events import owners_locked
-from storage.models import Credits, Job, LedgerBalance, LedgerEntry
+from storage.models import Credits, Job, LedgerBalance, LedgerEntry, UsageRecord
 
 Settlement = Literal["commit", "release"]
 
@@ -118,7 +118,34 @@ class Caps:
 
 
 NO_CAPS = Caps()
-Refusal = Literal["credits", "credits_per_day", "credits_per_month", "concurrent_jobs", "member_credits_per_month"]
+
+
+@dataclass(frozen=True)
+class ProviderCaps:
+    """Limits on a provider's work across every account, judged under a lock of the provider's own:
+    its open jobs (their next step its), and the credits its calls were charged on the UTC day (month)
+    with those held by its open jobs."""
+
+    provider: str
+    concurrent_jobs: int | None = None
+    credits_per_day: Decimal | None = None
+    credits_per_month: Decimal | None = None
+
+    @property
+    def any(self) -> bool:
+        return (self.concurrent_jobs, self.credits_per_day, self.credits_per_month) != (None, None, None)
+
+
+Refusal = Literal[
+    "credits",
+    "credits_per_day",
+    "credits_per_month",
+    "concurrent_jobs",
+    "member_credits_per_month",
+    "provider_concurrent_jobs",
+    "provider_credits_per_day",
+    "provider_credits_per_month",
+]
 
 
 @dataclass(frozen=True)
@@ -130,6 +157,7 @@ class Reservation:
     amount: Decimal
     caps: Caps = NO_CAPS
     owner_id: uuid.UUID | None = None  # None: the account's own job
+    provider_caps: ProviderCaps | None = None
 
     @property
     def owner(self) -> uuid.UUID:
@@ -279,6 +307,64 @@ async def _open_jobs(session: AsyncSession, accounts: Sequence[uuid.UUID]) -> di
     return {owner: count for owner, count in await session.execute(stmt, {"accounts": list(accounts)})}
 
 
+@dataclass
+class _Provider:
+    """A provider as a reservation judges it: its open jobs and the credits they hold, and what its
+    calls were charged today and this month."""
+
+    open_jobs: int = 0
+    held: Decimal = Decimal(0)
+    charged_today: Decimal = Decimal(0)
+    charged_this_month: Decimal = Decimal(0)
+
+    def refusal(self, amount: Decimal, caps: ProviderCaps) -> tuple[Refusal, Decimal] | None:
+        if caps.concurrent_jobs is not None and self.open_jobs >= caps.concurrent_jobs:
+            return "provider_concurrent_jobs", Decimal(self.open_jobs)
+        today, month = self.held + self.charged_today, self.held + self.charged_this_month
+        if caps.credits_per_day is not None and today + amount > caps.credits_per_day:
+            return "provider_credits_per_day", today
+        if caps.credits_per_month is not None and month + amount > caps.credits_per_month:
+            return "provider_credits_per_month", month
+        return None
+
+    def hold(self, amount: Decimal) -> None:
+        self.open_jobs += 1
+        self.held += amount
+
+
+async def _lock_providers(session: AsyncSession, providers: Sequence[str]) -> dict[str, _Provider]:
+    """Lock the providers (until commit, in one order) and read what their limits count. The lock is
+    taken after the balances', as every reservation takes them: two can't deadlock."""
+    names = sorted(providers)
+    locking = select(func.unnest(bindparam("providers", type_=ARRAY(Text()))).label("p")).order_by("p").subquery()
+    lock = func.pg_advisory_xact_lock(func.hashtextextended(func.concat("daygen-provider:", locking.c.p), 0))
+    await session.execute(select(func.count(lock)), {"providers": names})
+    standing = {name: _Provider() for name in names}
+    open_jobs = await session.execute(
+        select(Job.provider, func.count(), func.coalesce(func.sum(Job.cost), 0))
+        .where(Job.provider.in_(names), Job.status.in_(("queued", "running")))
+        .group_by(Job.provider)
+    )
+    for provider, count, held in open_jobs:
+        standing[provider].open_jobs, standing[provider].held = count, held
+    now_utc = func.timezone("UTC", func.now())
+    day_start = func.timezone("UTC", func.date_trunc("day", now_utc))
+    month_start = func.timezone("UTC", func.date_trunc("month", now_utc))
+    record = UsageRecord
+    charged = await session.execute(
+        select(
+            record.provider,
+            func.coalesce(func.sum(record.credits).filter(record.created_at >= day_start), 0),
+            func.coalesce(func.sum(record.credits), 0),
+        )
+        .where(record.provider.in_(names), record.created_at >= month_start)
+        .group_by(record.provider)
+    )
+    for provider, today, month in charged:
+        standing[provider].charged_today, standing[provider].charged_this_month = today, month
+    return standing
+
+
 async def _member_spending(
     session: AsyncSession, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]]
 ) -> dict[tuple[uuid.UUID, uuid.UUID], Decimal]:
@@ -350,6 +436,8 @@ async def reserve_many(
             accounts[owner].open_jobs = count
     capped_members = {(r.account_id, r.owner) for r in requests if r.caps.member_credits_per_month is not None}
     member_spent = await _member_spending(session, sorted(capped_members)) if capped_members else {}
+    limited = {r.provider_caps.provider for r in requests if r.provider_caps is not None}
+    providers = await _lock_providers(session, sorted(limited)) if limited else {}
     keys = [f"reserve:{r.job_id}" for r in requests]
     # Read after the lock, so a repeat of a reservation that was being made meanwhile is seen.
     held = set(await _entries_by_key(session, keys))
@@ -360,11 +448,18 @@ async def reserve_many(
             answers.append(Reserved(True, account.balance, repeat=True))
             continue
         member = (request.account_id, request.owner)
-        if refused := account.refusal(request.amount, request.caps, member_spent.get(member, Decimal(0))):
+        provider_caps = request.provider_caps
+        provider = providers[provider_caps.provider] if provider_caps is not None else None
+        refused = account.refusal(request.amount, request.caps, member_spent.get(member, Decimal(0)))
+        if refused is None and provider is not None and provider_caps is not None:
+            refused = provider.refusal(request.amount, provider_caps)
+        if refused is not None:
             answers.append(Reserved(False, account.balance, refusal=refused[0], used=refused[1]))
             continue
         held.add(key)
         account.hold(request.amount)
+        if provider is not None:
+            provider.hold(request.amount)
         if member in member_spent:
             member_spent[member] += request.amount
         rows.append(

@@ -357,6 +357,7 @@ class UsageRecord(Base):
         Index("ix_usage_records_created_at", "created_at"),
         Index("ix_usage_records_user_id_created_at", "user_id", "created_at"),
         Index("ix_usage_records_org_id_created_at", "org_id", "created_at"),
+        Index("ix_usage_records_provider_created_at", "provider", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

@@ -27,7 +27,7 @@ from daygen.errors import (
     TooManyJobs,
 )
 from daygen.ids import uuid7
-from pipelines.billing_config import Limits
+from pipelines.billing_config import BillingConfig, Limits
 from pipelines.chains import PIPELINE, charged_for, job_steps, prefixed, validate_steps
 from pipelines.jobs import QueueAnswer
 from pipelines.operations import OPERATIONS, check_inputs, validate_request
@@ -255,7 +255,9 @@ class Submitter:
         return ledger.Caps(limits.concurrent_jobs, limits.credits_per_day, limits.credits_per_month, self.member_cap)
 
 
-def refusal_error(answer: QueueAnswer, cost: Decimal, submitter: Submitter) -> DaygenError:
+def refusal_error(
+    answer: QueueAnswer, cost: Decimal, submitter: Submitter, provider: str, billing: BillingConfig
+) -> DaygenError:
     """The error a job the ledger refused is answered with."""
     limits = submitter.charged_limits
     if answer.refusal == "member_credits_per_month":
@@ -275,6 +277,30 @@ def refusal_error(answer: QueueAnswer, cost: Decimal, submitter: Submitter) -> D
             details={
                 "limit": answer.refusal,
                 "max": float(getattr(limits, answer.refusal)),
+                "used": float(answer.used),
+                "required": float(cost),
+            },
+        )
+    if answer.refusal == "provider_concurrent_jobs":
+        return TooManyJobs(
+            f"{provider} has as many jobs queued and running as it may; try again shortly",
+            details={
+                "limit": answer.refusal,
+                "provider": provider,
+                "open": int(answer.used),
+                "retryAfter": CONCURRENT_RETRY_SECONDS,
+            },
+            retry_after=CONCURRENT_RETRY_SECONDS,
+        )
+    if answer.refusal in ("provider_credits_per_day", "provider_credits_per_month"):
+        period = "day" if answer.refusal == "provider_credits_per_day" else "month"
+        caps = billing.provider_caps(provider)
+        return CreditLimitReached(
+            f"{provider} has taken all the credits it may this {period} (UTC); try another provider or later",
+            details={
+                "limit": answer.refusal,
+                "provider": provider,
+                "max": float(getattr(caps, answer.refusal.removeprefix("provider_"), None) or 0),
                 "used": float(answer.used),
                 "required": float(cost),
             },
@@ -325,6 +351,7 @@ async def queue_jobs(
             webhook_url=job.webhook_url,
             caps=caps,
             org_id=submitter.org_id,
+            provider_caps=services.billing.provider_caps(job.provider),
         )
         for job in jobs[: admitted.jobs]
     ]
@@ -337,7 +364,7 @@ async def queue_jobs(
         if queued.outcome == "queued":
             answers.append(job.id)
         elif queued.outcome == "refused":
-            answers.append(refusal_error(queued, job.cost, submitter))
+            answers.append(refusal_error(queued, job.cost, submitter, job.provider, services.billing))
         else:  # a concurrent request with the same key got in first: answered as a repeat of it, or 409
             assert job.idempotency_key is not None and job.request_hash is not None
             try:

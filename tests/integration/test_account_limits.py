@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -14,7 +15,7 @@ from daygen.ids import uuid7
 from pipelines.jobs import QueueAnswer, expire_vanished, queue_jobs
 from storage import ledger
 from storage.jobs import NewJob
-from storage.models import Job, LedgerBalance, LedgerEntry
+from storage.models import Job, LedgerBalance, LedgerEntry, UsageRecord
 from storage.users import create_user
 
 
@@ -202,3 +203,68 @@ async def test_the_reservation_sweep_pages_through_the_ledger_in_id_order(sessio
         )
         assert first.last_id == sorted(ids)[1]
         assert rest.looked_at >= 1 and rest.last_id >= max(ids)
+
+
+def provider_job(owner: uuid.UUID, provider: str, caps: ledger.ProviderCaps, cost: str = "1") -> NewJob:
+    return replace(job(owner, ledger.NO_CAPS, cost), provider=provider, provider_caps=caps)
+
+
+async def test_a_providers_open_jobs_limit_counts_every_accounts_jobs(sessions):
+    provider = f"p-{uuid.uuid4().hex[:8]}"  # a provider of this test alone
+    caps = ledger.ProviderCaps(provider, concurrent_jobs=3)
+    first, second = await account(sessions, 10), await account(sessions, 10)
+    answers = await queue(sessions, provider_job(first, provider, caps), provider_job(first, provider, caps))
+    assert [a.outcome for a in answers] == ["queued", "queued"]
+    answers = await queue(sessions, provider_job(second, provider, caps), provider_job(second, provider, caps))
+    assert [(a.outcome, a.refusal) for a in answers] == [("queued", None), ("refused", "provider_concurrent_jobs")]
+    assert answers[1].used == 3 and (await standing(sessions, second)).balance == 9
+    # Another provider's jobs, and jobs with no provider limits, go on.
+    assert [a.outcome for a in await queue(sessions, job(second, ledger.NO_CAPS))] == ["queued"]
+
+
+async def test_submits_at_once_never_pass_a_providers_open_jobs_limit(sessions):
+    provider = f"p-{uuid.uuid4().hex[:8]}"
+    caps = ledger.ProviderCaps(provider, concurrent_jobs=4)
+    owners = [await account(sessions, 10) for _ in range(3)]
+    answers = await asyncio.gather(*(queue(sessions, provider_job(owners[i % 3], provider, caps)) for i in range(12)))
+    assert sorted(a.outcome for [a] in answers) == ["queued"] * 4 + ["refused"] * 8
+
+
+async def test_a_providers_credits_a_day_count_what_its_open_jobs_hold(sessions):
+    provider = f"p-{uuid.uuid4().hex[:8]}"
+    caps = ledger.ProviderCaps(provider, credits_per_day=Decimal(5))
+    owner = await account(sessions, 20)
+    answers = await queue(
+        sessions,
+        provider_job(owner, provider, caps, "2"),
+        provider_job(owner, provider, caps, "2"),
+        provider_job(owner, provider, caps, "2"),
+    )
+    assert [a.refusal for a in answers] == [None, None, "provider_credits_per_day"]
+    assert answers[2].used == 4
+    held_month = ledger.ProviderCaps(provider, credits_per_month=Decimal(4.5))
+    [month] = await queue(sessions, provider_job(owner, provider, held_month, "1"))
+    assert (month.refusal, month.used) == ("provider_credits_per_month", 4)
+
+
+async def test_a_providers_credit_limits_count_what_its_calls_were_charged(sessions):
+    provider = f"p-{uuid.uuid4().hex[:8]}"
+    owner = await account(sessions, 20)
+    async with sessions.begin() as session:  # a call made today, charged 3 credits
+        session.add(
+            UsageRecord(
+                job_id=uuid7(),
+                step=0,
+                user_id=owner,
+                provider=provider,
+                operation="offline.generate",
+                status="succeeded",
+                images=3,
+                upstream_ms=10,
+                credits=Decimal(3),
+                provider_cost=Decimal(0),
+            )
+        )
+    caps = ledger.ProviderCaps(provider, credits_per_day=Decimal(5))
+    answers = await queue(sessions, provider_job(owner, provider, caps, "3"), provider_job(owner, provider, caps, "2"))
+    assert [(a.refusal, a.used) for a in answers] == [("provider_credits_per_day", 3), (None, 0)]

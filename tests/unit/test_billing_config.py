@@ -99,3 +99,52 @@ def test_a_broken_config_is_refused_with_its_path(tmp_path, text):
 def test_a_missing_file_is_refused_with_its_path(tmp_path):
     with pytest.raises(ValueError, match="cannot read"):
         BillingConfig.load(tmp_path / "nowhere.yaml")
+
+
+def test_the_shipped_plans_are_the_originals_with_limits_on_every_plan():
+    config = BillingConfig.load(SHIPPED)
+    assert {name: (p.allowance, p.price) for name, p in config.plans.items()} == {
+        "free": (0, None),
+        "plus": (200, 3900),
+        "pro": (1000, 9900),
+        "studio": (4000, 29900),
+    }
+    assert config.default_plan == "free"
+    free = config.limits("free", None, throttled=False)
+    assert (free.requests_per_minute, free.concurrent_jobs, free.credits_per_day) == (60, 4, 100)
+    assert all(config.limits(name, None, throttled=False).requests_per_minute for name in config.plans)
+
+
+def test_an_accounts_limits_are_its_plans_then_its_overrides_then_a_throttles_caps():
+    config = BillingConfig.load(SHIPPED)
+    overridden = config.limits("pro", {"concurrent_jobs": 100, "credits_per_day": None}, throttled=False)
+    assert (overridden.requests_per_minute, overridden.concurrent_jobs, overridden.credits_per_day) == (300, 100, None)
+    throttled = config.limits("pro", {"concurrent_jobs": 100, "credits_per_day": None}, throttled=True)
+    assert (throttled.requests_per_minute, throttled.concurrent_jobs, throttled.credits_per_day) == (6, 1, 20)
+    assert config.limits("retired-plan", None, throttled=False) == config.limits("free", None, throttled=False)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"default_plan": "gold"}, "default_plan 'gold' is not one of its plans"),
+        ({"provider_limits": {"midjourney": {"requests_per_minute": 5}}}, "limits providers that do not exist"),
+        ({"plans": {"free": {"limits": {"requests_per_minute": 0}}}}, "invalid billing config"),
+        ({"plans": {"free": {"allowance": -1}}}, "invalid billing config"),
+        ({"throttled": {"burst": 5}}, "invalid billing config"),
+    ],
+)
+def test_a_bad_plan_or_limit_is_refused_with_what_is_wrong(tmp_path, extra, message):
+    prices = {name: 1 for name in OPERATIONS}
+    with pytest.raises(ValueError, match=message):
+        BillingConfig.load(write(tmp_path, yaml.safe_dump({"prices": prices, **extra})))
+
+
+def test_a_providers_limits_become_the_caps_the_ledger_judges_by(tmp_path):
+    prices = {name: 1 for name in OPERATIONS}
+    limits = {"ideogram": {"requests_per_minute": 100, "concurrent_jobs": 7}, "qwen": {"requests_per_minute": 5}}
+    config = BillingConfig.load(write(tmp_path, yaml.safe_dump({"prices": prices, "provider_limits": limits})))
+    assert config.provider_rates == {"ideogram": 100, "qwen": 5}
+    caps = config.provider_caps("ideogram")
+    assert caps is not None and (caps.provider, caps.concurrent_jobs, caps.credits_per_day) == ("ideogram", 7, None)
+    assert config.provider_caps("qwen") is None and config.provider_caps("offline") is None
