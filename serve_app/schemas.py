@@ -294,6 +294,7 @@ class AutoTopUpOut(Out):
 
 class SubscribeCreate(Strict):
     plan: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    orgId: uuid.UUID | None = Field(None, description="subscribe this organisation (you are an owner)")
 
 
 class CheckoutOut(Out):
@@ -727,6 +728,8 @@ class AdminOrgOut(Out):
     limits: LimitsOut
     limitOverrides: dict[str, float | int | None]
     credits: float
+    creditsToday: float = Field(description="credits spent today (UTC): held by jobs, less what was given back")
+    creditsThisMonth: float
     members: int
     createdAt: datetime
 

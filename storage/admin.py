@@ -105,46 +105,44 @@ async def change_status(
     return None if await session.get(User, user_id) is None else False
 
 
-async def set_plan(session: AsyncSession, admin: Admin, user_id: uuid.UUID, plan: str, reason: str) -> bool | None:
-    """Move an account to a plan, recorded in the audit log; whether it changed (None: no such account)."""
-    user = await session.get(User, user_id, with_for_update=True)
-    if user is None:
+Account = type[User] | type[Organisation]  # whose plan and limits: a user's, or an organisation's
+
+
+async def set_plan(
+    session: AsyncSession, admin: Admin, account_id: uuid.UUID, plan: str, reason: str, *, kind: Account = User
+) -> bool | None:
+    """Move an account (a user, or an organisation with `kind`) to a plan, recorded in the audit log;
+    whether it changed (None: no such account)."""
+    account = await session.get(kind, account_id, with_for_update=True)
+    if account is None:
         return None
-    if user.plan == plan:
+    if account.plan == plan:
         return False
-    await record(session, admin, "plan", user_id, reason, {"from": user.plan, "to": plan})
-    user.plan = plan
+    await record(session, admin, "plan", account_id, reason, {"from": account.plan, "to": plan})
+    account.plan = plan
     return True
 
 
 async def set_limits(
-    session: AsyncSession, admin: Admin, user_id: uuid.UUID, overrides: dict[str, Any] | None, reason: str
+    session: AsyncSession,
+    admin: Admin,
+    account_id: uuid.UUID,
+    overrides: dict[str, Any] | None,
+    reason: str,
+    *,
+    kind: Account = User,
 ) -> bool | None:
-    """Replace an account's overrides of its plan's limits (None or {}: the plan's again), recorded in the
-    audit log; whether they changed (None: no such account)."""
-    user = await session.get(User, user_id, with_for_update=True)
-    if user is None:
+    """Replace an account's (a user's, or an organisation's with `kind`) overrides of its plan's limits
+    (None or {}: the plan's again), recorded in the audit log; whether they changed (None: no such
+    account)."""
+    account = await session.get(kind, account_id, with_for_update=True)
+    if account is None:
         return None
     overrides = overrides or None
-    if user.limits == overrides:
+    if account.limits == overrides:
         return False
-    await record(session, admin, "limits", user_id, reason, {"from": user.limits, "to": overrides})
-    user.limits = overrides
-    return True
-
-
-async def set_org_limits(
-    session: AsyncSession, admin: Admin, org_id: uuid.UUID, overrides: dict[str, Any] | None, reason: str
-) -> bool | None:
-    """`set_limits` of an organisation (its id is the audit record's account)."""
-    org = await session.get(Organisation, org_id, with_for_update=True)
-    if org is None:
-        return None
-    overrides = overrides or None
-    if org.limits == overrides:
-        return False
-    await record(session, admin, "limits", org_id, reason, {"from": org.limits, "to": overrides})
-    org.limits = overrides
+    await record(session, admin, "limits", account_id, reason, {"from": account.limits, "to": overrides})
+    account.limits = overrides
     return True
 
 

@@ -1,6 +1,6 @@
-"""Monthly plan allowances: each account on a plan with an allowance gets it at every calendar month
-(UTC), and what it left of the last one expires as it does; credits from packs, grants and admins
-never expire.
+"""Monthly plan allowances: each account (a user's or an organisation's) on a plan with an allowance
+gets it at every calendar month (UTC), and what it left of the last one expires as it does; credits
+from packs, grants and admins never expire.
 
 The allowance is spent first: of a balance, the part that expires is what the last allowance less the
 credits spent since it (reservations less what settlements gave back) leaves, never more than the
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import exists, func, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage import ledger
-from storage.models import LedgerEntry, User
+from storage.models import LedgerEntry, Organisation, User
 
 SPENDING = ("reserve", "commit", "release")
 
@@ -37,21 +37,23 @@ def reset_key(account_id: uuid.UUID, period: str) -> str:
 async def due_accounts(
     session: AsyncSession, allowances: Mapping[str, Decimal], period: str, *, limit: int = 500
 ) -> list[tuple[uuid.UUID, str]]:
-    """Accounts (id, plan) whose allowance for `period` is not reset yet: those on a plan with an
-    allowance, and those whose last allowance had credits (to expire them), in id order."""
+    """Accounts (id, plan), users' and organisations', whose allowance for `period` is not reset yet:
+    those on a plan with an allowance, and those whose last allowance had credits (to expire them), in
+    id order."""
     plans = [plan for plan, allowance in allowances.items() if allowance > 0]
+    accounts = union_all(select(User.id, User.plan), select(Organisation.id, Organisation.plan)).subquery("accounts")
     last_allowance = (
         select(LedgerEntry.amount)
-        .where(LedgerEntry.account_id == User.id, LedgerEntry.kind == "reset")
+        .where(LedgerEntry.account_id == accounts.c.id, LedgerEntry.kind == "reset")
         .order_by(LedgerEntry.id.desc())
         .limit(1)
         .scalar_subquery()
     )
-    done = exists().where(LedgerEntry.idempotency_key == func.concat("reset:", User.id, ":", period))
+    done = exists().where(LedgerEntry.idempotency_key == func.concat("reset:", accounts.c.id, ":", period))
     stmt = (
-        select(User.id, User.plan)
-        .where(or_(User.plan.in_(plans), last_allowance > 0), ~done)
-        .order_by(User.id)
+        select(accounts.c.id, accounts.c.plan)
+        .where(or_(accounts.c.plan.in_(plans), last_allowance > 0), ~done)
+        .order_by(accounts.c.id)
         .limit(limit)
     )
     return [(account, plan) for account, plan in await session.execute(stmt)]

@@ -387,6 +387,7 @@ class Organisation(Base):
     id: Mapped[uuid.UUID] = _id()
     name: Mapped[str] = mapped_column(Text, nullable=False)
     plan: Mapped[str] = mapped_column(Text, nullable=False, default="free", server_default="free")
+    plan_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # as `User.plan_event_at`
     limits: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _now()
 

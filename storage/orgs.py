@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from daygen.errors import Conflict
 from daygen.ids import uuid7
+from storage import ledger
 from storage.db import is_unique_violation
 from storage.models import LedgerBalance, Organisation, OrgMember, User
 
@@ -96,13 +97,16 @@ async def lock_members(session: AsyncSession, org_id: uuid.UUID) -> list[OrgMemb
     return list((await session.execute(stmt)).scalars())
 
 
-async def orgs_with_balances(
+async def orgs_with_standing(
     session: AsyncSession, *, limit: int, before: uuid.UUID | None = None, org_id: uuid.UUID | None = None
-) -> list[tuple[Organisation, Decimal, int]]:
-    """Teams newest first (or the one `org_id`), with their balances and member counts (the admin's list)."""
+) -> list[tuple[Organisation, ledger.Standing, int]]:
+    """Teams newest first (or the one `org_id`), with their balances, the credits they spent today and
+    this month, and their member counts (the admin's list)."""
     counted = select(func.count()).where(OrgMember.org_id == Organisation.id).scalar_subquery()
+    spent_today, spent_this_month = ledger.spending_columns()
+    amounts = [func.coalesce(column, 0) for column in (LedgerBalance.balance, spent_today, spent_this_month)]
     stmt = (
-        select(Organisation, func.coalesce(LedgerBalance.balance, 0), counted)
+        select(Organisation, *amounts, counted)
         .outerjoin(LedgerBalance, LedgerBalance.account_id == Organisation.id)
         .order_by(Organisation.id.desc())
         .limit(limit)
@@ -111,4 +115,4 @@ async def orgs_with_balances(
         stmt = stmt.where(Organisation.id < before)
     if org_id is not None:
         stmt = stmt.where(Organisation.id == org_id)
-    return [(org, balance, count) for org, balance, count in await session.execute(stmt)]
+    return [(org, ledger.Standing(*amounts), count) for org, *amounts, count in await session.execute(stmt)]

@@ -14,7 +14,7 @@ from daygen.errors import EmailTaken
 from daygen.ids import uuid7
 from storage import ledger
 from storage.db import is_unique_violation
-from storage.models import User
+from storage.models import Organisation, User
 
 
 def normalise_email(email: str) -> str:
@@ -70,13 +70,17 @@ async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
     return result.scalar_one_or_none()
 
 
-async def set_plan_from_event(session: AsyncSession, user_id: uuid.UUID, plan: str, made_at: datetime) -> bool:
-    """Set the account's plan as an event made at `made_at` says, unless a later event already set it
-    (events arrive in any order); whether it was applied. The caller commits."""
-    changed = await session.execute(
-        update(User)
-        .where(User.id == user_id, or_(User.plan_event_at.is_(None), User.plan_event_at <= made_at))
-        .values(plan=plan, plan_event_at=made_at)
-        .returning(User.id)
-    )
-    return changed.first() is not None
+async def set_plan_from_event(session: AsyncSession, account_id: uuid.UUID, plan: str, made_at: datetime) -> bool:
+    """Set the account's (a user's or an organisation's) plan as an event made at `made_at` says,
+    unless a later event already set it (events arrive in any order); whether it was applied. The
+    caller commits."""
+    for table in (User, Organisation):
+        changed = await session.execute(
+            update(table)
+            .where(table.id == account_id, or_(table.plan_event_at.is_(None), table.plan_event_at <= made_at))
+            .values(plan=plan, plan_event_at=made_at)
+            .returning(table.id)
+        )
+        if changed.first() is not None:
+            return True
+    return False

@@ -140,21 +140,49 @@ async def set_org_limits(
 ) -> AdminOrgOut:
     """Replace an organisation's overrides of its plan's limits, as for an account: they apply to every
     job charged to it (its members' own limits a minute still count too)."""
-    if await admin.set_org_limits(session, _acting(acting), org_id, body.limits.overrides(), body.reason) is None:
+    overrides = body.limits.overrides()
+    if await admin.set_limits(session, _acting(acting), org_id, overrides, body.reason, kind=Organisation) is None:
         raise NotFound("no such organisation")
     await session.commit()
-    [row] = [r for r in await orgs.orgs_with_balances(session, limit=1, before=None, org_id=org_id)]
+    return await _one_org(services, session, org_id)
+
+
+@v1.put("/orgs/{org_id}/plan")
+async def set_org_plan(
+    org_id: uuid.UUID, body: PlanChange, acting: AdminUser, services: ServicesDep, session: SessionDep
+) -> AdminOrgOut:
+    """Move an organisation to a plan: its limits at once, its monthly allowance (if the plan has one)
+    for this month unless it had one already."""
+    _known_plan(services, body.plan)
+    if await admin.set_plan(session, _acting(acting), org_id, body.plan, body.reason, kind=Organisation) is None:
+        raise NotFound("no such organisation")
+    await session.commit()
+    await services.ledger.reset_allowances.remote()
+    return await _one_org(services, session, org_id)
+
+
+async def _one_org(services: ServicesDep, session: SessionDep, org_id: uuid.UUID) -> AdminOrgOut:
+    [row] = await orgs.orgs_with_standing(session, limit=1, org_id=org_id)
     return _org_out(services.billing, *row)
 
 
-def _org_out(billing: BillingConfig, org: Organisation, credits, members: int) -> AdminOrgOut:
+def _known_plan(services: ServicesDep, plan: str) -> None:
+    plans = services.billing.plans
+    if plan not in plans:
+        known = ", ".join(sorted(plans))
+        raise InvalidInput(f"no plan {plan!r}", details=[{"field": "plan", "message": f"one of: {known}"}])
+
+
+def _org_out(billing: BillingConfig, org: Organisation, standing: ledger.Standing, members: int) -> AdminOrgOut:
     return AdminOrgOut(
         id=org.id,
         name=org.name,
         plan=org.plan,
         limits=LimitsOut.of(billing.limits(org.plan, org.limits, throttled=False)),
         limitOverrides=camel_limits(org.limits or {}),
-        credits=float(credits),
+        credits=float(standing.balance),
+        creditsToday=float(standing.spent_today),
+        creditsThisMonth=float(standing.spent_this_month),
         members=members,
         createdAt=org.created_at,
     )
@@ -165,9 +193,9 @@ async def list_orgs(
     _: AdminUser, services: ServicesDep, session: SessionDep, limit: Limit = 50, cursor: Cursor = None
 ) -> AdminOrgPage:
     """Organisations, newest first, with their plans, limits, balances and member counts."""
-    rows = await orgs.orgs_with_balances(session, limit=limit + 1, before=cursor)
+    rows = await orgs.orgs_with_standing(session, limit=limit + 1, before=cursor)
     page, next_cursor = split_page([org for org, _, _ in rows], limit)
-    found = {org.id: (balance, count) for org, balance, count in rows}
+    found = {org.id: (standing, count) for org, standing, count in rows}
     items = [_org_out(services.billing, org, *found[org.id]) for org in page]
     return AdminOrgPage(items=items, nextCursor=next_cursor)
 
@@ -222,10 +250,7 @@ async def set_plan(
 ) -> AdminUserOut:
     """Move the account to a plan of configs/billing.yaml: its limits apply at once, and its monthly
     allowance, if it has one, is granted for this month unless one was already (then from the next)."""
-    plans = services.billing.plans
-    if body.plan not in plans:
-        known = ", ".join(sorted(plans))
-        raise InvalidInput(f"no plan {body.plan!r}", details=[{"field": "plan", "message": f"one of: {known}"}])
+    _known_plan(services, body.plan)
     if await admin.set_plan(session, _acting(acting), user_id, body.plan, body.reason) is None:
         raise NotFound("no such user")
     await session.commit()

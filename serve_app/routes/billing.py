@@ -51,14 +51,7 @@ async def checkout(body: CheckoutCreate, user: CurrentUser, services: ServicesDe
     if pack is None:
         known = ", ".join(sorted(packs)) or "none"
         raise InvalidInput(f"no pack {body.pack!r}", details=[{"field": "pack", "message": f"one of: {known}"}])
-    buyer = user.id
-    if body.orgId is not None:
-        found = await orgs.membership(session, body.orgId, user.id)
-        if found is None:
-            raise NotFound("no such organisation", details=[{"field": "orgId", "message": "not one of yours"}])
-        if not found.owner:
-            raise Forbidden("only the organisation's owners may buy its credits")
-        buyer = body.orgId
+    buyer = await _buyer(session, user.id, body.orgId)
     if services.stripe is None:
         raise BillingUnavailable("payments are not configured on this server")
     try:
@@ -127,10 +120,12 @@ async def _reread(session: SessionDep, user_id: uuid.UUID) -> User:
 
 
 @v1.post("/subscribe")
-async def subscribe(body: SubscribeCreate, user: CurrentUser, services: ServicesDep) -> CheckoutOut:
+async def subscribe(
+    body: SubscribeCreate, user: CurrentUser, services: ServicesDep, session: SessionDep
+) -> CheckoutOut:
     """A Stripe Checkout Session for a monthly plan (configs/billing.yaml, those with a price); the plan
     is the account's when Stripe says the subscription is live (`customer.subscription.*`,
-    `invoice.paid`), not before."""
+    `invoice.paid`), not before. With `orgId`, the organisation's (its owners only)."""
     plans = {name: plan for name, plan in services.billing.plans.items() if plan.price}
     plan = plans.get(body.plan)
     if plan is None:
@@ -138,12 +133,13 @@ async def subscribe(body: SubscribeCreate, user: CurrentUser, services: Services
         raise InvalidInput(
             f"no plan {body.plan!r} to subscribe to", details=[{"field": "plan", "message": f"one of: {known}"}]
         )
+    subscriber = await _buyer(session, user.id, body.orgId)
     if services.stripe is None:
         raise BillingUnavailable("payments are not configured on this server")
     try:
-        session = await start_subscription(
+        checkout_session = await start_subscription(
             services.stripe,
-            user_id=user.id,
+            user_id=subscriber,
             plan_name=body.plan,
             plan=plan,
             return_url=services.settings.checkout_return,
@@ -151,7 +147,19 @@ async def subscribe(body: SubscribeCreate, user: CurrentUser, services: Services
     except stripe.StripeError as exc:
         log.error("Stripe refused a Checkout Session", extra={"stripe_error": type(exc).__name__})
         raise BillingUnavailable("the payment provider did not answer; try again") from None
-    return CheckoutOut(sessionId=session.id, url=session.url)
+    return CheckoutOut(sessionId=checkout_session.id, url=checkout_session.url)
+
+
+async def _buyer(session: SessionDep, user_id: uuid.UUID, org_id: uuid.UUID | None) -> uuid.UUID:
+    """Whose balance or plan a purchase is for: the user's own, or an organisation they own."""
+    if org_id is None:
+        return user_id
+    found = await orgs.membership(session, org_id, user_id)
+    if found is None:
+        raise NotFound("no such organisation", details=[{"field": "orgId", "message": "not one of yours"}])
+    if not found.owner:
+        raise Forbidden("only the organisation's owners may buy for it")
+    return org_id
 
 
 @v1.post("/stripe/webhook")
@@ -206,7 +214,7 @@ async def _set_plan(services: ServicesDep, session: SessionDep, plan_set: PlanSe
     if plan not in billing.plans:
         log.error("a subscription names a plan not in configs", extra={"stripe_event": plan_set.event_id})
         return StripeReceived(received=True, credited=False)
-    if await get_user(session, plan_set.user_id) is None:
+    if await get_user(session, plan_set.user_id) is None and await session.get(Organisation, plan_set.user_id) is None:
         log.error("a subscription event names no account here", extra={"stripe_event": plan_set.event_id})
         return StripeReceived(received=True, credited=False)
     applied = await set_plan_from_event(session, plan_set.user_id, plan, plan_set.made_at)

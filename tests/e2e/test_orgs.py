@@ -12,6 +12,7 @@ from tests.e2e.helpers import assert_v1_error
 from tests.e2e.test_admin import make_admin, make_user
 from tests.e2e.test_billing import deliver, paid
 from tests.e2e.test_providers import credits
+from tests.e2e.test_subscriptions import subscription_event
 
 JOB = {"operation": "offline.generate", "params": {"prompt": "team work", "width": 64, "height": 64}}
 
@@ -236,3 +237,42 @@ async def test_an_owner_buys_credits_for_the_organisation_and_a_member_may_not(c
         "/v1/billing/checkout", json={"pack": "starter", "orgId": org["id"]}, headers=member["headers"]
     )
     assert_v1_error(refused, 403, "forbidden")
+
+
+async def test_an_admin_moves_an_organisation_to_a_plan_and_its_allowance_is_its_balances(client, admin):
+    owner = await make_user(client)
+    org = await new_org(client, owner)
+    path = f"/v1/admin/orgs/{org['id']}/plan"
+    moved = await client.put(path, json={"plan": "pro", "reason": "enterprise deal"}, headers=admin["headers"])
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["plan"], moved.json()["credits"], moved.json()["limits"]["concurrentJobs"]) == (
+        "pro",
+        1000.0,
+        None,  # the test app's plans have no limits
+    )
+    assert await org_credits(client, owner, org) == 1000 and await credits(client, owner["headers"]) == 20
+    assert (await client.get("/v1/orgs", headers=owner["headers"])).json()["items"][0]["plan"] == "pro"
+    again = await client.put(path, json={"plan": "pro", "reason": "again"}, headers=admin["headers"])
+    assert again.json()["credits"] == 1000
+    unknown = await client.put(path, json={"plan": "gold", "reason": "x"}, headers=admin["headers"])
+    assert_v1_error(unknown, 422, "invalid_input")
+    nobody = await client.put(
+        f"/v1/admin/orgs/{uuid.uuid4()}/plan", json={"plan": "pro", "reason": "x"}, headers=admin["headers"]
+    )
+    assert_v1_error(nobody, 404, "not_found")
+
+
+async def test_an_owner_subscribes_the_organisation_and_its_events_set_the_teams_plan(client, fake_stripe):
+    fake_stripe.reset()
+    owner, member = await make_user(client), await make_user(client)
+    org = await new_org(client, owner)
+    await add(client, owner, org, member)
+    body = {"plan": "plus", "orgId": org["id"]}
+    assert_v1_error(await client.post("/v1/billing/subscribe", json=body, headers=member["headers"]), 403, "forbidden")
+    started = await client.post("/v1/billing/subscribe", json=body, headers=owner["headers"])
+    assert started.status_code == 200, started.text
+    assert fake_stripe.made[-1].params["subscription_data[metadata][user_id]"] == org["id"]
+    event = subscription_event("customer.subscription.created", org["id"], "plus")
+    assert (await deliver(client, event)).json()["plan"] == "plus"
+    assert await org_credits(client, owner, org) == 200
+    assert (await client.get("/v1/billing/plan", headers=owner["headers"])).json()["plan"] == "free"  # theirs
