@@ -17,6 +17,7 @@ from pipelines.billing_config import BillingConfig
 from pipelines.operations import OPERATIONS
 from serve_app.deps import AdminUser, ServicesDep, SessionDep, require_json
 from serve_app.pagination import Cursor, Limit, split_page
+from serve_app.routes.billing import one_of
 from serve_app.schemas import (
     AccountAction,
     AdminActionOut,
@@ -167,10 +168,7 @@ async def _one_org(services: ServicesDep, session: SessionDep, org_id: uuid.UUID
 
 
 def _known_plan(services: ServicesDep, plan: str) -> None:
-    plans = services.billing.plans
-    if plan not in plans:
-        known = ", ".join(sorted(plans))
-        raise InvalidInput(f"no plan {plan!r}", details=[{"field": "plan", "message": f"one of: {known}"}])
+    one_of("plan", plan, services.billing.plans)
 
 
 def _org_out(billing: BillingConfig, org: Organisation, standing: ledger.Standing, members: int) -> AdminOrgOut:

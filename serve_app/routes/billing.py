@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Mapping
+from typing import TypeVar
 
 import stripe
 from fastapi import APIRouter, Depends, Request
@@ -36,6 +38,7 @@ from storage.models import Organisation, User
 from storage.users import get_user, set_plan_from_event
 
 log = logging.getLogger("daygen.billing")
+T = TypeVar("T")
 
 v1 = APIRouter(prefix="/v1/billing", tags=["billing"], dependencies=[Depends(require_json)])
 compat = APIRouter(prefix="/api/payments", tags=["daygen-compatible"])
@@ -46,23 +49,36 @@ async def checkout(body: CheckoutCreate, user: CurrentUser, services: ServicesDe
     """A Stripe Checkout Session for a credit pack (configs/billing.yaml); the credits are added when
     Stripe says it is paid (`/v1/billing/stripe/webhook`), not before. With `orgId`, to an
     organisation's balance (its owners only)."""
-    packs = services.billing.packs
-    pack = packs.get(body.pack)
-    if pack is None:
-        known = ", ".join(sorted(packs)) or "none"
-        raise InvalidInput(f"no pack {body.pack!r}", details=[{"field": "pack", "message": f"one of: {known}"}])
+    pack = one_of("pack", body.pack, services.billing.packs)
     buyer = await _buyer(session, user.id, body.orgId)
+    starting = start_checkout(
+        _stripe(services),
+        user_id=buyer,
+        pack_name=body.pack,
+        pack=pack,
+        return_url=services.settings.checkout_return,
+        save_card=body.saveCard and body.orgId is None,
+    )
+    return await _checkout_out(starting)
+
+
+def one_of(field: str, name: str, known: Mapping[str, T]) -> T:
+    """The `field` named `name` among those `known` (configs/billing.yaml); else a 422 that lists them."""
+    if name not in known:
+        listed = ", ".join(sorted(known)) or "none"
+        raise InvalidInput(f"no {field} {name!r}", details=[{"field": field, "message": f"one of: {listed}"}])
+    return known[name]
+
+
+def _stripe(services: ServicesDep) -> stripe.StripeClient:
     if services.stripe is None:
         raise BillingUnavailable("payments are not configured on this server")
+    return services.stripe
+
+
+async def _checkout_out(starting: Awaitable[stripe.checkout.Session]) -> CheckoutOut:
     try:
-        checkout_session = await start_checkout(
-            services.stripe,
-            user_id=buyer,
-            pack_name=body.pack,
-            pack=pack,
-            return_url=services.settings.checkout_return,
-            save_card=body.saveCard and body.orgId is None,
-        )
+        checkout_session = await starting
     except stripe.StripeError as exc:
         log.error("Stripe refused a Checkout Session", extra={"stripe_error": type(exc).__name__})
         raise BillingUnavailable("the payment provider did not answer; try again") from None
@@ -91,10 +107,7 @@ async def set_auto_top_up(
     """Buy `pack` with the card saved at checkout whenever the balance falls under `threshold`: once
     each time it falls (never twice for one fall), charged while you are away. 409 `no_saved_card`
     before a checkout with `saveCard`."""
-    packs = services.billing.packs
-    if body.pack not in packs:
-        known = ", ".join(sorted(packs)) or "none"
-        raise InvalidInput(f"no pack {body.pack!r}", details=[{"field": "pack", "message": f"one of: {known}"}])
+    one_of("pack", body.pack, services.billing.packs)
     if user.stripe_customer_id is None:
         raise NoSavedCard("save a card first: buy a pack with saveCard")
     user_id = user.id
@@ -126,28 +139,17 @@ async def subscribe(
     """A Stripe Checkout Session for a monthly plan (configs/billing.yaml, those with a price); the plan
     is the account's when Stripe says the subscription is live (`customer.subscription.*`,
     `invoice.paid`), not before. With `orgId`, the organisation's (its owners only)."""
-    plans = {name: plan for name, plan in services.billing.plans.items() if plan.price}
-    plan = plans.get(body.plan)
-    if plan is None:
-        known = ", ".join(sorted(plans)) or "none"
-        raise InvalidInput(
-            f"no plan {body.plan!r} to subscribe to", details=[{"field": "plan", "message": f"one of: {known}"}]
-        )
+    paid_plans = {name: plan for name, plan in services.billing.plans.items() if plan.price}
+    plan = one_of("plan", body.plan, paid_plans)
     subscriber = await _buyer(session, user.id, body.orgId)
-    if services.stripe is None:
-        raise BillingUnavailable("payments are not configured on this server")
-    try:
-        checkout_session = await start_subscription(
-            services.stripe,
-            user_id=subscriber,
-            plan_name=body.plan,
-            plan=plan,
-            return_url=services.settings.checkout_return,
-        )
-    except stripe.StripeError as exc:
-        log.error("Stripe refused a Checkout Session", extra={"stripe_error": type(exc).__name__})
-        raise BillingUnavailable("the payment provider did not answer; try again") from None
-    return CheckoutOut(sessionId=checkout_session.id, url=checkout_session.url)
+    starting = start_subscription(
+        _stripe(services),
+        user_id=subscriber,
+        plan_name=body.plan,
+        plan=plan,
+        return_url=services.settings.checkout_return,
+    )
+    return await _checkout_out(starting)
 
 
 async def _buyer(session: SessionDep, user_id: uuid.UUID, org_id: uuid.UUID | None) -> uuid.UUID:

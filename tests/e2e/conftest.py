@@ -5,6 +5,19 @@ from __future__ import annotations
 import pytest
 
 from storage.redis import make_redis
+from tests.e2e.helpers import make_admin, make_user
+
+
+@pytest.fixture
+async def admin(client, sessions) -> dict:
+    """A new admin account: headers, id, email."""
+    return await make_admin(client, sessions)
+
+
+@pytest.fixture
+async def user(client) -> dict:
+    """A new account: headers, id, email (stories with users of another shape define their own)."""
+    return await make_user(client)
 
 
 @pytest.fixture(autouse=True)

@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import httpx
+from sqlalchemy import update
 
 from daygen.settings import Settings
 from pipelines.pool_config import ProviderPools
 from serve_app.api import create_api
 from serve_app.services import Services
 from storage import ledger
+from storage.models import User
 
 
 def new_email(prefix: str = "user") -> str:
@@ -29,6 +31,21 @@ async def signup(client: httpx.AsyncClient, email: str | None = None, password: 
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def make_user(client: httpx.AsyncClient) -> dict:
+    """A new account: its headers, id and email."""
+    email = new_email()
+    created = await signup(client, email)
+    return {"headers": bearer(created["accessToken"]), "id": created["user"]["id"], "email": email}
+
+
+async def make_admin(client: httpx.AsyncClient, sessions) -> dict:
+    """A new account with the admin role (as `daygen user create --admin` makes one)."""
+    created = await signup(client, new_email("admin"))
+    async with sessions.begin() as session:
+        await session.execute(update(User).where(User.id == uuid.UUID(created["user"]["id"])).values(role="admin"))
+    return {"headers": bearer(created["accessToken"]), "id": created["user"]["id"], "email": created["user"]["email"]}
 
 
 async def user_headers(client: httpx.AsyncClient) -> dict[str, str]:

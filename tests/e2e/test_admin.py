@@ -9,38 +9,14 @@ import json
 import uuid
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import text
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from storage.models import User
-from tests.e2e.helpers import assert_api_error, assert_v1_error, bearer, new_email, signup
+from tests.e2e.helpers import assert_api_error, assert_v1_error, make_user, signup
 from tests.e2e.test_providers import credits
 
 PASSWORD = "correct horse"
-
-
-async def make_admin(client, sessions) -> dict:
-    created = await signup(client, new_email("admin"))
-    async with sessions.begin() as session:
-        await session.execute(update(User).where(User.id == uuid.UUID(created["user"]["id"])).values(role="admin"))
-    return {"headers": bearer(created["accessToken"]), "id": created["user"]["id"], "email": created["user"]["email"]}
-
-
-async def make_user(client) -> dict:
-    email = new_email()
-    created = await signup(client, email)
-    return {"headers": bearer(created["accessToken"]), "id": created["user"]["id"], "email": email}
-
-
-@pytest.fixture
-async def admin(client, sessions) -> dict:
-    return await make_admin(client, sessions)
-
-
-@pytest.fixture
-async def user(client) -> dict:
-    return await make_user(client)
 
 
 def routes(user_id: str) -> list[tuple[str, str, dict | None]]:

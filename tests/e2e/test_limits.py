@@ -12,8 +12,7 @@ import yaml
 from sqlalchemy import select, update
 
 from storage.models import AdminAction, User
-from tests.e2e.helpers import api_without_actors, assert_v1_error, bearer, signup
-from tests.e2e.test_admin import make_admin, make_user
+from tests.e2e.helpers import api_without_actors, assert_v1_error, bearer, make_user, signup
 from tests.e2e.test_providers import credits
 from tests.integration.test_shared_limits import eventually
 
@@ -24,16 +23,6 @@ NO_LIMITS = {"requestsPerMinute": None, "concurrentJobs": None, "creditsPerDay":
 @pytest.fixture(autouse=True)
 def fresh_fakes(fake_ideogram):
     fake_ideogram.reset()
-
-
-@pytest.fixture
-async def admin(client, sessions) -> dict:
-    return await make_admin(client, sessions)
-
-
-@pytest.fixture
-async def user(client) -> dict:
-    return await make_user(client)
 
 
 async def set_limits(client, admin: dict, user: dict, limits: dict) -> dict:

@@ -8,8 +8,7 @@ import uuid
 
 import pytest
 
-from tests.e2e.helpers import assert_v1_error
-from tests.e2e.test_admin import make_admin, make_user
+from tests.e2e.helpers import assert_v1_error, make_user
 from tests.e2e.test_billing import deliver, paid
 from tests.e2e.test_providers import credits
 from tests.e2e.test_subscriptions import subscription_event
@@ -20,11 +19,6 @@ JOB = {"operation": "offline.generate", "params": {"prompt": "team work", "width
 @pytest.fixture(autouse=True)
 def fresh_fakes(fake_ideogram):
     fake_ideogram.reset()
-
-
-@pytest.fixture
-async def admin(client, sessions) -> dict:
-    return await make_admin(client, sessions)
 
 
 async def new_org(client, owner: dict, name: str = "Studio Nine") -> dict:

@@ -19,14 +19,16 @@ from storage.models import Job, LedgerBalance, LedgerEntry, UsageRecord
 from storage.users import create_user
 
 
-async def account(sessions, credits: int) -> uuid.UUID:
+async def account(sessions, credits: int, plan: str = "free") -> uuid.UUID:
+    """A new user with `credits` granted at signup, on `plan`."""
     async with sessions() as session:
         user = await create_user(
             session,
-            email=f"limits-{uuid.uuid4().hex[:10]}@example.com",
+            email=f"account-{uuid.uuid4().hex[:10]}@example.com",
             password_hash="!",
             display_name=None,
             signup_credits=Decimal(credits),
+            plan=plan,
         )
         return user.id
 

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from daygen.ids import uuid7
 from storage import allowances, ledger
 from storage.models import LedgerEntry, User
-from storage.users import create_user
+from tests.integration.test_account_limits import account as new_account
 
 ALLOWANCES = {"free": Decimal(0), "plus": Decimal(200), "pro": Decimal(1000)}
 JANUARY = datetime(2027, 1, 1, 0, 0, 5, tzinfo=UTC)
@@ -23,16 +23,7 @@ APRIL = datetime(2027, 4, 1, 0, 0, 5, tzinfo=UTC)
 
 
 async def account(sessions, plan: str, bought: int = 0) -> uuid.UUID:
-    async with sessions() as session:
-        user = await create_user(
-            session,
-            email=f"plan-{uuid.uuid4().hex[:10]}@example.com",
-            password_hash="!",
-            display_name=None,
-            signup_credits=Decimal(bought),
-            plan=plan,
-        )
-        return user.id
+    return await new_account(sessions, bought, plan)
 
 
 async def spend(sessions, owner: uuid.UUID, amount: int) -> None:
