@@ -56,6 +56,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import speed_line  # noqa: E402
 from daygen.runtime import deploy, start_ray  # noqa: E402
 from daygen.settings import Settings  # noqa: E402
 from pipelines.billing_config import LIMIT_NAMES  # noqa: E402
@@ -657,6 +658,7 @@ def main() -> None:
     parser.add_argument("--limit-slow-jobs", type=int, default=100, help="Ideogram images of 2 s in the limits run")
     args = parser.parse_args()
     print(f"cpus={os.cpu_count()} scenarios={' '.join(args.scenario)}", flush=True)
+    print(speed_line(), flush=True)
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="dgb-") as tmp:
         work = Path(tmp)

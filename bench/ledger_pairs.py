@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.ledger import LEDGER_NAME, UsageLedger  # noqa: E402
+from bench.machine import speed_line  # noqa: E402
 from daygen.ids import uuid7  # noqa: E402
 from daygen.runtime import start_ray  # noqa: E402
 from daygen.settings import Settings  # noqa: E402
@@ -116,6 +117,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100, help="callers at once: a few replicas' submits")
     parser.add_argument("--accounts", type=int, default=50)
     args = parser.parse_args()
+    print(speed_line(), flush=True)
     with tempfile.TemporaryDirectory(prefix="dgl-") as tmp:
         work = Path(tmp)
         with service_urls(work) as (admin_url, redis_url), private_database(admin_url) as url:
