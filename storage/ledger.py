@@ -416,12 +416,15 @@ async def adjust(
 async def reserve_many(
     session: AsyncSession, requests: Sequence[Reservation], *, event_logs: bool = False
 ) -> list[Reserved]:
-    """Hold credits for many jobs at once, each judged in order against what the earlier ones left.
+    """Hold credits for many jobs at once, each judged in order against what the earlier ones left:
+    the balance, and the limits each request carries (its account's, its owner's cap on a team's
+    balance, its provider's), all read under the locks that keep two reservations from both taking
+    the last of anything.
 
     Idempotent on the job id: a reservation made before is answered accepted (a repeat) and holds
-    nothing more. `event_logs`: the caller will append events of the accounts (as owners) in this
-    transaction, so their event logs are locked first, before the balances, in the one order every
-    transaction that does both keeps (`storage.events.owners_locked`).
+    nothing more, whatever the limits say now. `event_logs`: the caller will append events of the
+    jobs' owners in this transaction, so their event logs are locked first, before the balances, in
+    the one order every transaction that does both keeps (`storage.events.owners_locked`).
     """
     accounts: dict[uuid.UUID, _Account] = {r.account_id: _Account() for r in requests}
     owners = sorted({r.owner for r in requests})
