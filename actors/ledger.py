@@ -52,10 +52,10 @@ class UsageLedger:
         self.settling = Batcher(self._settle_many, max_size=500)
         self.events = JobEvents(make_redis(settings.redis_url), settings.redis_namespace)
         self.ending = ending(self.sessions, self.events.publish)
-        self.resets_task = asyncio.create_task(self._resets())
+        self.upkeep_task = asyncio.create_task(self._upkeep())
         tune_garbage_collector()
 
-    async def _resets(self) -> None:
+    async def _upkeep(self) -> None:
         """Monthly allowances and auto top-ups, looked for every `allowance_check_seconds`: a new month's
         allowances are granted within that of its start, an account moved to a plan with one gets it as
         soon, and a balance that fell under its auto top-up threshold otherwise than by a submit (a

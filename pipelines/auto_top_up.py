@@ -46,7 +46,9 @@ async def _buy(
     answer (the next try has the same idempotency key), settled otherwise."""
     extra = {"user_id": str(crossing.user_id), "crossing": crossing.number}
     intent = None
-    if pack is not None:
+    if pack is None:
+        log.warning("an auto top-up names a pack no longer in configs", extra=extra)
+    else:
         try:
             intent = await charge_off_session(
                 client,
@@ -63,8 +65,6 @@ async def _buy(
         except stripe.StripeError:
             log.exception("Stripe did not answer an auto top-up; trying again later", extra=extra)
             return False
-    if intent is None and pack is None:
-        log.warning("an auto top-up names a pack no longer in configs", extra=extra)
     async with sessions.begin() as session:
         added = False
         if pack is not None and intent is not None and intent.status == "succeeded":

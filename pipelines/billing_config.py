@@ -112,10 +112,13 @@ class BillingConfig(BaseModel):
         limits = self.provider_limits.get(provider)
         return limits.caps(provider) if limits is not None else None
 
+    def plan_of(self, name: str) -> Plan:
+        """An account's plan: the default one for a plan no longer in configs."""
+        return self.plans.get(name, self.plans[self.default_plan])
+
     def limits(self, plan: str, overrides: dict[str, Any] | None, *, throttled: bool) -> Limits:
-        """An account's limits: its plan's (the default plan's for a plan no longer in configs), an
-        admin's overrides, and a throttled account's caps."""
-        limits = self.plans.get(plan, self.plans[self.default_plan]).limits.overridden(overrides)
+        """An account's limits: its plan's (`plan_of`), an admin's overrides, and a throttled account's caps."""
+        limits = self.plan_of(plan).limits.overridden(overrides)
         return limits.capped(self.throttled) if throttled else limits
 
     def price(self, operation: Operation, params: dict[str, Any]) -> Decimal:

@@ -101,6 +101,10 @@ class User(Base):
     def banned(self) -> bool:
         return self.status == "banned"
 
+    @property
+    def throttled(self) -> bool:
+        return self.status == "throttled"
+
 
 class Template(Base):
     __tablename__ = "templates"

@@ -39,6 +39,11 @@ async def create_org(session: AsyncSession, *, name: str, owner_id: uuid.UUID, p
     return Membership(org, member)
 
 
+async def account_exists(session: AsyncSession, account_id: uuid.UUID) -> bool:
+    """Whether a ledger account is a user's or an organisation's here (what Stripe names is checked so)."""
+    return await session.get(User, account_id) is not None or await session.get(Organisation, account_id) is not None
+
+
 async def membership(session: AsyncSession, org_id: uuid.UUID, user_id: uuid.UUID) -> Membership | None:
     """The user's membership of the team, with the team; None when either is missing."""
     row = (

@@ -55,7 +55,7 @@ def _user_out(billing: BillingConfig, user: User, standing: ledger.Standing) -> 
         role=user.role,
         status=user.status,
         plan=user.plan,
-        limits=LimitsOut.of(billing.limits(user.plan, user.limits, throttled=user.status == "throttled")),
+        limits=LimitsOut.of(billing.limits(user.plan, user.limits, throttled=user.throttled)),
         limitOverrides=camel_limits(user.limits or {}),
         credits=float(standing.balance),
         creditsToday=float(standing.spent_today),

@@ -34,8 +34,9 @@ from serve_app.schemas import (
     WalletBalance,
 )
 from storage import auto_top_ups, ledger, orgs
-from storage.models import Organisation, User
-from storage.users import get_user, set_plan_from_event
+from storage.models import User
+from storage.orgs import account_exists
+from storage.users import set_plan_from_event
 
 log = logging.getLogger("daygen.billing")
 T = TypeVar("T")
@@ -183,7 +184,7 @@ async def stripe_webhook(request: Request, services: ServicesDep, session: Sessi
     if (saved := customer_of(event)) is not None and saved[0] == top_up.user_id:
         await auto_top_ups.save_customer(session, *saved)
         await session.commit()
-    if await get_user(session, top_up.user_id) is None and await session.get(Organisation, top_up.user_id) is None:
+    if not await account_exists(session, top_up.user_id):
         log.error("a paid Checkout Session names no account here", extra={"stripe_event": event["id"]})
         return StripeReceived(received=True, credited=False)
     credited = await services.ledger.top_up.remote(top_up)
@@ -196,14 +197,12 @@ async def stripe_webhook(request: Request, services: ServicesDep, session: Sessi
 async def my_plan(user: CurrentUser, services: ServicesDep, session: SessionDep) -> PlanOut:
     """The caller's plan and its monthly allowance, the limits that apply to them now, their balance and
     the credits they spent today and this month (UTC), which the daily and monthly limits count."""
-    plan = services.billing.plans.get(user.plan, services.billing.plans[services.billing.default_plan])
-    throttled = user.status == "throttled"
     standing = await ledger.standing(session, user.id)
     return PlanOut(
         plan=user.plan,
-        allowance=float(plan.allowance),
-        status="throttled" if throttled else "active",
-        limits=LimitsOut.of(services.billing.limits(user.plan, user.limits, throttled=throttled)),
+        allowance=float(services.billing.plan_of(user.plan).allowance),
+        status="throttled" if user.throttled else "active",
+        limits=LimitsOut.of(services.billing.limits(user.plan, user.limits, throttled=user.throttled)),
         balance=float(standing.balance),
         creditsToday=float(standing.spent_today),
         creditsThisMonth=float(standing.spent_this_month),
@@ -216,7 +215,7 @@ async def _set_plan(services: ServicesDep, session: SessionDep, plan_set: PlanSe
     if plan not in billing.plans:
         log.error("a subscription names a plan not in configs", extra={"stripe_event": plan_set.event_id})
         return StripeReceived(received=True, credited=False)
-    if await get_user(session, plan_set.user_id) is None and await session.get(Organisation, plan_set.user_id) is None:
+    if not await account_exists(session, plan_set.user_id):
         log.error("a subscription event names no account here", extra={"stripe_event": plan_set.event_id})
         return StripeReceived(received=True, credited=False)
     applied = await set_plan_from_event(session, plan_set.user_id, plan, plan_set.made_at)

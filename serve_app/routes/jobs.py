@@ -212,9 +212,8 @@ class Submitter:
 
     @classmethod
     def of(cls, services: Services, user: User) -> Submitter:
-        throttled = user.status == "throttled"
         under = user.auto_top_up_threshold if user.auto_top_up_pack is not None else None
-        return cls(user.id, services.billing.limits(user.plan, user.limits, throttled=throttled), under)
+        return cls(user.id, services.billing.limits(user.plan, user.limits, throttled=user.throttled), under)
 
     async def for_org(self, services: Services, session: SessionDep, org_id: uuid.UUID | None) -> Submitter:
         """The same submitter, charging `org_id` (None: their own balance); a team they are not in is a 404."""
