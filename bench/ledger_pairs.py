@@ -1,12 +1,15 @@
 """Benchmark: reserve + commit pairs a second through the ledger actor, durable in Postgres.
 
 Each of `--clients` callers in a closed loop asks the ledger actor to queue a one-credit job (its
-reservation, in the transaction that inserts the job) and then to settle it (the commit), as a
-replica and the dispatcher do; every call is committed in Postgres before it is answered. Prints
+reservation, in the transaction that inserts the job) and then to settle it (the commit); every
+call is committed in Postgres before it is answered. Two runs: callers calling the actor one pair
+at a time each (the worst case: a Ray call per reserve and per commit), then callers sharing
+`--replicas` group-commit batchers for their reserves, as the submits a Serve replica serves share
+one (serve_app/services.py), and one for their commits, as the jobs the dispatcher ends do. Prints
 pairs a second and the p50/p99 of a reserve call and of a commit call (issue 7's target: 1,000
 pairs a second on this machine), then checks every credit was held and charged exactly once.
 
-    .venv/bin/python bench/ledger_pairs.py [--pairs 5000] [--clients 100] [--accounts 50]
+    .venv/bin/python bench/ledger_pairs.py [--pairs 5000] [--clients 100] [--accounts 50] [--replicas 2]
 
 Uses the machine's Postgres and Redis when DAYGEN_TEST_DATABASE_URL / DAYGEN_TEST_REDIS_URL are
 set, else embedded ones.
@@ -35,6 +38,8 @@ from bench.machine import speed_line  # noqa: E402
 from daygen.ids import uuid7  # noqa: E402
 from daygen.runtime import start_ray  # noqa: E402
 from daygen.settings import Settings  # noqa: E402
+from pipelines.batching import Batcher  # noqa: E402
+from pipelines.jobs import QueueAnswer  # noqa: E402
 from storage import ledger  # noqa: E402
 from storage.db import make_engine, make_sessionmaker  # noqa: E402
 from storage.jobs import NewJob  # noqa: E402
@@ -62,12 +67,9 @@ async def make_accounts(sessions, count: int) -> list[uuid.UUID]:
     return accounts
 
 
-async def run(settings: Settings, pairs: int, clients: int, accounts: int) -> None:
-    engine = make_engine(settings.database_url, pool_size=2)
-    sessions = make_sessionmaker(engine)
-    owners = await make_accounts(sessions, accounts)
-    actor = UsageLedger.options(name=LEDGER_NAME).remote(settings)
-    left = 0
+async def measure(owners: list[uuid.UUID], pairs: int, clients: int, reserve, commit) -> tuple[float, list, list]:
+    """Pairs a second and each reserve's and commit's milliseconds, `clients` callers in a closed loop."""
+    left = pairs
     reserves: list[float] = []
     commits: list[float] = []
 
@@ -78,28 +80,51 @@ async def run(settings: Settings, pairs: int, clients: int, accounts: int) -> No
             left -= 1
             job = NewJob(uuid7(), owner, "offline.generate", "offline", PARAMS, Decimal(1))
             started = time.perf_counter()
-            [answer] = await actor.queue.remote([job])
+            answer = await reserve(job)
             held = time.perf_counter()
             assert answer.outcome == "queued", answer
-            [settled] = await actor.settle.remote([(job.id, Decimal(1))])
+            settled = await commit((job.id, Decimal(1)))
             assert settled == "commit", settled
             reserves.append((held - started) * 1000)
             commits.append((time.perf_counter() - held) * 1000)
 
-    left = WARM_UP_PAIRS
-    await asyncio.gather(*(closed_loop(i) for i in range(clients)))  # connections opened, plans made
-    reserves.clear()
-    commits.clear()
-    left = pairs
     started = time.perf_counter()
     await asyncio.gather(*(closed_loop(i) for i in range(clients)))
-    elapsed = time.perf_counter() - started
-    print(
-        f"reserve + commit through the ledger actor, {clients} clients in a closed loop, {len(reserves)} pairs: "
-        f"{len(reserves) / elapsed:.0f} pairs/s in {elapsed:.1f} s; reserve p50 {pct(reserves, 50):.1f} ms, "
-        f"p99 {pct(reserves, 99):.1f} ms; commit p50 {pct(commits, 50):.1f} ms, p99 {pct(commits, 99):.1f} ms",
-        flush=True,
-    )
+    return len(reserves) / (time.perf_counter() - started), reserves, commits
+
+
+async def run(settings: Settings, pairs: int, clients: int, accounts: int, replicas: int) -> None:
+    engine = make_engine(settings.database_url, pool_size=2)
+    sessions = make_sessionmaker(engine)
+    owners = await make_accounts(sessions, accounts)
+    actor = UsageLedger.options(name=LEDGER_NAME).remote(settings)
+
+    async def reserve_alone(job: NewJob) -> QueueAnswer:
+        [answer] = await actor.queue.remote([job])
+        return answer
+
+    async def commit_alone(charge: tuple[uuid.UUID, Decimal]) -> ledger.Settlement | None:
+        [settled] = await actor.settle.remote([charge])
+        return settled
+
+    replicas_queuing = [Batcher(actor.queue.remote, max_size=500) for _ in range(replicas)]
+    dispatcher_settling = Batcher(actor.settle.remote, max_size=500)
+    runs = {
+        "each caller calling the actor itself, a call a reserve and a call a commit": (reserve_alone, commit_alone),
+        f"callers sharing {replicas} replicas' batchers for reserves and the dispatcher's for commits": (
+            lambda job: replicas_queuing[hash(job.id) % replicas](job),
+            dispatcher_settling,
+        ),
+    }
+    await measure(owners, WARM_UP_PAIRS, clients, reserve_alone, commit_alone)  # connections opened, plans made
+    for name, (reserve, commit) in runs.items():
+        rate, reserves, commits = await measure(owners, pairs, clients, reserve, commit)
+        print(
+            f"reserve + commit through the ledger actor, {clients} clients in a closed loop, {name}, "
+            f"{len(reserves)} pairs: {rate:.0f} pairs/s; reserve p50 {pct(reserves, 50):.1f} ms, "
+            f"p99 {pct(reserves, 99):.1f} ms; commit p50 {pct(commits, 50):.1f} ms, p99 {pct(commits, 99):.1f} ms",
+            flush=True,
+        )
     async with sessions() as session:
         counted = await session.execute(select(LedgerEntry.kind, func.count()).group_by(LedgerEntry.kind))
         kinds = {kind: count for kind, count in counted}
@@ -116,6 +141,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5000)
     parser.add_argument("--clients", type=int, default=100, help="callers at once: a few replicas' submits")
     parser.add_argument("--accounts", type=int, default=50)
+    parser.add_argument("--replicas", type=int, default=2, help="Serve replicas whose submits share a batcher each")
     args = parser.parse_args()
     print(speed_line(), flush=True)
     with tempfile.TemporaryDirectory(prefix="dgl-") as tmp:
@@ -134,7 +160,7 @@ def main() -> None:
                 temp_dir=work / "ray", dashboard=False, http_port=free_port(), num_cpus=2, object_store_bytes=200 << 20
             )
             try:
-                asyncio.run(run(settings, args.pairs, args.clients, args.accounts))
+                asyncio.run(run(settings, args.pairs, args.clients, args.accounts, args.replicas))
             finally:
                 ray.shutdown()
 
