@@ -43,11 +43,18 @@ async def _buy(
     crossing: auto_top_ups.Crossing,
 ) -> bool:
     """One crossing's charge, and its credits once it succeeded; left pending when Stripe did not
-    answer (the next try has the same idempotency key), settled otherwise."""
+    answer (the next try has the same idempotency key) unless that key may be forgotten by now,
+    settled otherwise."""
     extra = {"user_id": str(crossing.user_id), "crossing": crossing.number}
     intent = None
     if pack is None:
         log.warning("an auto top-up names a pack no longer in configs", extra=extra)
+    elif crossing.stale:
+        log.warning(
+            "an auto top-up Stripe did not answer for a day is given up, not charged again under a key it "
+            "may have forgotten; if its first charge was made, Stripe's payment_intent.succeeded credits it",
+            extra=extra,
+        )
     else:
         try:
             intent = await charge_off_session(

@@ -4,19 +4,25 @@ balance is back at or over the threshold, so one crossing never buys twice.
 
 A claimed crossing stays `pending` until its charge is settled either way: a charge that Stripe could
 not answer is tried again with the same idempotency key (the crossing's number), so a retry after a
-crash buys nothing more.
+crash buys nothing more. Stripe keeps a key for 24 hours: a crossing claimed longer ago than
+`RETRY_HOURS` is not charged again (Stripe might have made the first charge and forgotten its key),
+but given up; if that charge was made, Stripe's `payment_intent.succeeded` event credits it.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import LedgerBalance, User
+
+# Under the 24 hours Stripe keeps an idempotency key, with an hour to spare for the clocks and the pass.
+RETRY_HOURS = 23
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,7 @@ class Crossing:
     number: int
     pack: str
     customer: str
+    stale: bool = False  # claimed longer ago than RETRY_HOURS: not to be charged again
 
     @property
     def key(self) -> str:
@@ -76,16 +83,18 @@ async def claim(session: AsyncSession, user_id: uuid.UUID | None = None) -> None
             auto_top_up_armed=False,
             auto_top_up_crossings=User.auto_top_up_crossings + 1,
             auto_top_up_pending=User.auto_top_up_crossings + 1,
+            auto_top_up_claimed_at=func.now(),
         )
     )
 
 
 async def pending(session: AsyncSession, user_id: uuid.UUID | None = None) -> list[Crossing]:
-    """The crossings claimed but not yet settled."""
+    """The crossings claimed but not yet settled, each saying whether it is too old to charge again."""
+    stale = User.auto_top_up_claimed_at < func.now() - timedelta(hours=RETRY_HOURS)
     rows = await session.execute(
-        select(User.id, User.auto_top_up_pending, User.auto_top_up_pack, User.stripe_customer_id).where(
-            *_accounts(user_id), User.auto_top_up_pending.is_not(None), User.stripe_customer_id.is_not(None)
-        )
+        select(
+            User.id, User.auto_top_up_pending, User.auto_top_up_pack, User.stripe_customer_id, stale.is_(True)
+        ).where(*_accounts(user_id), User.auto_top_up_pending.is_not(None), User.stripe_customer_id.is_not(None))
     )
     return [Crossing(*row) for row in rows]
 
@@ -95,5 +104,5 @@ async def settled(session: AsyncSession, crossing: Crossing) -> None:
     await session.execute(
         update(User)
         .where(User.id == crossing.user_id, User.auto_top_up_pending == crossing.number)
-        .values(auto_top_up_pending=None)
+        .values(auto_top_up_pending=None, auto_top_up_claimed_at=None)
     )

@@ -81,12 +81,14 @@ class User(Base):
     stripe_customer_id: Mapped[str | None] = mapped_column(Text)
     # Auto top-up: `pack` is bought off-session when the balance falls under `threshold` (no pack: off).
     # Armed while the balance is at or over the threshold; each fall under it is one crossing, charged
-    # once (`pending` holds the crossing being charged, its number the charge's idempotency key).
+    # once (`pending` holds the crossing being charged, its number the charge's idempotency key;
+    # `claimed_at` when it was claimed, to stop trying once Stripe may have forgotten that key).
     auto_top_up_pack: Mapped[str | None] = mapped_column(Text)
     auto_top_up_threshold: Mapped[Decimal | None] = mapped_column(Credits)
     auto_top_up_armed: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True, server_default="true")
     auto_top_up_crossings: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     auto_top_up_pending: Mapped[int | None] = mapped_column(Integer)
+    auto_top_up_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # An admin's overrides of the plan's limits (pipelines.limits.Limits fields), None for none.
     limits: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # Standard Webhooks signing secret (`whsec_...`), made on first use; after a rotation the

@@ -4,13 +4,16 @@ under the threshold: once for each fall, never twice for one, whatever Stripe do
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 import ray
+from sqlalchemy import select, update
 
 from actors.ledger import LEDGER_NAME
 from daygen.runtime import RAY_NAMESPACE
+from storage.models import User
 from tests.e2e.helpers import assert_v1_error, bearer, set_balance, signup
 from tests.e2e.test_billing import BALANCE, deliver, paid
 from tests.integration.test_shared_limits import eventually
@@ -149,6 +152,45 @@ async def test_a_charge_stripe_did_not_answer_is_tried_again_and_bought_once(cli
         return await balance(client, headers) == 220
 
     await eventually(bought)
+    assert len(fake_stripe.charges) == 1
+
+
+async def test_a_charge_unanswered_for_a_day_is_given_up_not_made_again_and_stripes_event_credits_it(
+    client, fake_stripe, sessions
+):
+    user = await with_saved_card(client, fake_stripe)
+    headers = user["headers"]
+    fake_stripe.lose_next_answers(1000)  # Stripe charges, and no answer ever arrives
+    await turn_on(client, headers, 200)
+
+    async def charged() -> bool:
+        return len(fake_stripe.charges) == 1
+
+    await eventually(charged)
+    # A day later (the ledger tried all day, under the same key): given up.
+    async with sessions.begin() as session:
+        aged = datetime.now(UTC) - timedelta(hours=24)
+        await session.execute(update(User).where(User.id == user["id"]).values(auto_top_up_claimed_at=aged))
+
+    async def given_up() -> bool:
+        async with sessions() as session:
+            return await session.scalar(select(User.auto_top_up_pending).where(User.id == user["id"])) is None
+
+    await eventually(given_up)
+    # Stripe has forgotten the key by now, and answers again: still nothing is charged.
+    fake_stripe.forget_keys()
+    fake_stripe.lose_next_answers(0)
+    ledger = ray.get_actor(LEDGER_NAME, namespace=RAY_NAMESPACE)
+    assert await ledger.auto_top_up.remote() == 0
+    assert len(fake_stripe.charges) == 1  # not charged again under a forgotten key
+    assert await balance(client, headers) == 120
+    # The charge Stripe did make is credited by its own event, once.
+    [charge] = fake_stripe.charges
+    event = {"id": "evt_lost", "type": "payment_intent.succeeded", "created": 1, "data": {"object": charge.intent}}
+    assert (await deliver(client, event)).json()["credited"] is True
+    assert (await deliver(client, event)).json()["credited"] is False
+    assert await balance(client, headers) == 220
+    assert await ledger.auto_top_up.remote() == 0  # over the threshold again: armed, nothing to buy
     assert len(fake_stripe.charges) == 1
 
 

@@ -7,7 +7,9 @@ refuses what Stripe would, and answers as Stripe does. A session that saves the 
 (`payment_intent_data[setup_future_usage]`) makes a customer with a card on file; a payment intent
 charges it off-session once per Idempotency-Key (a repeat answers the first answer, as Stripe does),
 or is declined after `decline_next`. Every session and charge made is kept for the tests to look at,
-and `fail_next` makes the next request answer 5xx.
+`fail_next` makes the next request answer 5xx, `lose_next_answers` makes the next payment intents
+charge but answer 5xx (the answer lost on its way), and `forget_keys` forgets every Idempotency-Key,
+as Stripe does after 24 hours.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class FakeStripe:
         self._answers: dict[str, tuple[int, dict[str, Any]]] = {}  # Idempotency-Key -> the first answer
         self._failures = 0
         self._declines = 0
+        self._lost_answers = 0
         self._lock = threading.Lock()
         routes = [
             Route("/v1/checkout/sessions", self._create, methods=["POST"]),
@@ -78,10 +81,22 @@ class FakeStripe:
         with self._lock:
             self._declines += times
 
+    def lose_next_answers(self, times: int = 1) -> None:
+        """The next `times` payment intent requests (0: none from now) do what they ask (a charge once
+        per key) but answer a 500, as when Stripe charged and its answer never arrived."""
+        with self._lock:
+            self._lost_answers = times
+
+    def forget_keys(self) -> None:
+        """Forget every Idempotency-Key's answer, as Stripe does 24 hours after a key's first use."""
+        with self._lock:
+            self._answers.clear()
+
     def reset(self) -> None:
         with self._lock:
             self._failures = 0
             self._declines = 0
+            self._lost_answers = 0
             self.made.clear()
             self.charges.clear()
             self._answers.clear()
@@ -109,17 +124,23 @@ class FakeStripe:
     async def _payment_intent(self, request: Request) -> JSONResponse:
         if refused := self._refusal(request):
             return refused
+        status, body = await self._charge(request)
+        with self._lock:
+            lost = self._lost_answers > 0
+            self._lost_answers -= lost
+        return self._error(500, "api_error", "An unknown error occurred") if lost else JSONResponse(body, status)
+
+    async def _charge(self, request: Request) -> tuple[int, dict[str, Any]]:
         key = request.headers.get("idempotency-key")
         with self._lock:
             if key is not None and key in self._answers:
-                status, body = self._answers[key]
-                return JSONResponse(body, status)
+                return self._answers[key]
         params = {k: str(v) for k, v in (await request.form()).items()}
         customer, method = params.get("customer", ""), params.get("payment_method", "")
         if method not in self.cards.get(customer, []):
-            return self._error(400, "invalid_request_error", "The payment method does not belong to the customer.")
+            return 400, self._body("invalid_request_error", "The payment method does not belong to the customer.")
         if params.get("off_session") != "true" or params.get("confirm") != "true":
-            return self._error(400, "invalid_request_error", "This fake only charges off-session, confirmed.")
+            return 400, self._body("invalid_request_error", "This fake only charges off-session, confirmed.")
         metadata = {k[len("metadata[") : -1]: v for k, v in params.items() if k.startswith("metadata[")}
         with self._lock:
             declined = self._declines > 0
@@ -143,11 +164,15 @@ class FakeStripe:
             self.charges.append(Charge(params, intent))
             if key is not None:
                 self._answers[key] = (status, body)
-        return JSONResponse(body, status)
+        return status, body
 
     @staticmethod
-    def _error(status: int, kind: str, message: str) -> JSONResponse:
-        return JSONResponse({"error": {"type": kind, "message": message}}, status)
+    def _body(kind: str, message: str) -> dict[str, Any]:
+        return {"error": {"type": kind, "message": message}}
+
+    @classmethod
+    def _error(cls, status: int, kind: str, message: str) -> JSONResponse:
+        return JSONResponse(cls._body(kind, message), status)
 
     async def _create(self, request: Request) -> JSONResponse:
         if refused := self._refusal(request):
