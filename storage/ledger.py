@@ -309,8 +309,8 @@ async def _open_jobs(session: AsyncSession, accounts: Sequence[uuid.UUID]) -> di
 
 @dataclass
 class _Provider:
-    """A provider as a reservation judges it: its open jobs and the credits they hold, and what its
-    calls were charged today and this month."""
+    """A provider as a reservation judges it: its open jobs and the credits they still hold, and what
+    its calls were charged today and this month."""
 
     open_jobs: int = 0
     held: Decimal = Decimal(0)
@@ -340,8 +340,12 @@ async def _lock_providers(session: AsyncSession, providers: Sequence[str]) -> di
     lock = func.pg_advisory_xact_lock(func.hashtextextended(func.concat("daygen-provider:", locking.c.p), 0))
     await session.execute(select(func.count(lock)), {"providers": names})
     standing = {name: _Provider() for name in names}
+    # An open chain's finished steps are counted by their usage records below: it holds the rest.
+    recorded = (
+        select(func.coalesce(func.sum(UsageRecord.credits), 0)).where(UsageRecord.job_id == Job.id).scalar_subquery()
+    )
     open_jobs = await session.execute(
-        select(Job.provider, func.count(), func.coalesce(func.sum(Job.cost), 0))
+        select(Job.provider, func.count(), func.coalesce(func.sum(Job.cost - recorded), 0))
         .where(Job.provider.in_(names), Job.status.in_(("queued", "running")))
         .group_by(Job.provider)
     )

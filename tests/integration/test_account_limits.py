@@ -270,3 +270,29 @@ async def test_a_providers_credit_limits_count_what_its_calls_were_charged(sessi
     caps = ledger.ProviderCaps(provider, credits_per_day=Decimal(5))
     answers = await queue(sessions, provider_job(owner, provider, caps, "3"), provider_job(owner, provider, caps, "2"))
     assert [(a.refusal, a.used) for a in answers] == [("provider_credits_per_day", 3), (None, 0)]
+
+
+async def test_an_open_chains_finished_steps_count_once_against_a_providers_credits(sessions):
+    provider = f"p-{uuid.uuid4().hex[:8]}"
+    owner = await account(sessions, 20)
+    caps = ledger.ProviderCaps(provider, credits_per_day=Decimal(5))
+    chain = provider_job(owner, provider, caps, "4")
+    assert [a.outcome for a in await queue(sessions, chain)] == ["queued"]
+    async with sessions.begin() as session:  # its first step ran, charged 3 of its 4 credits; it goes on
+        session.add(
+            UsageRecord(
+                job_id=chain.id,
+                step=0,
+                user_id=owner,
+                provider=provider,
+                operation="offline.generate",
+                status="succeeded",
+                images=1,
+                upstream_ms=10,
+                credits=Decimal(3),
+                provider_cost=Decimal(0),
+            )
+        )
+    # 3 charged and 1 still held: 4 of 5 used, not 7.
+    answers = await queue(sessions, provider_job(owner, provider, caps), provider_job(owner, provider, caps))
+    assert [(a.refusal, a.used) for a in answers] == [(None, 0), ("provider_credits_per_day", 5)]
