@@ -10,8 +10,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from daygen.config_files import read_yaml
+from pipelines.chains import job_steps
 from pipelines.operations import OPERATIONS, Operation
-from storage.ledger import ProviderCaps
+from storage.ledger import ProviderCaps, ProviderShare
 
 # A ledger amount has three decimals (storage.models.Credits).
 Credits = Annotated[Decimal, Field(ge=0, max_digits=11, decimal_places=3)]
@@ -111,6 +112,19 @@ class BillingConfig(BaseModel):
     def provider_caps(self, provider: str) -> ProviderCaps | None:
         limits = self.provider_limits.get(provider)
         return limits.caps(provider) if limits is not None else None
+
+    def provider_shares(self, operation: str, params: dict[str, Any], cost: Decimal) -> tuple[ProviderShare, ...]:
+        """A job's part for each of its providers with limits: what its steps there cost. A chain's
+        steps may reach several providers; each judges its own part."""
+        steps = job_steps(operation, params, cost, None)
+        parts: dict[str, Decimal] = {}
+        for step in steps:
+            parts[step.provider] = parts.get(step.provider, Decimal(0)) + step.cost
+        return tuple(
+            ProviderShare(caps, credits, first=provider == steps[0].provider)
+            for provider, credits in parts.items()
+            if (caps := self.provider_caps(provider)) is not None
+        )
 
     def plan_of(self, name: str) -> Plan:
         """An account's plan: the default one for a plan no longer in configs."""

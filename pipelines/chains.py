@@ -18,8 +18,8 @@ from typing import Any
 
 from daygen.errors import DaygenError, InvalidInput
 from pipelines.operations import OPERATIONS, Inputs, Operation, validate_request
+from storage.models import PIPELINE
 
-PIPELINE = "pipeline"
 PREVIOUS = "previous"
 MAX_STEPS = 10
 # Stands in for the image a "previous" step will get, so its other params can be checked at submit.

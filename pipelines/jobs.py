@@ -53,6 +53,7 @@ class QueueAnswer:
     balance: Decimal = Decimal(0)
     refusal: ledger_queries.Refusal | None = None
     used: Decimal = Decimal(0)
+    provider: str | None = None  # the provider whose limit refused it
 
 
 async def queue_jobs(
@@ -76,13 +77,15 @@ async def queue_jobs(
     free = [job for job in jobs if taken.get((job.owner_id, job.idempotency_key or ""), job.id) == job.id]
     reservations = [
         ledger_queries.Reservation(
-            job.account_id, job.id, job.cost, job.caps, owner_id=job.owner_id, provider_caps=job.provider_caps
+            job.account_id, job.id, job.cost, job.caps, owner_id=job.owner_id, provider_shares=job.provider_shares
         )
         for job in free
     ]
     held = await ledger_queries.reserve_many(session, reservations, event_logs=True) if free else []
     answers = {
-        job.id: QueueAnswer("queued", h.balance) if h.accepted else QueueAnswer("refused", h.balance, h.refusal, h.used)
+        job.id: QueueAnswer("queued", h.balance)
+        if h.accepted
+        else QueueAnswer("refused", h.balance, h.refusal, h.used, h.provider)
         for job, h in zip(free, held, strict=True)
     }
     new = [job for job, h in zip(free, held, strict=True) if h.accepted and not h.repeat]

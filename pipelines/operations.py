@@ -228,11 +228,14 @@ def _upscaled_size_allowed(params: dict[str, Any], inputs: Inputs) -> None:
 
 @dataclass(frozen=True)
 class Operation:
-    name: str
-    provider: str
+    name: str  # "<provider>.<what it does>": the ledger reads a stored step's provider off its name
     params_model: type[Params]
     asset_params: tuple[str, ...] = ()
     check: Check | None = None
+
+    @property
+    def provider(self) -> str:
+        return self.name.split(".", 1)[0]
 
     def units(self, params: dict[str, Any]) -> int:
         """What a request is priced by: the images it asks for (one upscale, one description)."""
@@ -257,27 +260,26 @@ class Operation:
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in (
-        Operation("offline.generate", "offline", OfflineGenerateParams),
-        Operation("offline.edit", "offline", OfflineEditParams, ("image", "mask"), _mask_matches_image),
-        Operation("offline.reframe", "offline", OfflineReframeParams, ("image",)),
-        Operation("offline.replace_background", "offline", OfflineReplaceBackgroundParams, ("image",)),
-        Operation("offline.remix", "offline", OfflineRemixParams, ("image",)),
-        Operation("offline.upscale", "offline", OfflineUpscaleParams, ("image",), _upscaled_size_allowed),
-        Operation("offline.describe", "offline", OfflineDescribeParams, ("image",)),
+        Operation("offline.generate", OfflineGenerateParams),
+        Operation("offline.edit", OfflineEditParams, ("image", "mask"), _mask_matches_image),
+        Operation("offline.reframe", OfflineReframeParams, ("image",)),
+        Operation("offline.replace_background", OfflineReplaceBackgroundParams, ("image",)),
+        Operation("offline.remix", OfflineRemixParams, ("image",)),
+        Operation("offline.upscale", OfflineUpscaleParams, ("image",), _upscaled_size_allowed),
+        Operation("offline.describe", OfflineDescribeParams, ("image",)),
         Operation(
             "ideogram.generate",
-            "ideogram",
             IdeogramGenerateParams,
             ("style_reference_images", "character_reference_images"),
         ),
-        Operation("ideogram.edit", "ideogram", IdeogramEditParams, ("image", "mask"), _mask_matches_image),
-        Operation("ideogram.reframe", "ideogram", IdeogramReframeParams, ("image",)),
-        Operation("ideogram.replace_background", "ideogram", IdeogramReplaceBackgroundParams, ("image",)),
-        Operation("ideogram.remix", "ideogram", IdeogramRemixParams, ("image", "character_reference_images")),
-        Operation("ideogram.upscale", "ideogram", IdeogramUpscaleParams, ("image",)),
-        Operation("ideogram.describe", "ideogram", IdeogramDescribeParams, ("image",)),
-        Operation("qwen.generate", "qwen", QwenGenerateParams),
-        Operation("qwen.edit", "qwen", QwenEditParams, ("image",)),
+        Operation("ideogram.edit", IdeogramEditParams, ("image", "mask"), _mask_matches_image),
+        Operation("ideogram.reframe", IdeogramReframeParams, ("image",)),
+        Operation("ideogram.replace_background", IdeogramReplaceBackgroundParams, ("image",)),
+        Operation("ideogram.remix", IdeogramRemixParams, ("image", "character_reference_images")),
+        Operation("ideogram.upscale", IdeogramUpscaleParams, ("image",)),
+        Operation("ideogram.describe", IdeogramDescribeParams, ("image",)),
+        Operation("qwen.generate", QwenGenerateParams),
+        Operation("qwen.edit", QwenEditParams, ("image",)),
     )
 }
 

@@ -51,7 +51,7 @@ from storage.events import (
     event_params,
     event_rows,
 )
-from storage.ledger import NO_CAPS, Caps, ProviderCaps
+from storage.ledger import NO_CAPS, Caps, ProviderShare
 from storage.models import Asset, Credits, Job, UsageRecord
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -91,7 +91,7 @@ class NewJob:
     webhook_url: str | None = None
     caps: Caps = NO_CAPS  # the limits its reservation is judged against (not stored)
     org_id: uuid.UUID | None = None  # the team whose balance pays, its owner a member
-    provider_caps: ProviderCaps | None = None  # its provider's limits (not stored)
+    provider_shares: tuple[ProviderShare, ...] = ()  # its providers' limits and parts (not stored)
 
     @property
     def account_id(self) -> uuid.UUID:

@@ -34,7 +34,7 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
@@ -43,7 +43,7 @@ from sqlalchemy.types import TypeEngine
 from daygen.errors import InsufficientCredits
 from storage.db import insert_unnested, unnest_rows
 from storage.events import owners_locked
-from storage.models import Credits, Job, LedgerBalance, LedgerEntry, UsageRecord
+from storage.models import PIPELINE, Credits, Job, LedgerBalance, LedgerEntry, UsageRecord
 
 Settlement = Literal["commit", "release"]
 
@@ -124,7 +124,7 @@ NO_CAPS = Caps()
 class ProviderCaps:
     """Limits on a provider's work across every account, judged under a lock of the provider's own:
     its open jobs (their next step its), and the credits its calls were charged on the UTC day (month)
-    with those held by its open jobs."""
+    with those its open jobs' steps still to run hold."""
 
     provider: str
     concurrent_jobs: int | None = None
@@ -134,6 +134,20 @@ class ProviderCaps:
     @property
     def any(self) -> bool:
         return (self.concurrent_jobs, self.credits_per_day, self.credits_per_month) != (None, None, None)
+
+
+@dataclass(frozen=True)
+class ProviderShare:
+    """A provider's part in a job, judged against its limits: the credits of the job's steps it runs,
+    and whether the job's first step is its (the job is then one of its open jobs from the start)."""
+
+    caps: ProviderCaps
+    credits: Decimal
+    first: bool = True
+
+    @property
+    def provider(self) -> str:
+        return self.caps.provider
 
 
 Refusal = Literal[
@@ -157,7 +171,7 @@ class Reservation:
     amount: Decimal
     caps: Caps = NO_CAPS
     owner_id: uuid.UUID | None = None  # None: the account's own job
-    provider_caps: ProviderCaps | None = None
+    provider_shares: tuple[ProviderShare, ...] = ()  # one for each of its providers with limits
 
     @property
     def owner(self) -> uuid.UUID:
@@ -167,13 +181,15 @@ class Reservation:
 @dataclass(frozen=True)
 class Reserved:
     """Whether the credits are held, and the account's balance after (or, refused, as it stands).
-    Refused: why, and for a limit, what already counts against it (credits, or open jobs)."""
+    Refused: why, and for a limit, what already counts against it (credits, or open jobs), and for a
+    provider's limit, which provider's."""
 
     accepted: bool
     balance: Decimal
     repeat: bool = False  # held by an earlier call for the same job: nothing was held now
     refusal: Refusal | None = None
     used: Decimal = Decimal(0)
+    provider: str | None = None
 
 
 def spending_columns() -> tuple[ColumnElement[Decimal], ColumnElement[Decimal]]:
@@ -293,6 +309,9 @@ class _Account:
         self.open_jobs += 1
 
 
+OPEN_JOB = ("queued", "running")
+
+
 async def _open_jobs(session: AsyncSession, accounts: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
     """Each account's queued and running jobs: a team's, or a user's own (not those charged to a team);
     through the indexes of open jobs by owner and by team."""
@@ -301,7 +320,7 @@ async def _open_jobs(session: AsyncSession, accounts: Sequence[uuid.UUID]) -> di
     stmt = (
         select(account, func.count())
         .where(or_(Job.org_id == wanted, and_(Job.org_id.is_(None), Job.owner_id == wanted)))
-        .where(Job.status.in_(("queued", "running")))
+        .where(Job.status.in_(OPEN_JOB))
         .group_by(account)
     )
     return {owner: count for owner, count in await session.execute(stmt, {"accounts": list(accounts)})}
@@ -317,19 +336,40 @@ class _Provider:
     charged_today: Decimal = Decimal(0)
     charged_this_month: Decimal = Decimal(0)
 
-    def refusal(self, amount: Decimal, caps: ProviderCaps) -> tuple[Refusal, Decimal] | None:
-        if caps.concurrent_jobs is not None and self.open_jobs >= caps.concurrent_jobs:
+    def refusal(self, share: ProviderShare) -> tuple[Refusal, Decimal] | None:
+        caps = share.caps
+        if share.first and caps.concurrent_jobs is not None and self.open_jobs >= caps.concurrent_jobs:
             return "provider_concurrent_jobs", Decimal(self.open_jobs)
         today, month = self.held + self.charged_today, self.held + self.charged_this_month
-        if caps.credits_per_day is not None and today + amount > caps.credits_per_day:
+        if caps.credits_per_day is not None and today + share.credits > caps.credits_per_day:
             return "provider_credits_per_day", today
-        if caps.credits_per_month is not None and month + amount > caps.credits_per_month:
+        if caps.credits_per_month is not None and month + share.credits > caps.credits_per_month:
             return "provider_credits_per_month", month
         return None
 
-    def hold(self, amount: Decimal) -> None:
-        self.open_jobs += 1
-        self.held += amount
+    def hold(self, share: ProviderShare) -> None:
+        self.open_jobs += share.first
+        self.held += share.credits
+
+
+@functools.cache
+def _held_by_providers() -> Select:
+    """The credits each provider's steps still to run hold, over every open job: a job of one operation
+    is one step, its provider's; a chain's steps are its params' (each its operation's provider, the
+    first part of the name), those before `steps_done` ran and are counted by their usage records."""
+    one_step = func.jsonb_build_array(func.jsonb_build_object("provider", Job.provider, "cost", Job.cost))
+    steps = case((Job.operation == PIPELINE, Job.params["steps"]), else_=one_step)
+    elements = func.jsonb_array_elements(steps).table_valued(column("step", JSONB), with_ordinality="number")
+    step = elements.render_derived(name="steps").lateral()
+    provider = func.coalesce(step.c.step["provider"].astext, func.split_part(step.c.step["operation"].astext, ".", 1))
+    return (
+        select(provider, func.sum(step.c.step["cost"].astext.cast(Credits)))
+        .select_from(Job)
+        .join(step, true())
+        .where(Job.status.in_(OPEN_JOB), step.c.number > Job.steps_done)
+        .where(provider == func.any(bindparam("providers", type_=ARRAY(Text()))))
+        .group_by(provider)
+    )
 
 
 async def _lock_providers(session: AsyncSession, providers: Sequence[str]) -> dict[str, _Provider]:
@@ -340,17 +380,15 @@ async def _lock_providers(session: AsyncSession, providers: Sequence[str]) -> di
     lock = func.pg_advisory_xact_lock(func.hashtextextended(func.concat("daygen-provider:", locking.c.p), 0))
     await session.execute(select(func.count(lock)), {"providers": names})
     standing = {name: _Provider() for name in names}
-    # An open chain's finished steps are counted by their usage records below: it holds the rest.
-    recorded = (
-        select(func.coalesce(func.sum(UsageRecord.credits), 0)).where(UsageRecord.job_id == Job.id).scalar_subquery()
-    )
     open_jobs = await session.execute(
-        select(Job.provider, func.count(), func.coalesce(func.sum(Job.cost - recorded), 0))
-        .where(Job.provider.in_(names), Job.status.in_(("queued", "running")))
+        select(Job.provider, func.count())
+        .where(Job.provider.in_(names), Job.status.in_(OPEN_JOB))
         .group_by(Job.provider)
     )
-    for provider, count, held in open_jobs:
-        standing[provider].open_jobs, standing[provider].held = count, held
+    for provider, count in open_jobs:
+        standing[provider].open_jobs = count
+    for provider, held in await session.execute(_held_by_providers(), {"providers": names}):
+        standing[provider].held = held
     now_utc = func.timezone("UTC", func.now())
     day_start = func.timezone("UTC", func.date_trunc("day", now_utc))
     month_start = func.timezone("UTC", func.date_trunc("month", now_utc))
@@ -443,7 +481,7 @@ async def reserve_many(
             accounts[owner].open_jobs = count
     capped_members = {(r.account_id, r.owner) for r in requests if r.caps.member_credits_per_month is not None}
     member_spent = await _member_spending(session, sorted(capped_members)) if capped_members else {}
-    limited = {r.provider_caps.provider for r in requests if r.provider_caps is not None}
+    limited = {share.provider for r in requests for share in r.provider_shares}
     providers = await _lock_providers(session, sorted(limited)) if limited else {}
     keys = [f"reserve:{r.job_id}" for r in requests]
     # Read after the lock, so a repeat of a reservation that was being made meanwhile is seen.
@@ -455,18 +493,19 @@ async def reserve_many(
             answers.append(Reserved(True, account.balance, repeat=True))
             continue
         member = (request.account_id, request.owner)
-        provider_caps = request.provider_caps
-        provider = providers[provider_caps.provider] if provider_caps is not None else None
         refused = account.refusal(request.amount, request.caps, member_spent.get(member, Decimal(0)))
-        if refused is None and provider is not None and provider_caps is not None:
-            refused = provider.refusal(request.amount, provider_caps)
+        refused_by = None
+        for share in request.provider_shares if refused is None else ():
+            if (refused := providers[share.provider].refusal(share)) is not None:
+                refused_by = share.provider
+                break
         if refused is not None:
-            answers.append(Reserved(False, account.balance, refusal=refused[0], used=refused[1]))
+            answers.append(Reserved(False, account.balance, refusal=refused[0], used=refused[1], provider=refused_by))
             continue
         held.add(key)
         account.hold(request.amount)
-        if provider is not None:
-            provider.hold(request.amount)
+        for share in request.provider_shares:
+            providers[share.provider].hold(share)
         if member in member_spent:
             member_spent[member] += request.amount
         rows.append(

@@ -126,6 +126,10 @@ class Template(Base):
     updated_at: Mapped[datetime] = _now()
 
 
+# A chain's operation: its steps are its params' `steps`, each `{operation, params, input, cost}`.
+PIPELINE = "pipeline"
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (

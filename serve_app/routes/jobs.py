@@ -254,11 +254,12 @@ class Submitter:
         return ledger.Caps(limits.concurrent_jobs, limits.credits_per_day, limits.credits_per_month, self.member_cap)
 
 
-def refusal_error(
-    answer: QueueAnswer, cost: Decimal, submitter: Submitter, provider: str, billing: BillingConfig
-) -> DaygenError:
-    """The error a job the ledger refused is answered with."""
-    limits = submitter.charged_limits
+def refusal_error(answer: QueueAnswer, job: NewJob, submitter: Submitter, billing: BillingConfig) -> DaygenError:
+    """The error a job the ledger refused is answered with. A provider's limit names the provider, and
+    what the job would take of it: a chain's steps there."""
+    cost, limits = job.cost, submitter.charged_limits
+    provider = answer.provider or job.provider
+    provider_part = next((share.credits for share in job.provider_shares if share.provider == provider), cost)
     if answer.refusal == "member_credits_per_month":
         return CreditLimitReached(
             "this job would take you past what you may spend of the organisation's credits a month (UTC)",
@@ -301,7 +302,7 @@ def refusal_error(
                 "provider": provider,
                 "max": float(getattr(caps, answer.refusal.removeprefix("provider_"), None) or 0),
                 "used": float(answer.used),
-                "required": float(cost),
+                "required": float(provider_part),
             },
         )
     if answer.refusal == "concurrent_jobs":
@@ -350,7 +351,7 @@ async def queue_jobs(
             webhook_url=job.webhook_url,
             caps=caps,
             org_id=submitter.org_id,
-            provider_caps=services.billing.provider_caps(job.provider),
+            provider_shares=services.billing.provider_shares(job.operation, job.params, job.cost),
         )
         for job in jobs[: admitted.jobs]
     ]
@@ -363,7 +364,7 @@ async def queue_jobs(
         if queued.outcome == "queued":
             answers.append(job.id)
         elif queued.outcome == "refused":
-            answers.append(refusal_error(queued, job.cost, submitter, job.provider, services.billing))
+            answers.append(refusal_error(queued, job, submitter, services.billing))
         else:  # a concurrent request with the same key got in first: answered as a repeat of it, or 409
             assert job.idempotency_key is not None and job.request_hash is not None
             try:

@@ -15,7 +15,7 @@ from daygen.ids import uuid7
 from pipelines.jobs import QueueAnswer, expire_vanished, queue_jobs
 from storage import ledger
 from storage.jobs import NewJob
-from storage.models import Job, LedgerBalance, LedgerEntry, UsageRecord
+from storage.models import PIPELINE, Job, LedgerBalance, LedgerEntry, UsageRecord
 from storage.users import create_user
 
 
@@ -208,7 +208,21 @@ async def test_the_reservation_sweep_pages_through_the_ledger_in_id_order(sessio
 
 
 def provider_job(owner: uuid.UUID, provider: str, caps: ledger.ProviderCaps, cost: str = "1") -> NewJob:
-    return replace(job(owner, ledger.NO_CAPS, cost), provider=provider, provider_caps=caps)
+    share = ledger.ProviderShare(caps, Decimal(cost))
+    return replace(job(owner, ledger.NO_CAPS, cost), provider=provider, provider_shares=(share,))
+
+
+def chain_job(owner: uuid.UUID, steps: list[tuple[str, str]], *caps: ledger.ProviderCaps) -> NewJob:
+    """A chain of (provider, cost) steps, each an operation of its provider's, with `caps` for some."""
+    stored = [{"operation": f"{p}.generate", "params": {}, "input": None, "cost": c} for p, c in steps]
+    cost = sum((Decimal(c) for _, c in steps), Decimal(0))
+    shares = tuple(
+        ledger.ProviderShare(
+            cap, sum((Decimal(c) for p, c in steps if p == cap.provider), Decimal(0)), cap.provider == steps[0][0]
+        )
+        for cap in caps
+    )
+    return NewJob(uuid7(), owner, PIPELINE, steps[0][0], {"steps": stored}, cost, provider_shares=shares)
 
 
 async def test_a_providers_open_jobs_limit_counts_every_accounts_jobs(sessions):
@@ -276,16 +290,17 @@ async def test_an_open_chains_finished_steps_count_once_against_a_providers_cred
     provider = f"p-{uuid.uuid4().hex[:8]}"
     owner = await account(sessions, 20)
     caps = ledger.ProviderCaps(provider, credits_per_day=Decimal(5))
-    chain = provider_job(owner, provider, caps, "4")
+    chain = chain_job(owner, [(provider, "3"), (provider, "1")], caps)
     assert [a.outcome for a in await queue(sessions, chain)] == ["queued"]
     async with sessions.begin() as session:  # its first step ran, charged 3 of its 4 credits; it goes on
+        await session.execute(update(Job).where(Job.id == chain.id).values(steps_done=1, status="running"))
         session.add(
             UsageRecord(
                 job_id=chain.id,
                 step=0,
                 user_id=owner,
                 provider=provider,
-                operation="offline.generate",
+                operation=f"{provider}.generate",
                 status="succeeded",
                 images=1,
                 upstream_ms=10,
@@ -296,3 +311,27 @@ async def test_an_open_chains_finished_steps_count_once_against_a_providers_cred
     # 3 charged and 1 still held: 4 of 5 used, not 7.
     answers = await queue(sessions, provider_job(owner, provider, caps), provider_job(owner, provider, caps))
     assert [(a.refusal, a.used) for a in answers] == [(None, 0), ("provider_credits_per_day", 5)]
+
+
+async def test_a_chains_later_steps_count_against_their_providers_credits_from_the_submit(sessions):
+    first, later = f"p-{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}"
+    owner = await account(sessions, 20)
+    later_caps = ledger.ProviderCaps(later, concurrent_jobs=1, credits_per_day=Decimal(5))
+    # The chain starts with `first` (no limits) and then takes 3 of `later`'s 5 credits a day.
+    assert [a.outcome for a in await queue(sessions, chain_job(owner, [(first, "1"), (later, "3")], later_caps))] == [
+        "queued"
+    ]
+    # It is not yet one of `later`'s open jobs: a job of `later`'s own goes on; its credits are held.
+    answers = await queue(sessions, provider_job(owner, later, later_caps, "2"), provider_job(owner, later, later_caps))
+    assert [(a.refusal, a.used) for a in answers] == [(None, 0), ("provider_concurrent_jobs", 1)]
+    wide = ledger.ProviderCaps(later, credits_per_day=Decimal(5))
+    [refused] = await queue(sessions, provider_job(owner, later, wide))
+    assert (refused.outcome, refused.refusal, refused.used, refused.provider) == (
+        "refused",
+        "provider_credits_per_day",
+        5,
+        later,
+    )
+    # Another chain whose `later` part would pass the limit is refused by `later`, naming it.
+    [chained] = await queue(sessions, chain_job(owner, [(first, "1"), (later, "1")], wide))
+    assert (chained.refusal, chained.provider) == ("provider_credits_per_day", later)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from pipelines.billing_config import BillingConfig, Limits
 from pipelines.jobs import QueueAnswer
 from serve_app.errors import status_for
 from serve_app.routes.jobs import Submitter, refusal_error
+from storage.jobs import NewJob
+from storage.models import PIPELINE
 
 
 def billing(tmp_path: Path) -> BillingConfig:
@@ -25,6 +28,7 @@ def billing(tmp_path: Path) -> BillingConfig:
 
 
 SUBMITTER = Submitter(uuid.uuid4(), Limits(credits_per_day=Decimal(10)))
+JOB = NewJob(uuid.uuid4(), SUBMITTER.id, "ideogram.generate", "ideogram", {}, Decimal(2))
 
 
 def refused(kind: str | None, used: int = 0) -> QueueAnswer:
@@ -58,9 +62,25 @@ def test_each_refusal_has_its_status_code_and_numbers(tmp_path):
         ),
     ]
     for answer, kind, status, code, details in cases:
-        error = refusal_error(answer, Decimal(2), SUBMITTER, "ideogram", config)
+        error = refusal_error(answer, JOB, SUBMITTER, config)
         assert (type(error), status_for(error), error.code, error.details) == (kind, status, code, details)
-    assert (
-        refusal_error(refused("provider_concurrent_jobs", 5), Decimal(2), SUBMITTER, "ideogram", config).retry_after
-        == 2
+    assert refusal_error(refused("provider_concurrent_jobs", 5), JOB, SUBMITTER, config).retry_after == 2
+
+
+def test_a_chains_refusal_by_a_later_steps_provider_names_it_and_its_part(tmp_path):
+    config = billing(tmp_path)
+    steps = [
+        {"operation": "qwen.generate", "params": {}, "input": None, "cost": "1"},
+        {"operation": "ideogram.upscale", "params": {}, "input": "previous", "cost": "2"},
+        {"operation": "ideogram.describe", "params": {}, "input": "previous", "cost": "0.5"},
+    ]
+    shares = config.provider_shares(PIPELINE, {"steps": steps}, Decimal("3.5"))
+    assert [(s.provider, s.credits, s.first) for s in shares] == [("ideogram", Decimal("2.5"), False)]
+    chain = NewJob(uuid.uuid4(), SUBMITTER.id, PIPELINE, "qwen", {"steps": steps}, Decimal("3.5"))
+    chain = replace(chain, provider_shares=shares)
+    answer = QueueAnswer("refused", Decimal(7), "provider_credits_per_day", Decimal(99), "ideogram")
+    error = refusal_error(answer, chain, SUBMITTER, config)
+    assert (error.code, error.details) == (
+        "credit_limit_reached",
+        {"limit": "provider_credits_per_day", "provider": "ideogram", "max": 100.0, "used": 99.0, "required": 2.5},
     )
