@@ -64,6 +64,7 @@ class User(Base):
         CheckConstraint("email = lower(btrim(email))", name="email_normalised"),
         CheckConstraint(f"status IN {USER_STATUSES}", name="status_known"),
         Index("ix_users_auto_top_up", "id", postgresql_where=text("auto_top_up_pack IS NOT NULL")),
+        Index("ix_users_allowance_due", "allowance_due_from", postgresql_where=text("allowance_due_from IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = _id()
@@ -75,6 +76,9 @@ class User(Base):
     status: Mapped[str] = mapped_column(Text, nullable=False, default="active", server_default="active")
     # A plan of configs/billing.yaml: its monthly allowance and its default limits.
     plan: Mapped[str] = mapped_column(Text, nullable=False, default="free", server_default="free")
+    # The month ("2027-01") from which the account next needs its allowance reset; "" now, None never
+    # (until the plan changes: a trigger marks it due then, and when the account is made).
+    allowance_due_from: Mapped[str | None] = mapped_column(Text(collation="C"))
     # When the Stripe event that last set `plan` was made: an older one delivered later changes nothing.
     plan_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Stripe's customer for the account, made when it saved a card at checkout (auto top-up charges it).
@@ -393,10 +397,20 @@ class Organisation(Base):
     members' jobs."""
 
     __tablename__ = "organisations"
+    __table_args__ = (
+        Index(
+            "ix_organisations_allowance_due",
+            "allowance_due_from",
+            postgresql_where=text("allowance_due_from IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = _id()
     name: Mapped[str] = mapped_column(Text, nullable=False)
     plan: Mapped[str] = mapped_column(Text, nullable=False, default="free", server_default="free")
+    # The month ("2027-01") from which the account next needs its allowance reset; "" now, None never
+    # (until the plan changes: a trigger marks it due then, and when the account is made).
+    allowance_due_from: Mapped[str | None] = mapped_column(Text(collation="C"))
     plan_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # as `User.plan_event_at`
     limits: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _now()

@@ -11,8 +11,8 @@ from decimal import Decimal
 from sqlalchemy import select, update
 
 from daygen.ids import uuid7
-from storage import allowances, ledger
-from storage.models import LedgerEntry, User
+from storage import allowances, ledger, orgs
+from storage.models import LedgerEntry, Organisation, User
 from tests.integration.test_account_limits import account as new_account
 
 ALLOWANCES = {"free": Decimal(0), "plus": Decimal(200), "pro": Decimal(1000)}
@@ -134,3 +134,27 @@ async def test_what_expires_is_never_more_than_the_balance(sessions):
         await ledger.adjust(session, account_id=owner, amount=Decimal(-150), idempotency_key=key, reason="refund")
     assert (await reset(sessions, FEBRUARY))[owner].expired == 50
     assert await balance(sessions, owner) == 200
+
+
+async def test_an_account_is_looked_at_again_when_a_month_begins_or_its_plan_changes(sessions):
+    owner = await account(sessions, "free", bought=20)
+    assert owner not in await reset(sessions, JANUARY)
+    # Moved to a plan with an allowance mid-month: the next pass grants this month's.
+    async with sessions.begin() as session:
+        await session.execute(update(User).where(User.id == owner).values(plan="plus"))
+    mid_january = datetime(2027, 1, 15, tzinfo=UTC)
+    assert (await reset(sessions, mid_january))[owner] == allowances.Reset(owner, "2027-01", Decimal(200), Decimal(0))
+    assert owner not in await reset(sessions, mid_january)
+    assert (await reset(sessions, FEBRUARY))[owner].granted == 200
+    assert await balance(sessions, owner) == 20 + 200
+
+
+async def test_a_teams_plan_change_is_seen_by_the_next_pass(sessions):
+    owner = await account(sessions, "free")
+    async with sessions.begin() as session:
+        team = (await orgs.create_org(session, name="Studio", owner_id=owner, plan="free")).org
+    assert team.id not in await reset(sessions, JANUARY)
+    async with sessions.begin() as session:
+        await session.execute(update(Organisation).where(Organisation.id == team.id).values(plan="pro"))
+    assert (await reset(sessions, JANUARY))[team.id].granted == 1000
+    assert await balance(sessions, team.id) == 1000
