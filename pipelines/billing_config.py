@@ -116,6 +116,8 @@ class BillingConfig(BaseModel):
     def provider_shares(self, operation: str, params: dict[str, Any], cost: Decimal) -> tuple[ProviderShare, ...]:
         """A job's part for each of its providers with limits: what its steps there cost. A chain's
         steps may reach several providers; each judges its own part."""
+        if not self.provider_limits:
+            return ()
         steps = job_steps(operation, params, cost, None)
         parts: dict[str, Decimal] = {}
         for step in steps:
