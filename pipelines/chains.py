@@ -113,6 +113,11 @@ def job_steps(operation: str, params: dict[str, Any], cost: Decimal, inputs: dic
     ]
 
 
+def providers_of(operation: str, params: dict[str, Any]) -> tuple[str, ...]:
+    """The providers a stored job's steps call, each once, in the order they first do."""
+    return tuple(dict.fromkeys(step.provider for step in job_steps(operation, params, Decimal(0), None)))
+
+
 def first_prompt(operation: str, params: dict[str, Any]) -> str | None:
     """The prompt a job was asked for: its own, or a chain's first step that has one."""
     for step in job_steps(operation, params, Decimal(0), None):

@@ -28,7 +28,7 @@ from daygen.errors import (
 )
 from daygen.ids import uuid7
 from pipelines.billing_config import BillingConfig, Limits
-from pipelines.chains import PIPELINE, charged_for, job_steps, prefixed, validate_steps
+from pipelines.chains import PIPELINE, charged_for, job_steps, prefixed, providers_of, validate_steps
 from pipelines.jobs import QueueAnswer
 from pipelines.operations import OPERATIONS, check_inputs, validate_request
 from pipelines.pool_config import pool_key
@@ -326,7 +326,7 @@ async def queue_jobs(
     owner_id = submitter.id
     provider_rates = services.billing.provider_rates
     admitted = await services.submit_rates.admit(
-        submitter.rate_accounts, [job.provider for job in jobs], provider_rates
+        submitter.rate_accounts, [providers_of(job.operation, job.params) for job in jobs], provider_rates
     )
     late = [
         RateLimited(

@@ -237,11 +237,14 @@ async def test_a_providers_limit_a_minute_refuses_its_jobs_from_any_account_befo
     namespace = f"{settings.redis_namespace}:{uuid.uuid4().hex}"  # a minute of its own
     app_settings = settings.model_copy(update={"billing_config": path, "redis_namespace": namespace})
     async with api_without_actors(app_settings) as (app_client, services):
-        assert (await services.submit_rates.admit([], ["ideogram", "ideogram"], {"ideogram": 2})).jobs == 2
+        assert (await services.submit_rates.admit([], [("ideogram",)] * 2, {"ideogram": 2})).jobs == 2
         for _ in range(2):  # two accounts: the provider's minute is everyone's
             headers = bearer((await signup(app_client))["accessToken"])
             slow = {"operation": "ideogram.generate", "params": {"prompt": "one more"}}
             refused = await app_client.post("/v1/jobs", json=slow, headers=headers)
             error = assert_v1_error(refused, 429, "rate_limited")
             assert 1 <= int(refused.headers["Retry-After"]) <= 30 and error["details"]["admitted"] == 0
+            # A chain that reaches the provider only at its second step counts against it too.
+            chain = {"steps": [GENERATE, {"operation": "ideogram.upscale", "input": "previous"}]}
+            assert_v1_error(await app_client.post("/v1/jobs", json=chain, headers=headers), 429, "rate_limited")
             assert (await app_client.get("/v1/auth/me", headers=headers)).json()["credits"] == 20
