@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import ColumnElement, Text, func, literal, select, union_all, update
+from sqlalchemy import ColumnElement, Select, Text, func, literal, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage import ledger
@@ -40,14 +41,13 @@ def next_period(period: str) -> str:
     return f"{year + month // 12}-{month % 12 + 1:02d}"
 
 
-def _last_allowance(account_id: ColumnElement[uuid.UUID]) -> ColumnElement[Decimal]:
-    """The amount of the account's latest reset entry (NULL before its first)."""
+def _latest_reset(account_id: uuid.UUID | ColumnElement[uuid.UUID], *columns: ColumnElement[Any]) -> Select:
+    """`columns` of the account's latest reset entry (no row before its first)."""
     return (
-        select(LedgerEntry.amount)
+        select(*columns)
         .where(LedgerEntry.account_id == account_id, LedgerEntry.kind == "reset")
         .order_by(LedgerEntry.id.desc())
         .limit(1)
-        .scalar_subquery()
     )
 
 
@@ -67,7 +67,7 @@ async def clear_needless(session: AsyncSession, allowances: Mapping[str, Decimal
         await session.execute(
             update(table)
             .where(_due_by(table, period), table.plan.not_in(plans))
-            .where(~func.coalesce(_last_allowance(table.id) > 0, False))
+            .where(~func.coalesce(_latest_reset(table.id, LedgerEntry.amount).scalar_subquery() > 0, False))
             .values(allowance_due_from=None)
         )
 
@@ -112,14 +112,8 @@ async def reset_account(
     there is nothing to grant or expire."""
     [balance] = (await ledger.lock_accounts(session, [account_id])).values()
     # Read under the lock: a reset made meanwhile is seen.
-    last = (
-        await session.execute(
-            select(LedgerEntry.id, LedgerEntry.amount, LedgerEntry.idempotency_key)
-            .where(LedgerEntry.account_id == account_id, LedgerEntry.kind == "reset")
-            .order_by(LedgerEntry.id.desc())
-            .limit(1)
-        )
-    ).first()
+    columns = (LedgerEntry.id, LedgerEntry.amount, LedgerEntry.idempotency_key)
+    last = (await session.execute(_latest_reset(account_id, *columns))).first()
     key = reset_key(account_id, period)
     if last is not None and last.idempotency_key == key:  # reset before
         await _mark_due(session, account_id, plan, next_period(period) if allowance > 0 or last.amount > 0 else None)

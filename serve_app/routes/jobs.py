@@ -325,9 +325,9 @@ async def queue_jobs(
     took meanwhile). Jobs past the limits a minute are not sent on: they are neither held nor queued."""
     owner_id = submitter.id
     provider_rates = services.billing.provider_rates
-    admitted = await services.submit_rates.admit(
-        submitter.rate_accounts, [providers_of(job.operation, job.params) for job in jobs], provider_rates
-    )
+    # Without a provider's limit a minute, the jobs' providers count for nothing: not worked out.
+    providers = [providers_of(job.operation, job.params) if provider_rates else () for job in jobs]
+    admitted = await services.submit_rates.admit(submitter.rate_accounts, providers, provider_rates)
     late = [
         RateLimited(
             "too many jobs a minute; try again later",
