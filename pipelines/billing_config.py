@@ -115,7 +115,8 @@ class BillingConfig(BaseModel):
 
     def provider_shares(self, operation: str, params: dict[str, Any], cost: Decimal) -> tuple[ProviderShare, ...]:
         """A job's part for each of its providers with limits: what its steps there cost. A chain's
-        steps may reach several providers; each judges its own part."""
+        steps may reach several providers; each judges its own part, and counts the chain among its
+        open jobs, at the submit."""
         if not self.provider_limits:
             return ()
         steps = job_steps(operation, params, cost, None)
@@ -123,7 +124,7 @@ class BillingConfig(BaseModel):
         for step in steps:
             parts[step.provider] = parts.get(step.provider, Decimal(0)) + step.cost
         return tuple(
-            ProviderShare(caps, credits, first=provider == steps[0].provider)
+            ProviderShare(caps, credits)
             for provider, credits in parts.items()
             if (caps := self.provider_caps(provider)) is not None
         )

@@ -27,6 +27,7 @@ from sqlalchemy import (
     case,
     cast,
     column,
+    distinct,
     func,
     literal,
     null,
@@ -138,12 +139,11 @@ class ProviderCaps:
 
 @dataclass(frozen=True)
 class ProviderShare:
-    """A provider's part in a job, judged against its limits: the credits of the job's steps it runs,
-    and whether the job's first step is its (the job is then one of its open jobs from the start)."""
+    """A provider's part in a job, judged against its limits: the credits of the job's steps it runs.
+    The job is one of the provider's open jobs from its submit until its last step there ran."""
 
     caps: ProviderCaps
     credits: Decimal
-    first: bool = True
 
     @property
     def provider(self) -> str:
@@ -338,7 +338,7 @@ class _Provider:
 
     def refusal(self, share: ProviderShare) -> tuple[Refusal, Decimal] | None:
         caps = share.caps
-        if share.first and caps.concurrent_jobs is not None and self.open_jobs >= caps.concurrent_jobs:
+        if caps.concurrent_jobs is not None and self.open_jobs >= caps.concurrent_jobs:
             return "provider_concurrent_jobs", Decimal(self.open_jobs)
         today, month = self.held + self.charged_today, self.held + self.charged_this_month
         if caps.credits_per_day is not None and today + share.credits > caps.credits_per_day:
@@ -348,22 +348,25 @@ class _Provider:
         return None
 
     def hold(self, share: ProviderShare) -> None:
-        self.open_jobs += share.first
+        self.open_jobs += 1
         self.held += share.credits
 
 
 @functools.cache
-def _held_by_providers() -> Select:
-    """The credits each provider's steps still to run hold, over every open job: a job of one operation
-    is one step, its provider's; a chain's steps are its params' (each its operation's provider, the
-    first part of the name), those before `steps_done` ran and are counted by their usage records."""
+def _open_by_providers() -> Select:
+    """Each provider's open jobs and the credits they hold there, counting the steps of every open job
+    still to run: a job of one operation is one step, its provider's; a chain's steps are its params'
+    (each its operation's provider, the first part of the name), those before `steps_done` ran (and
+    are counted by their usage records). A chain is an open job of each provider it has steps left
+    on, from its submit, not only of the one whose step is next: a provider's limit holds however
+    many chains reach it at once."""
     one_step = func.jsonb_build_array(func.jsonb_build_object("provider", Job.provider, "cost", Job.cost))
     steps = case((Job.operation == PIPELINE, Job.params["steps"]), else_=one_step)
     elements = func.jsonb_array_elements(steps).table_valued(column("step", JSONB), with_ordinality="number")
     step = elements.render_derived(name="steps").lateral()
     provider = func.coalesce(step.c.step["provider"].astext, func.split_part(step.c.step["operation"].astext, ".", 1))
     return (
-        select(provider, func.sum(step.c.step["cost"].astext.cast(Credits)))
+        select(provider, func.count(distinct(Job.id)), func.sum(step.c.step["cost"].astext.cast(Credits)))
         .select_from(Job)
         .join(step, true())
         .where(Job.status.in_(OPEN_JOB), step.c.number > Job.steps_done)
@@ -380,15 +383,8 @@ async def _lock_providers(session: AsyncSession, providers: Sequence[str]) -> di
     lock = func.pg_advisory_xact_lock(func.hashtextextended(func.concat("daygen-provider:", locking.c.p), 0))
     await session.execute(select(func.count(lock)), {"providers": names})
     standing = {name: _Provider() for name in names}
-    open_jobs = await session.execute(
-        select(Job.provider, func.count())
-        .where(Job.provider.in_(names), Job.status.in_(OPEN_JOB))
-        .group_by(Job.provider)
-    )
-    for provider, count in open_jobs:
-        standing[provider].open_jobs = count
-    for provider, held in await session.execute(_held_by_providers(), {"providers": names}):
-        standing[provider].held = held
+    for provider, open_jobs, held in await session.execute(_open_by_providers(), {"providers": names}):
+        standing[provider].open_jobs, standing[provider].held = open_jobs, held
     now_utc = func.timezone("UTC", func.now())
     day_start = func.timezone("UTC", func.date_trunc("day", now_utc))
     month_start = func.timezone("UTC", func.date_trunc("month", now_utc))

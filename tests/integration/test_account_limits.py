@@ -217,10 +217,7 @@ def chain_job(owner: uuid.UUID, steps: list[tuple[str, str]], *caps: ledger.Prov
     stored = [{"operation": f"{p}.generate", "params": {}, "input": None, "cost": c} for p, c in steps]
     cost = sum((Decimal(c) for _, c in steps), Decimal(0))
     shares = tuple(
-        ledger.ProviderShare(
-            cap, sum((Decimal(c) for p, c in steps if p == cap.provider), Decimal(0)), cap.provider == steps[0][0]
-        )
-        for cap in caps
+        ledger.ProviderShare(cap, sum((Decimal(c) for p, c in steps if p == cap.provider), Decimal(0))) for cap in caps
     )
     return NewJob(uuid7(), owner, PIPELINE, steps[0][0], {"steps": stored}, cost, provider_shares=shares)
 
@@ -313,25 +310,43 @@ async def test_an_open_chains_finished_steps_count_once_against_a_providers_cred
     assert [(a.refusal, a.used) for a in answers] == [(None, 0), ("provider_credits_per_day", 5)]
 
 
-async def test_a_chains_later_steps_count_against_their_providers_credits_from_the_submit(sessions):
+async def test_a_chains_later_steps_count_against_their_providers_limits_from_the_submit(sessions):
     first, later = f"p-{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}"
     owner = await account(sessions, 20)
-    later_caps = ledger.ProviderCaps(later, concurrent_jobs=1, credits_per_day=Decimal(5))
+    later_caps = ledger.ProviderCaps(later, concurrent_jobs=2, credits_per_day=Decimal(5))
     # The chain starts with `first` (no limits) and then takes 3 of `later`'s 5 credits a day.
-    assert [a.outcome for a in await queue(sessions, chain_job(owner, [(first, "1"), (later, "3")], later_caps))] == [
-        "queued"
+    chain = chain_job(owner, [(first, "1"), (later, "3")], later_caps)
+    assert [a.outcome for a in await queue(sessions, chain)] == ["queued"]
+    # It is one of `later`'s open jobs already, its credits held: one more job of `later`'s fills both.
+    answers = await queue(sessions, provider_job(owner, later, later_caps), provider_job(owner, later, later_caps))
+    assert [(a.refusal, a.used, a.provider) for a in answers] == [
+        (None, 0, None),
+        ("provider_concurrent_jobs", 2, later),
     ]
-    # It is not yet one of `later`'s open jobs: a job of `later`'s own goes on; its credits are held.
-    answers = await queue(sessions, provider_job(owner, later, later_caps, "2"), provider_job(owner, later, later_caps))
-    assert [(a.refusal, a.used) for a in answers] == [(None, 0), ("provider_concurrent_jobs", 1)]
     wide = ledger.ProviderCaps(later, credits_per_day=Decimal(5))
-    [refused] = await queue(sessions, provider_job(owner, later, wide))
+    [refused] = await queue(sessions, provider_job(owner, later, wide, "2"))
     assert (refused.outcome, refused.refusal, refused.used, refused.provider) == (
         "refused",
         "provider_credits_per_day",
-        5,
+        4,
         later,
     )
-    # Another chain whose `later` part would pass the limit is refused by `later`, naming it.
-    [chained] = await queue(sessions, chain_job(owner, [(first, "1"), (later, "1")], wide))
-    assert (chained.refusal, chained.provider) == ("provider_credits_per_day", later)
+    # Another chain whose `later` part would pass the open-jobs limit is refused by `later`, naming it.
+    [chained] = await queue(sessions, chain_job(owner, [(first, "1"), (later, "1")], later_caps))
+    assert (chained.refusal, chained.provider) == ("provider_concurrent_jobs", later)
+
+
+async def test_a_chain_stops_being_a_providers_open_job_once_its_steps_there_ran(sessions):
+    provider, other = f"p-{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}"
+    owner = await account(sessions, 20)
+    caps = ledger.ProviderCaps(provider, concurrent_jobs=1)
+    chain = chain_job(owner, [(provider, "1"), (other, "1")], caps)
+    assert [a.outcome for a in await queue(sessions, chain)] == ["queued"]
+    assert [a.refusal for a in await queue(sessions, provider_job(owner, provider, caps))] == [
+        "provider_concurrent_jobs"
+    ]
+    async with sessions.begin() as session:  # its step on `provider` ran; it goes on with `other`'s
+        await session.execute(
+            update(Job).where(Job.id == chain.id).values(steps_done=1, status="running", provider=other)
+        )
+    assert [a.outcome for a in await queue(sessions, provider_job(owner, provider, caps))] == ["queued"]

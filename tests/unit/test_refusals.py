@@ -75,7 +75,7 @@ def test_a_chains_refusal_by_a_later_steps_provider_names_it_and_its_part(tmp_pa
         {"operation": "ideogram.describe", "params": {}, "input": "previous", "cost": "0.5"},
     ]
     shares = config.provider_shares(PIPELINE, {"steps": steps}, Decimal("3.5"))
-    assert [(s.provider, s.credits, s.first) for s in shares] == [("ideogram", Decimal("2.5"), False)]
+    assert [(s.provider, s.credits) for s in shares] == [("ideogram", Decimal("2.5"))]
     chain = NewJob(uuid.uuid4(), SUBMITTER.id, PIPELINE, "qwen", {"steps": steps}, Decimal("3.5"))
     chain = replace(chain, provider_shares=shares)
     answer = QueueAnswer("refused", Decimal(7), "provider_credits_per_day", Decimal(99), "ideogram")
