@@ -431,10 +431,15 @@ class ProviderOutage:
         await self.redis.set(self.key, code, px=max(1, math.ceil(seconds * 1000)))
 
     async def current(self) -> tuple[str, float] | None:
-        """(the error code, seconds left), or None when the provider is not marked down."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            code, left_ms = await pipe.get(self.key).pttl(self.key).execute()
-        if code is None or left_ms < 0:
+        """(the error code, seconds left), or None when the provider is not marked down.
+
+        Every submit asks, so the usual answer (not down) is one plain command; the code is read only
+        when there is a mark (a MULTI of both cost each submit about 0.3 ms of CPU more)."""
+        left_ms = await self.redis.pttl(self.key)
+        if left_ms < 0:
+            return None
+        code = await self.redis.get(self.key)
+        if code is None:  # it ran out between the two
             return None
         return (code.decode() if isinstance(code, bytes) else code), left_ms / 1000
 

@@ -328,11 +328,18 @@ class JobEvents:
                     "at": event.created_at.isoformat(),
                 }
             )
+        entries = [
+            (self.user_stream(owner_id), {"events": json.dumps(announced, default=str)})
+            for owner_id, announced in by_owner.items()
+        ]
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for owner_id, announced in by_owner.items():
-                    fields = {"events": json.dumps(announced, default=str)}
-                    pipe.xadd(self.user_stream(owner_id), fields, maxlen=self.maxlen, approximate=True)
-                await pipe.execute()
+            if len(entries) == 1:  # a lone job's, most often: a pipeline of one costs half as much CPU again
+                [(stream, fields)] = entries
+                await self.redis.xadd(stream, fields, maxlen=self.maxlen, approximate=True)
+            elif entries:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for stream, fields in entries:
+                        pipe.xadd(stream, fields, maxlen=self.maxlen, approximate=True)
+                    await pipe.execute()
         except RedisError:
             log.warning("could not announce job events; listeners will read them from the log", exc_info=True)
