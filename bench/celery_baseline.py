@@ -15,7 +15,8 @@ hour: run the two in turn. Celery's side, the same way:
   throughput  50 clients in a closed loop, 5,000 zero-latency jobs: jobs/s, p50/p99
   burst     2,000 jobs of 2 s submitted at once by 20 submitters: time until every result is in
 
-Every job's row is counted at the end (none lost). Worker and clients run in processes of their own
+Each scenario prints the CPU a job of the worker, the clients and the whole machine (as
+bench/job_engine.py prints each process's). Every job's row is counted at the end (none lost). Worker and clients run in processes of their own
 (gevent patches them); the fake DashScope too, as for bench/job_engine.py.
 
     .venv/bin/pip install -e '.[dev,celery-baseline]'
@@ -169,11 +170,13 @@ def pct(values: list[float], q: int) -> float:
 def main() -> None:
     import asyncio
     import contextlib
+    import resource
     import secrets
     import subprocess
     import tempfile
 
     import asyncpg
+    import psutil
     from sqlalchemy import make_url
 
     sys.path.insert(0, str(ROOT))
@@ -227,7 +230,17 @@ def main() -> None:
         )
         stack.callback(lambda: (worker.terminate(), worker.wait(timeout=60)))
 
-        def clients(scenario: str, count: int, how_many: int) -> dict:
+        worker_process = psutil.Process(worker.pid)
+
+        def cpu_seconds() -> tuple[float, float, float]:
+            """The worker's, the finished clients' and the whole machine's CPU seconds so far."""
+            mine = worker_process.cpu_times()
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            machine = psutil.cpu_times()
+            return mine.user + mine.system, children.ru_utime + children.ru_stime, machine.user + machine.system
+
+        def clients(scenario: str, count: int, how_many: int, jobs: int) -> dict:
+            before = cpu_seconds()
             answer = subprocess.run(
                 [sys.executable, __file__, "--client", scenario, str(count), str(how_many)],
                 cwd=ROOT,
@@ -236,30 +249,38 @@ def main() -> None:
                 text=True,
                 check=True,
             )
-            return json.loads(answer.stdout.strip().splitlines()[-1])
+            spent = [(after - then) * 1000 / jobs for after, then in zip(cpu_seconds(), before, strict=True)]
+            figures = json.loads(answer.stdout.strip().splitlines()[-1])
+            figures["cpu"] = f"   CPU per job: worker {spent[0]:.1f} ms, clients {spent[1]:.1f}, machine {spent[2]:.1f}"
+            return figures
 
-        latency = clients("latency", args.latency_jobs, 1)["ms"]
+        clients("latency", 0, 1, 10)  # the worker's start and 10 jobs of warm-up, out of the figures below
+        run = clients("latency", args.latency_jobs, 1, args.latency_jobs + 10)
+        latency = run["ms"]
         print(
             f"1. latency, submit to the result, 1 client, {args.latency_jobs} jobs: "
             f"p50 {pct(latency, 50):.1f} ms, p99 {pct(latency, 99):.1f} ms",
             flush=True,
         )
-        run = clients("throughput", args.jobs, args.clients)
+        print(run["cpu"], flush=True)
+        run = clients("throughput", args.jobs, args.clients, args.jobs)
         print(
             f"2. throughput, {args.clients} clients in a closed loop, {args.jobs} jobs: "
             f"{args.jobs / run['seconds']:.0f} jobs/s in {run['seconds']:.1f} s; "
             f"per job p50 {pct(run['ms'], 50):.0f} ms, p99 {pct(run['ms'], 99):.0f} ms",
             flush=True,
         )
+        print(run["cpu"], flush=True)
         fake.set_latency(2.0)
-        burst = clients("burst", args.burst_jobs, args.burst_submitters)
+        burst = clients("burst", args.burst_jobs, args.burst_submitters, args.burst_jobs)
         fake.set_latency(0.0)
         print(
             f"3. burst, {burst['jobs']} jobs of 2 s submitted at once by {args.burst_submitters} submitters: "
             f"all done in {burst['seconds']:.2f} s (submitted in {burst['submitted']:.2f} s)",
             flush=True,
         )
-        expected = 10 + args.latency_jobs + args.jobs + burst["jobs"]
+        print(burst["cpu"], flush=True)
+        expected = 20 + args.latency_jobs + args.jobs + burst["jobs"]
         rows = asyncio.run(sql(dsn, f"SELECT count(*) FROM {TABLE}"))
         print(f"rows written {rows} of {expected} jobs", flush=True)
         if rows != expected:
