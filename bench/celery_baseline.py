@@ -16,8 +16,9 @@ hour: run the two in turn. Celery's side, the same way:
   burst     2,000 jobs of 2 s submitted at once by 20 submitters: time until every result is in
 
 Each scenario prints the CPU a job of the worker, the clients and the whole machine (as
-bench/job_engine.py prints each process's). Every job's row is counted at the end (none lost). Worker and clients run in processes of their own
-(gevent patches them); the fake DashScope too, as for bench/job_engine.py.
+bench/job_engine.py prints each process's). Every job's row is counted at the end (none lost).
+Worker and clients run in processes of their own (gevent patches them); the fake DashScope too, as
+for bench/job_engine.py.
 
     .venv/bin/pip install -e '.[dev,celery-baseline]'
     .venv/bin/python bench/celery_baseline.py && .venv/bin/python bench/job_engine.py
@@ -76,12 +77,11 @@ if "BENCH_QUEUE" in os.environ and __name__ != "__main__":  # the worker's impor
             from psycogreen.gevent import patch_psycopg
 
             patch_psycopg()
-            pool = gevent.queue.Queue()
+            pool = _state["pool"] = gevent.queue.Queue()  # shared at once: greenlets arriving meanwhile wait on it
             for _ in range(int(os.environ.get("BENCH_PG_CONNECTIONS", "20"))):
                 connection = psycopg2.connect(os.environ["BENCH_PG_DSN"])
                 connection.autocommit = True
                 pool.put(connection)
-            _state["pool"] = pool
         return _state["pool"]
 
     def _http():
