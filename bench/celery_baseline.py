@@ -115,24 +115,35 @@ if "BENCH_QUEUE" in os.environ and __name__ != "__main__":  # the worker's impor
 
 
 def run_clients(scenario: str, count: int, clients: int) -> dict:
-    """Runs in the client process: the scenario's timings as JSON-able figures."""
+    """Runs in the client process: the scenario's timings, and the CPU seconds the worker, this process
+    and the whole machine spent on its measured jobs (warm-up and start-up left out)."""
     import time
     import uuid
 
     import gevent
+    import psutil
     from celery.result import ResultSet
 
     app = make_app()
+    worker = psutil.Process(int(os.environ["BENCH_WORKER_PID"]))
+
+    def cpu() -> tuple[float, float, float]:
+        mine, theirs, machine = time.process_time(), worker.cpu_times(), psutil.cpu_times()
+        return theirs.user + theirs.system, mine, machine.user + machine.system
 
     def one() -> float:
         started = time.perf_counter()
         app.send_task(TASK, args=[str(uuid.uuid4())]).get(timeout=120)
         return (time.perf_counter() - started) * 1000
 
+    def measured(figures: dict, before: tuple[float, float, float]) -> dict:
+        return {**figures, "cpu": [after - then for after, then in zip(cpu(), before, strict=True)]}
+
     if scenario == "latency":
         for _ in range(10):
             one()
-        return {"ms": [one() for _ in range(count)]}
+        before = cpu()
+        return measured({"ms": [one() for _ in range(count)]}, before)
     if scenario == "throughput":
         left, times = [count], []
 
@@ -141,11 +152,11 @@ def run_clients(scenario: str, count: int, clients: int) -> dict:
                 left[0] -= 1
                 times.append(one())
 
-        started = time.perf_counter()
+        before, started = cpu(), time.perf_counter()
         gevent.joinall([gevent.spawn(closed_loop) for _ in range(clients)])
-        return {"ms": times, "seconds": time.perf_counter() - started}
+        return measured({"ms": times, "seconds": time.perf_counter() - started}, before)
     # burst: `clients` submitters send `count` jobs at once, then every result is awaited
-    started = time.perf_counter()
+    before, started = cpu(), time.perf_counter()
     per = count // clients
     submitted: list = []
 
@@ -155,7 +166,8 @@ def run_clients(scenario: str, count: int, clients: int) -> dict:
     gevent.joinall([gevent.spawn(submit) for _ in range(clients)])
     sent = time.perf_counter() - started
     ResultSet(submitted).get(timeout=120)  # every result, read as they come through the backend's one channel
-    return {"seconds": time.perf_counter() - started, "submitted": sent, "jobs": len(submitted)}
+    figures = {"seconds": time.perf_counter() - started, "submitted": sent, "jobs": len(submitted)}
+    return measured(figures, before)
 
 
 # -- the driver -----------------------------------------------------------------------------------------------
@@ -170,13 +182,11 @@ def pct(values: list[float], q: int) -> float:
 def main() -> None:
     import asyncio
     import contextlib
-    import resource
     import secrets
     import subprocess
     import tempfile
 
     import asyncpg
-    import psutil
     from sqlalchemy import make_url
 
     sys.path.insert(0, str(ROOT))
@@ -230,17 +240,9 @@ def main() -> None:
         )
         stack.callback(lambda: (worker.terminate(), worker.wait(timeout=60)))
 
-        worker_process = psutil.Process(worker.pid)
+        env["BENCH_WORKER_PID"] = str(worker.pid)
 
-        def cpu_seconds() -> tuple[float, float, float]:
-            """The worker's, the finished clients' and the whole machine's CPU seconds so far."""
-            mine = worker_process.cpu_times()
-            children = resource.getrusage(resource.RUSAGE_CHILDREN)
-            machine = psutil.cpu_times()
-            return mine.user + mine.system, children.ru_utime + children.ru_stime, machine.user + machine.system
-
-        def clients(scenario: str, count: int, how_many: int, jobs: int) -> dict:
-            before = cpu_seconds()
+        def clients(scenario: str, count: int, how_many: int) -> dict:
             answer = subprocess.run(
                 [sys.executable, __file__, "--client", scenario, str(count), str(how_many)],
                 cwd=ROOT,
@@ -249,13 +251,15 @@ def main() -> None:
                 text=True,
                 check=True,
             )
-            spent = [(after - then) * 1000 / jobs for after, then in zip(cpu_seconds(), before, strict=True)]
             figures = json.loads(answer.stdout.strip().splitlines()[-1])
-            figures["cpu"] = f"   CPU per job: worker {spent[0]:.1f} ms, clients {spent[1]:.1f}, machine {spent[2]:.1f}"
+            worker_ms, client_ms, machine_ms = (seconds * 1000 / max(count, 1) for seconds in figures["cpu"])
+            figures["cpu"] = "   CPU per job: " + (
+                f"worker {worker_ms:.1f} ms, clients {client_ms:.1f}, machine {machine_ms:.1f}"
+            )
             return figures
 
-        clients("latency", 0, 1, 10)  # the worker's start and 10 jobs of warm-up, out of the figures below
-        run = clients("latency", args.latency_jobs, 1, args.latency_jobs + 10)
+        clients("latency", 0, 1)  # the worker's start and 10 jobs of warm-up, out of the figures below
+        run = clients("latency", args.latency_jobs, 1)
         latency = run["ms"]
         print(
             f"1. latency, submit to the result, 1 client, {args.latency_jobs} jobs: "
@@ -263,7 +267,7 @@ def main() -> None:
             flush=True,
         )
         print(run["cpu"], flush=True)
-        run = clients("throughput", args.jobs, args.clients, args.jobs)
+        run = clients("throughput", args.jobs, args.clients)
         print(
             f"2. throughput, {args.clients} clients in a closed loop, {args.jobs} jobs: "
             f"{args.jobs / run['seconds']:.0f} jobs/s in {run['seconds']:.1f} s; "
@@ -272,7 +276,7 @@ def main() -> None:
         )
         print(run["cpu"], flush=True)
         fake.set_latency(2.0)
-        burst = clients("burst", args.burst_jobs, args.burst_submitters, args.burst_jobs)
+        burst = clients("burst", args.burst_jobs, args.burst_submitters)
         fake.set_latency(0.0)
         print(
             f"3. burst, {burst['jobs']} jobs of 2 s submitted at once by {args.burst_submitters} submitters: "
