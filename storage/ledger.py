@@ -124,8 +124,8 @@ NO_CAPS = Caps()
 @dataclass(frozen=True)
 class ProviderCaps:
     """Limits on a provider's work across every account, judged under a lock of the provider's own:
-    its open jobs (their next step its), and the credits its calls were charged on the UTC day (month)
-    with those its open jobs' steps still to run hold."""
+    its open jobs (those with a step still to run on it), and the credits its calls were charged on the
+    UTC day (month) with those its open jobs' steps still to run hold."""
 
     provider: str
     concurrent_jobs: int | None = None
